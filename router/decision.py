@@ -1,0 +1,127 @@
+"""The pure routing decision: `decide(local, state, task_policy, cost, now)` -> `Decision`.
+
+No I/O, no clock: the caller passes the time and the node's state. Fast enough to run on
+every request (a handful of comparisons). Every decision carries a machine-readable
+`reason`; the reasons are the constants below and never change meaning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from router.budget import BudgetState, budget_left
+from router.policy import CostSettings, TaskPolicy
+
+Route = Literal["edge", "cloud", "queued"]
+Connectivity = Literal["online", "degraded", "offline"]
+
+# Reasons (machine-readable, stable).
+CONFIDENT = "confident"
+EDGE_ONLY_TASK = "edge_only_task"
+BELOW_THRESHOLD = "below_threshold"
+CLOUD_FIRST = "cloud_first"
+CLOUD_UNREACHABLE = "cloud_unreachable"
+BUDGET_EXHAUSTED = "budget_exhausted"
+DEADLINE_TOO_SHORT = "deadline_too_short"
+CLOUD_TIMEOUT = "cloud_timeout"
+CLOUD_ERROR = "cloud_error"
+QUEUE_FULL = "queue_full"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One label the edge proposes, with its edge probability."""
+
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResult:
+    """What the edge model said about one input."""
+
+    candidates: tuple[Candidate, ...]  # best first, at least top_k long where possible
+    scores: dict[str, float]  # every confidence score by name (see router.scores)
+
+    @property
+    def label(self) -> str:
+        return self.candidates[0].label
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """The edge node's state at decision time (a snapshot; the caller owns the live state)."""
+
+    connectivity: Connectivity = "online"
+    budget: BudgetState = field(default_factory=BudgetState)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What to do with one request.
+
+    route: where the answer comes from now. `escalate`: call the cloud now. `enqueue`: store
+    durably for later sync. `answer_now`: respond with the local answer (provisional when
+    enqueued); False means the client gets 202 and fetches the result later. `reject` means the
+    request is refused (429) and nothing is stored.
+    """
+
+    route: Route
+    reason: str
+    confidence: float
+    threshold: float
+    escalate: bool = False
+    enqueue: bool = False
+    answer_now: bool = True
+    reject: bool = False
+
+    @property
+    def final(self) -> bool:
+        """Whether the answer given now is final (not awaiting cloud verification)."""
+        return not self.enqueue
+
+
+def decide(local: LocalResult, state: NodeState, task: TaskPolicy, cost: CostSettings,
+           now: float, deadline_left_ms: float | None = None) -> Decision:
+    """Route one request. Pure and total: always returns a Decision, never raises.
+
+    Order of rules: edge-only placement; confidence (hybrid only); budget; connectivity;
+    deadline. `now` is a UNIX time in seconds (for budget periods); `deadline_left_ms` is
+    the time left for this request (defaults to the task's `deadline_ms`).
+    """
+    confidence = local.scores.get(task.score, 0.0)
+    base = {"confidence": confidence, "threshold": task.threshold}
+    if task.placement == "edge_only":
+        return Decision("edge", EDGE_ONLY_TASK, **base)
+    if task.placement == "hybrid" and confidence >= task.threshold:
+        return Decision("edge", CONFIDENT, **base)
+    wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
+
+    calls_left, money_left = budget_left(state.budget, cost, now)
+    if calls_left < 1 or money_left < cost.price_per_call:
+        action = cost.on_budget_exhausted
+        if action == "queue":
+            return Decision("queued", BUDGET_EXHAUSTED, enqueue=True, **base)
+        if action == "reject":
+            return Decision("edge", BUDGET_EXHAUSTED, reject=True, answer_now=False, **base)
+        return Decision("edge", BUDGET_EXHAUSTED, **base)
+
+    if state.connectivity == "offline":
+        if task.when_offline == "answer_only":
+            return Decision("edge", CLOUD_UNREACHABLE, **base)
+        return Decision("queued", CLOUD_UNREACHABLE, enqueue=True,
+                        answer_now=task.when_offline == "answer_and_queue", **base)
+
+    left = task.deadline_ms if deadline_left_ms is None else deadline_left_ms
+    if left < task.min_cloud_ms:
+        return Decision("edge", DEADLINE_TOO_SHORT, **base)
+    return Decision("cloud", wanted, escalate=True, **base)
+
+
+def on_cloud_failure(decision: Decision, task: TaskPolicy, *, timed_out: bool) -> Decision:
+    """The decision after an escalation failed: the local answer, queued for verification
+    if the policy says so. Pure."""
+    reason = CLOUD_TIMEOUT if timed_out else CLOUD_ERROR
+    return Decision("edge", reason, confidence=decision.confidence,
+                    threshold=decision.threshold, enqueue=task.verify_on_cloud_failure)

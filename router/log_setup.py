@@ -1,0 +1,34 @@
+"""structlog configuration shared by the edge node, the cloud service and the CLI.
+
+Fixed field names across the project: request_id, task, route, reason, latency_ms,
+model_version, policy_revision. Payloads and inputs are never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TextIO
+
+import structlog
+
+
+def configure_logging(level: str = "info", *, json: bool = True,
+                      stream: TextIO | None = None) -> None:
+    """Configure structlog once for the process (idempotent; call from entry points only)."""
+    lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(lvl),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

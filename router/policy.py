@@ -1,0 +1,167 @@
+"""Typed policy models: the schema of `policies/*.yaml`.
+
+All models are frozen and strict about keys (`extra="forbid"`): a misspelled or misplaced
+key is an error, never silently ignored. Durations are integers in milliseconds (`*_ms`)
+or seconds (`*_s`) as the field name says; money is a float in `cost.currency`.
+Load files with `router.policy_loader.parse_policy`, which locates errors by line.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+ScoreName = Literal["max_prob", "margin", "entropy"]
+Placement = Literal["edge_only", "hybrid", "cloud_first"]
+OfflineAction = Literal["answer_and_queue", "queue_only", "answer_only"]
+BudgetAction = Literal["answer_locally", "queue", "reject"]
+OnFull = Literal["reject", "drop_oldest"]
+Durability = Literal["os_crash_safe", "per_write"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class NodeSettings(_Model):
+    """Who this edge node is."""
+
+    id: str = Field(
+        default="edge-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+        description="Edge node id, sent to the cloud with every item (dedup key part).",
+    )
+
+
+class RetrySettings(_Model):
+    """Retries of one cloud call (tenacity): exponential backoff with jitter."""
+
+    max_attempts: int = Field(default=3, ge=1, le=10, description="Tries per call, first included.")
+    backoff_initial_ms: int = Field(default=50, ge=0, le=60_000)
+    backoff_max_ms: int = Field(default=1_000, ge=0, le=600_000)
+    jitter: bool = Field(default=True, description="Randomise each backoff in [0, backoff].")
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> RetrySettings:
+        if self.backoff_max_ms < self.backoff_initial_ms:
+            raise ValueError("backoff_max_ms must be >= backoff_initial_ms")
+        return self
+
+
+class BreakerSettings(_Model):
+    """Circuit breaker of the connectivity monitor, one per cloud endpoint."""
+
+    failure_threshold: int = Field(
+        default=3, ge=1, le=1000, description="Consecutive failures that open the breaker."
+    )
+    open_ms: int = Field(default=2_000, ge=10, le=3_600_000,
+                         description="How long the breaker stays open before a probe.")
+    open_max_ms: int = Field(default=30_000, ge=10, le=86_400_000,
+                             description="Cap of the open time, which doubles per reopening.")
+    probe_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000,
+                                   description="Health-probe period while offline.")
+
+    @model_validator(mode="after")
+    def _cap_not_below_open(self) -> BreakerSettings:
+        if self.open_max_ms < self.open_ms:
+            raise ValueError("open_max_ms must be >= open_ms")
+        return self
+
+
+class CloudSettings(_Model):
+    """Where the cloud re-ranker is and how to talk to it."""
+
+    url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^\s]+$",
+                     description="Base URL of the cloud service (overridable with --cloud-url).")
+    token_env: str | None = Field(
+        default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the bearer token for the cloud.",
+    )
+    connect_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    request_timeout_ms: int = Field(default=2_000, ge=1, le=600_000,
+                                    description="Per-try timeout of one cloud call.")
+    retry: RetrySettings = RetrySettings()
+    breaker: BreakerSettings = BreakerSettings()
+
+
+class QueueSettings(_Model):
+    """The durable queue of requests waiting for the cloud (diskcache in the data dir)."""
+
+    max_items: int = Field(ge=1, le=100_000_000, description="Most items held at once.")
+    max_bytes: int = Field(ge=1024, le=1 << 40, description="Most payload bytes held at once.")
+    on_full: OnFull = Field(description="reject: 429 with Retry-After; drop_oldest: expire oldest.")
+    ttl_s: int = Field(default=86_400, ge=1, le=90 * 86_400,
+                       description="Items older than this become `expired`.")
+    fsync: Durability = Field(
+        default="os_crash_safe",
+        description="os_crash_safe: survives a process crash; per_write: survives power loss.",
+    )
+
+
+class SyncSettings(_Model):
+    """The background worker that drains the queue to the cloud."""
+
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    interval_ms: int = Field(default=500, ge=10, le=3_600_000,
+                             description="Pause between drain rounds when idle.")
+    max_attempts: int = Field(default=5, ge=1, le=1000,
+                              description="Non-retryable failures before an item is dead-lettered.")
+
+
+class CostSettings(_Model):
+    """Price of cloud calls and the budget they must stay within."""
+
+    price_per_call: float = Field(default=0.0, ge=0.0, le=1_000.0)
+    currency: str = Field(default="USD", pattern=r"^[A-Z]{3}$")
+    daily_budget: float | None = Field(
+        default=None, ge=0.0, description="Money per UTC day; null for no money budget."
+    )
+    daily_calls: int | None = Field(
+        default=None, ge=0, description="Cloud calls per UTC day; null for no call budget."
+    )
+    on_budget_exhausted: BudgetAction = "answer_locally"
+
+
+class TaskPolicy(_Model):
+    """How one task is routed."""
+
+    edge_bundle: str = Field(min_length=1, description="Edge model bundle dir (relative to the "
+                                                      "policy file, or absolute).")
+    cloud_task: str | None = Field(default=None, description="Task name on the cloud; "
+                                                           "defaults to this task's name.")
+    score: ScoreName = "margin"
+    threshold: float = Field(ge=0.0, le=1.0, description="Escalate when score < threshold.")
+    top_k: int = Field(default=3, ge=1, le=1000, description="Candidates sent to the cloud.")
+    placement: Placement = "hybrid"
+    when_offline: OfflineAction = "answer_and_queue"
+    verify_on_cloud_failure: bool = Field(
+        default=True, description="Queue for later cloud verification when an escalation fails."
+    )
+    deadline_ms: int = Field(default=500, ge=1, le=600_000,
+                             description="Default end-to-end deadline of a request.")
+    min_cloud_ms: int = Field(default=20, ge=0, le=600_000,
+                              description="Escalate only if at least this much time is left.")
+    max_batch_items: int = Field(default=256, ge=1, le=10_000)
+
+
+class Policy(_Model):
+    """A whole policy file."""
+
+    version: Literal[1] = 1
+    node: NodeSettings = NodeSettings()
+    cloud: CloudSettings = CloudSettings()
+    queue: QueueSettings
+    sync: SyncSettings = SyncSettings()
+    cost: CostSettings = CostSettings()
+    tasks: dict[str, TaskPolicy] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _task_names(self) -> Policy:
+        for name in self.tasks:
+            if not name or not all(c.isalnum() or c in "-_." for c in name):
+                raise ValueError(f"task name {name!r} may only contain letters, digits, '-_.'")
+        return self
+
+    def task(self, name: str) -> TaskPolicy:
+        """The policy of task `name`; KeyError if undefined."""
+        return self.tasks[name]

@@ -1,0 +1,66 @@
+"""Wire schemas between the edge node and the cloud re-ranker (`POST /v1/rerank`).
+
+Request: one `RerankItem` or `{"items": [RerankItem, ...]}`. Response: always
+`{"results": [RerankResult | RerankFailure, ...]}` in the order of the items.
+The request_id travels in the item and, for logs, in the `X-Request-ID` header.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+NODE_HEADER = "X-Edgeroute-Node"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WireCandidate(_Wire):
+    label: str
+    score: float
+
+
+class RerankItem(_Wire):
+    """One input to re-rank. `inputs` is the flat feature vector (row-major) of the task's
+    input; `candidates` are the edge's top-k labels (None: score all labels)."""
+
+    task: str = Field(min_length=1, max_length=64)
+    request_id: str = Field(pattern=REQUEST_ID_PATTERN)
+    inputs: list[float] = Field(min_length=1, max_length=1_000_000)
+    candidates: list[str] | None = Field(default=None, max_length=10_000)
+
+
+class RerankBatch(_Wire):
+    items: list[RerankItem] = Field(min_length=1, max_length=4096)
+
+
+class RerankResult(_Wire):
+    request_id: str
+    task: str
+    label: str
+    score: float
+    candidates: list[WireCandidate]  # re-scored, best first
+    model_version: str
+    scored: Literal["candidates", "all_labels"]
+    cached: bool = False
+
+
+class WireError(_Wire):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class RerankFailure(_Wire):
+    request_id: str
+    task: str
+    error: WireError
+
+
+class RerankResponse(_Wire):
+    results: list[RerankResult | RerankFailure]

@@ -13,8 +13,9 @@ def top_k(probs: Sequence[float], labels: Sequence[str], k: int) -> tuple[Candid
     return tuple(Candidate(labels[i], float(probs[i])) for i in order)
 
 
-def restrict_and_rank(probs: Sequence[float], labels: Sequence[str],
-                      allowed: Sequence[str] | None) -> tuple[Candidate, ...]:
+def restrict_and_rank(
+    probs: Sequence[float], labels: Sequence[str], allowed: Sequence[str] | None
+) -> tuple[Candidate, ...]:
     """Re-rank: scores of `allowed` labels (all labels if None), renormalised, best first.
 
     Unknown labels in `allowed` raise KeyError naming the label.

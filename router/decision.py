@@ -82,46 +82,62 @@ class Decision:
         return not self.enqueue
 
 
-def decide(local: LocalResult, state: NodeState, task: TaskPolicy, cost: CostSettings,
-           now: float, deadline_left_ms: float | None = None) -> Decision:
+def decide(
+    local: LocalResult,
+    state: NodeState,
+    task: TaskPolicy,
+    cost: CostSettings,
+    now: float,
+    deadline_left_ms: float | None = None,
+) -> Decision:
     """Route one request. Pure and total: always returns a Decision, never raises.
 
     Order of rules: edge-only placement; confidence (hybrid only); budget; connectivity;
     deadline. `now` is a UNIX time in seconds (for budget periods); `deadline_left_ms` is
     the time left for this request (defaults to the task's `deadline_ms`).
     """
-    confidence = local.scores.get(task.score, 0.0)
-    base = {"confidence": confidence, "threshold": task.threshold}
+    conf, thr = local.scores.get(task.score, 0.0), task.threshold
     if task.placement == "edge_only":
-        return Decision("edge", EDGE_ONLY_TASK, **base)
-    if task.placement == "hybrid" and confidence >= task.threshold:
-        return Decision("edge", CONFIDENT, **base)
+        return Decision("edge", EDGE_ONLY_TASK, conf, thr)
+    if task.placement == "hybrid" and conf >= thr:
+        return Decision("edge", CONFIDENT, conf, thr)
     wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
 
     calls_left, money_left = budget_left(state.budget, cost, now)
     if calls_left < 1 or money_left < cost.price_per_call:
         action = cost.on_budget_exhausted
         if action == "queue":
-            return Decision("queued", BUDGET_EXHAUSTED, enqueue=True, **base)
+            return Decision("queued", BUDGET_EXHAUSTED, conf, thr, enqueue=True)
         if action == "reject":
-            return Decision("edge", BUDGET_EXHAUSTED, reject=True, answer_now=False, **base)
-        return Decision("edge", BUDGET_EXHAUSTED, **base)
+            return Decision("edge", BUDGET_EXHAUSTED, conf, thr, reject=True, answer_now=False)
+        return Decision("edge", BUDGET_EXHAUSTED, conf, thr)
 
     if state.connectivity == "offline":
         if task.when_offline == "answer_only":
-            return Decision("edge", CLOUD_UNREACHABLE, **base)
-        return Decision("queued", CLOUD_UNREACHABLE, enqueue=True,
-                        answer_now=task.when_offline == "answer_and_queue", **base)
+            return Decision("edge", CLOUD_UNREACHABLE, conf, thr)
+        return Decision(
+            "queued",
+            CLOUD_UNREACHABLE,
+            conf,
+            thr,
+            enqueue=True,
+            answer_now=task.when_offline == "answer_and_queue",
+        )
 
     left = task.deadline_ms if deadline_left_ms is None else deadline_left_ms
     if left < task.min_cloud_ms:
-        return Decision("edge", DEADLINE_TOO_SHORT, **base)
-    return Decision("cloud", wanted, escalate=True, **base)
+        return Decision("edge", DEADLINE_TOO_SHORT, conf, thr)
+    return Decision("cloud", wanted, conf, thr, escalate=True)
 
 
 def on_cloud_failure(decision: Decision, task: TaskPolicy, *, timed_out: bool) -> Decision:
     """The decision after an escalation failed: the local answer, queued for verification
     if the policy says so. Pure."""
     reason = CLOUD_TIMEOUT if timed_out else CLOUD_ERROR
-    return Decision("edge", reason, confidence=decision.confidence,
-                    threshold=decision.threshold, enqueue=task.verify_on_cloud_failure)
+    return Decision(
+        "edge",
+        reason,
+        confidence=decision.confidence,
+        threshold=decision.threshold,
+        enqueue=task.verify_on_cloud_failure,
+    )

@@ -56,7 +56,6 @@ class RequestTooLarge(InputError):
 class UnknownTask(InputError):
     """The request names a task that the active policy does not define."""
 
-    status = 404
     code = "unknown_task"
 
 
@@ -80,8 +79,14 @@ class RetryableRejection(EdgerouteError):
     status = 429
     code = "too_many_requests"
 
-    def __init__(self, message: str, *, retry_after_s: float, field: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_s: float,
+        field: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message, field=field, code=code)
         self.retry_after_s = retry_after_s
 
@@ -148,8 +153,9 @@ class CloudError(EdgerouteError):
     code = "cloud_error"
     retryable = True
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None,
-                 code: str | None = None):
+    def __init__(
+        self, message: str, *, retry_after_s: float | None = None, code: str | None = None
+    ):
         super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 

@@ -13,8 +13,9 @@ from typing import TextIO
 import structlog
 
 
-def configure_logging(level: str = "info", *, json: bool = True,
-                      stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: str = "info", *, json: bool = True, stream: TextIO | None = None
+) -> None:
     """Configure structlog once for the process (idempotent; call from entry points only)."""
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: structlog.typing.Processor = (

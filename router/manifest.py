@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from router.errors import BundleError
 
@@ -72,10 +74,112 @@ def check_file_hash(manifest: BundleManifest, name: str, data: bytes) -> None:
     """Raise BundleError unless `data` is the file `name` exactly as the manifest lists it."""
     expected = manifest.files.get(name)
     if expected is None:
-        raise BundleError(f"bundle {manifest.task}@{manifest.version}: {name} is not listed "
-                          "in the manifest")
+        raise BundleError(
+            f"bundle {manifest.task}@{manifest.version}: {name} is not listed in the manifest"
+        )
     actual = sha256_hex(data)
     if actual != expected:
-        raise BundleError(f"bundle {manifest.task}@{manifest.version}: sha256 of {name} is "
-                          f"{actual[:16]}..., manifest says {expected[:16]}... (corrupt or "
-                          "tampered file)")
+        raise BundleError(
+            f"bundle {manifest.task}@{manifest.version}: sha256 of {name} is "
+            f"{actual[:16]}..., manifest says {expected[:16]}... (corrupt or "
+            "tampered file)"
+        )
+
+
+# --- pure checks shared by the edge and cloud loaders -----------------------------------
+
+GraphDim = int | str | None
+"""One axis of a graph tensor as onnxruntime reports it: a fixed size, a symbolic name or
+None (unknown)."""
+
+_ONNX_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)"}
+
+
+@dataclass(frozen=True, slots=True)
+class GraphTensor:
+    """A graph input or output as plain data (name, shape, onnxruntime type string)."""
+
+    name: str
+    shape: tuple[GraphDim, ...]
+    type: str
+
+
+def parse_manifest(text: str | bytes, source: str) -> BundleManifest:
+    """Parse and validate `manifest.json` text.
+
+    Raises BundleError naming `source` and the first offending field (field=dotted path)
+    when the text is not JSON or does not follow BundleManifest.
+    """
+    try:
+        return BundleManifest.model_validate_json(text)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        first = errors[0] if errors else None
+        loc = ".".join(str(p) for p in first["loc"]) if first else ""
+        if first is not None and first["type"] == "json_invalid":
+            raise BundleError(f"{source}: not valid JSON ({first['msg']})") from None
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errors
+        )
+        raise BundleError(f"{source}: invalid manifest: {details}", field=loc or None) from None
+
+
+def check_graph_io(
+    manifest: BundleManifest,
+    inputs: Sequence[GraphTensor],
+    outputs: Sequence[GraphTensor],
+    source: str,
+) -> None:
+    """Raise BundleError unless the graph has exactly the manifest's one input (name, dtype,
+    rank, fixed sizes; a None batch axis must not be fixed in the graph) and an output named
+    as the manifest's output whose last axis, when fixed, equals the number of labels."""
+    spec = manifest.input
+    if len(inputs) != 1:
+        names = [t.name for t in inputs]
+        raise BundleError(
+            f"{source}: the graph has inputs {names}; expected one input {spec.name!r}",
+            field="input.name",
+        )
+    graph_in = inputs[0]
+    if graph_in.name != spec.name:
+        raise BundleError(
+            f"{source}: the graph's input is named {graph_in.name!r}, the "
+            f"manifest says {spec.name!r}",
+            field="input.name",
+        )
+    expected_type = _ONNX_TYPES[spec.dtype]
+    if graph_in.type != expected_type:
+        raise BundleError(
+            f"{source}: the graph's input type is {graph_in.type}, the manifest "
+            f"says {spec.dtype} ({expected_type})",
+            field="input.dtype",
+        )
+    if len(graph_in.shape) != len(spec.shape) or not all(
+        _dim_fits(g, m) for g, m in zip(graph_in.shape, spec.shape, strict=True)
+    ):
+        raise BundleError(
+            f"{source}: the graph's input shape is {list(graph_in.shape)}, the "
+            f"manifest says {spec.shape}",
+            field="input.shape",
+        )
+    by_name = {t.name: t for t in outputs}
+    out = by_name.get(manifest.output.name)
+    if out is None:
+        raise BundleError(
+            f"{source}: the graph has no output {manifest.output.name!r} "
+            f"(outputs: {sorted(by_name)})",
+            field="output.name",
+        )
+    last = out.shape[-1] if out.shape else None
+    if isinstance(last, int) and last != len(manifest.labels):
+        raise BundleError(
+            f"{source}: the graph's output {out.name!r} has {last} classes, the "
+            f"manifest lists {len(manifest.labels)} labels",
+            field="labels",
+        )
+
+
+def _dim_fits(graph_dim: GraphDim, manifest_dim: int | None) -> bool:
+    if manifest_dim is None:
+        return not isinstance(graph_dim, int)
+    return graph_dim == manifest_dim or not isinstance(graph_dim, int)

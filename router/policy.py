@@ -8,9 +8,9 @@ Load files with `router.policy_loader.parse_policy`, which locates errors by lin
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 ScoreName = Literal["max_prob", "margin", "entropy"]
 Placement = Literal["edge_only", "hybrid", "cloud_first"]
@@ -18,6 +18,15 @@ OfflineAction = Literal["answer_and_queue", "queue_only", "answer_only"]
 BudgetAction = Literal["answer_locally", "queue", "reject"]
 OnFull = Literal["reject", "drop_oldest"]
 Durability = Literal["os_crash_safe", "per_write"]
+
+
+def _check_task_name(name: str) -> str:
+    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ValueError(f"task name {name!r} may only contain letters, digits, '-_.' (1-64)")
+    return name
+
+
+TaskName = Annotated[str, AfterValidator(_check_task_name)]
 
 
 class _Model(BaseModel):
@@ -28,7 +37,10 @@ class NodeSettings(_Model):
     """Who this edge node is."""
 
     id: str = Field(
-        default="edge-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$",
+        default="edge-1",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._-]+$",
         description="Edge node id, sent to the cloud with every item (dedup key part).",
     )
 
@@ -54,12 +66,21 @@ class BreakerSettings(_Model):
     failure_threshold: int = Field(
         default=3, ge=1, le=1000, description="Consecutive failures that open the breaker."
     )
-    open_ms: int = Field(default=2_000, ge=10, le=3_600_000,
-                         description="How long the breaker stays open before a probe.")
-    open_max_ms: int = Field(default=30_000, ge=10, le=86_400_000,
-                             description="Cap of the open time, which doubles per reopening.")
-    probe_interval_ms: int = Field(default=1_000, ge=10, le=3_600_000,
-                                   description="Health-probe period while offline.")
+    open_ms: int = Field(
+        default=2_000,
+        ge=10,
+        le=3_600_000,
+        description="How long the breaker stays open before a probe.",
+    )
+    open_max_ms: int = Field(
+        default=30_000,
+        ge=10,
+        le=86_400_000,
+        description="Cap of the open time, which doubles per reopening.",
+    )
+    probe_interval_ms: int = Field(
+        default=1_000, ge=10, le=3_600_000, description="Health-probe period while offline."
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_open(self) -> BreakerSettings:
@@ -71,15 +92,20 @@ class BreakerSettings(_Model):
 class CloudSettings(_Model):
     """Where the cloud re-ranker is and how to talk to it."""
 
-    url: str = Field(default="http://127.0.0.1:8000", pattern=r"^https?://[^\s]+$",
-                     description="Base URL of the cloud service (overridable with --cloud-url).")
+    url: str = Field(
+        default="http://127.0.0.1:8000",
+        pattern=r"^https?://[^\s]+$",
+        description="Base URL of the cloud service (overridable with --cloud-url).",
+    )
     token_env: str | None = Field(
-        default=None, pattern=r"^[A-Z_][A-Z0-9_]*$",
+        default=None,
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
         description="Environment variable holding the bearer token for the cloud.",
     )
     connect_timeout_ms: int = Field(default=200, ge=1, le=60_000)
-    request_timeout_ms: int = Field(default=2_000, ge=1, le=600_000,
-                                    description="Per-try timeout of one cloud call.")
+    request_timeout_ms: int = Field(
+        default=2_000, ge=1, le=600_000, description="Per-try timeout of one cloud call."
+    )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()
 
@@ -90,8 +116,9 @@ class QueueSettings(_Model):
     max_items: int = Field(ge=1, le=100_000_000, description="Most items held at once.")
     max_bytes: int = Field(ge=1024, le=1 << 40, description="Most payload bytes held at once.")
     on_full: OnFull = Field(description="reject: 429 with Retry-After; drop_oldest: expire oldest.")
-    ttl_s: int = Field(default=86_400, ge=1, le=90 * 86_400,
-                       description="Items older than this become `expired`.")
+    ttl_s: int = Field(
+        default=86_400, ge=1, le=90 * 86_400, description="Items older than this become `expired`."
+    )
     fsync: Durability = Field(
         default="os_crash_safe",
         description="os_crash_safe: survives a process crash; per_write: survives power loss.",
@@ -102,10 +129,15 @@ class SyncSettings(_Model):
     """The background worker that drains the queue to the cloud."""
 
     batch_size: int = Field(default=64, ge=1, le=4096)
-    interval_ms: int = Field(default=500, ge=10, le=3_600_000,
-                             description="Pause between drain rounds when idle.")
-    max_attempts: int = Field(default=5, ge=1, le=1000,
-                              description="Non-retryable failures before an item is dead-lettered.")
+    interval_ms: int = Field(
+        default=500, ge=10, le=3_600_000, description="Pause between drain rounds when idle."
+    )
+    max_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Non-retryable failures before an item is dead-lettered.",
+    )
 
 
 class CostSettings(_Model):
@@ -125,10 +157,13 @@ class CostSettings(_Model):
 class TaskPolicy(_Model):
     """How one task is routed."""
 
-    edge_bundle: str = Field(min_length=1, description="Edge model bundle dir (relative to the "
-                                                      "policy file, or absolute).")
-    cloud_task: str | None = Field(default=None, description="Task name on the cloud; "
-                                                           "defaults to this task's name.")
+    edge_bundle: str = Field(
+        min_length=1,
+        description="Edge model bundle dir (relative to the policy file, or absolute).",
+    )
+    cloud_task: str | None = Field(
+        default=None, description="Task name on the cloud; defaults to this task's name."
+    )
     score: ScoreName = "margin"
     threshold: float = Field(ge=0.0, le=1.0, description="Escalate when score < threshold.")
     top_k: int = Field(default=3, ge=1, le=1000, description="Candidates sent to the cloud.")
@@ -137,10 +172,15 @@ class TaskPolicy(_Model):
     verify_on_cloud_failure: bool = Field(
         default=True, description="Queue for later cloud verification when an escalation fails."
     )
-    deadline_ms: int = Field(default=500, ge=1, le=600_000,
-                             description="Default end-to-end deadline of a request.")
-    min_cloud_ms: int = Field(default=20, ge=0, le=600_000,
-                              description="Escalate only if at least this much time is left.")
+    deadline_ms: int = Field(
+        default=500, ge=1, le=600_000, description="Default end-to-end deadline of a request."
+    )
+    min_cloud_ms: int = Field(
+        default=20,
+        ge=0,
+        le=600_000,
+        description="Escalate only if at least this much time is left.",
+    )
     max_batch_items: int = Field(default=256, ge=1, le=10_000)
 
 
@@ -153,14 +193,7 @@ class Policy(_Model):
     queue: QueueSettings
     sync: SyncSettings = SyncSettings()
     cost: CostSettings = CostSettings()
-    tasks: dict[str, TaskPolicy] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _task_names(self) -> Policy:
-        for name in self.tasks:
-            if not name or not all(c.isalnum() or c in "-_." for c in name):
-                raise ValueError(f"task name {name!r} may only contain letters, digits, '-_.'")
-        return self
+    tasks: dict[TaskName, TaskPolicy] = Field(min_length=1)
 
     def task(self, name: str) -> TaskPolicy:
         """The policy of task `name`; KeyError if undefined."""

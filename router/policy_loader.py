@@ -33,8 +33,10 @@ def policy_revision(text: str) -> str:
 
 def resolve_bundle_path(policy_dir: str, bundle: str) -> str:
     """Where a task's `edge_bundle` points: absolute, or relative to the policy's folder."""
-    return bundle if posixpath.isabs(bundle) else posixpath.normpath(
-        posixpath.join(policy_dir, bundle)
+    return (
+        bundle
+        if posixpath.isabs(bundle)
+        else posixpath.normpath(posixpath.join(policy_dir, bundle))
     )
 
 
@@ -59,15 +61,26 @@ def parse_policy(
         mark = getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError([PolicyIssue("", f"not valid YAML: {problem}", source, line, col)]) \
-            from None
+        raise PolicyError(
+            [PolicyIssue("", f"not valid YAML: {problem}", source, line, col)]
+        ) from None
     if root is None:
-        raise PolicyError([PolicyIssue("", "the file is empty; a policy needs at least "
-                                           "`queue` and `tasks`", source, 1, 1)])
+        raise PolicyError(
+            [
+                PolicyIssue(
+                    "",
+                    "the file is empty; a policy needs at least `queue` and `tasks`",
+                    source,
+                    1,
+                    1,
+                )
+            ]
+        )
     data = _to_python(root, (), marks, issues, env if env is not None else {}, source)
     if not isinstance(data, dict):
-        raise PolicyError([PolicyIssue("", "the top level must be a mapping of keys",
-                                       source, 1, 1)])
+        raise PolicyError(
+            [PolicyIssue("", "the top level must be a mapping of keys", source, 1, 1)]
+        )
     policy: Policy | None = None
     try:
         policy = Policy.model_validate(data)
@@ -78,10 +91,15 @@ def parse_policy(
             path = resolve_bundle_path(policy_dir, task.edge_bundle)
             if not bundle_exists(path):
                 line, col = marks.get(("tasks", name, "edge_bundle"), (None, None))
-                issues.append(PolicyIssue(
-                    f"tasks.{name}.edge_bundle",
-                    f"no model bundle at {path!r} (a folder with manifest.json and model.onnx)",
-                    source, line, col))
+                issues.append(
+                    PolicyIssue(
+                        f"tasks.{name}.edge_bundle",
+                        f"no model bundle at {path!r} (a folder with manifest.json and model.onnx)",
+                        source,
+                        line,
+                        col,
+                    )
+                )
     if issues:
         issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         raise PolicyError(issues)
@@ -89,8 +107,14 @@ def parse_policy(
     return policy
 
 
-def _to_python(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]],
-               issues: list[PolicyIssue], env: Mapping[str, str], source: str) -> Any:
+def _to_python(
+    node: yaml.Node,
+    path: Path,
+    marks: dict[Path, tuple[int, int]],
+    issues: list[PolicyIssue],
+    env: Mapping[str, str],
+    source: str,
+) -> Any:
     marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
@@ -100,24 +124,38 @@ def _to_python(node: yaml.Node, path: Path, marks: dict[Path, tuple[int, int]],
             line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if key in out:
                 first = marks.get(sub, (None, None))[0]
-                issues.append(PolicyIssue(_dotted(sub), f"duplicate key {key!r} (first defined "
-                                          f"on line {first}); each key may appear once",
-                                          source, line, col))
+                issues.append(
+                    PolicyIssue(
+                        _dotted(sub),
+                        f"duplicate key {key!r} (first defined "
+                        f"on line {first}); each key may appear once",
+                        source,
+                        line,
+                        col,
+                    )
+                )
                 continue
             marks[sub] = (line, col)
             out[key] = _to_python(value_node, sub, marks, issues, env, source)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, (*path, i), marks, issues, env, source)
-                for i, v in enumerate(node.value)]
+        return [
+            _to_python(v, (*path, i), marks, issues, env, source) for i, v in enumerate(node.value)
+        ]
     value = yaml.SafeLoader("").construct_object(node)
     if isinstance(value, str) and "${" in value:
         value = _substitute(value, path, marks, issues, env, source)
     return value
 
 
-def _substitute(value: str, path: Path, marks: dict[Path, tuple[int, int]],
-                issues: list[PolicyIssue], env: Mapping[str, str], source: str) -> str:
+def _substitute(
+    value: str,
+    path: Path,
+    marks: dict[Path, tuple[int, int]],
+    issues: list[PolicyIssue],
+    env: Mapping[str, str],
+    source: str,
+) -> str:
     def repl(m: re.Match[str]) -> str:
         name, default = m.group(1), m.group(2)
         if name in env:
@@ -125,9 +163,16 @@ def _substitute(value: str, path: Path, marks: dict[Path, tuple[int, int]],
         if default is not None:
             return default
         line, col = marks.get(path, (None, None))
-        issues.append(PolicyIssue(_dotted(path), f"environment variable {name} is referenced "
-                                  "but not set (set it, or write ${" + name + ":-default})",
-                                  source, line, col))
+        issues.append(
+            PolicyIssue(
+                _dotted(path),
+                f"environment variable {name} is referenced "
+                "but not set (set it, or write ${" + name + ":-default})",
+                source,
+                line,
+                col,
+            )
+        )
         return ""
 
     return _ENV_REF.sub(repl, value)
@@ -137,8 +182,9 @@ def _dotted(path: Path) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _map_validation_error(exc: ValidationError, marks: dict[Path, tuple[int, int]],
-                          source: str) -> list[PolicyIssue]:
+def _map_validation_error(
+    exc: ValidationError, marks: dict[Path, tuple[int, int]], source: str
+) -> list[PolicyIssue]:
     issues = []
     for err in exc.errors():
         loc: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
@@ -151,8 +197,11 @@ def _map_validation_error(exc: ValidationError, marks: dict[Path, tuple[int, int
         elif kind == "literal_error":
             msg = f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}"
         else:
-            msg = f"{err['msg']} (got {err.get('input')!r})" if kind != "value_error" \
+            msg = (
+                f"{err['msg']} (got {err.get('input')!r})"
+                if kind != "value_error"
                 else err["msg"].removeprefix("Value error, ")
+            )
         issues.append(PolicyIssue(_dotted(loc), msg, source, line, col))
     return issues
 

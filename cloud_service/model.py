@@ -1,0 +1,226 @@
+"""The cloud's re-ranking models: load verified bundles and re-rank edge candidates.
+
+cloud_service never imports edge_node, so this module has its own small loader; the pure
+checks (manifest parsing, sha256, graph I/O) are shared through router.manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import structlog
+
+from router.candidates import restrict_and_rank
+from router.errors import BundleError, EdgerouteError, InputError, UnknownTask
+from router.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    BundleManifest,
+    GraphTensor,
+    check_file_hash,
+    check_graph_io,
+    parse_manifest,
+)
+from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class CloudModel:
+    """One task's cloud model. Immutable; `rerank` is thread-safe (InferenceSession.run is)."""
+
+    manifest: BundleManifest
+    session: onnxruntime.InferenceSession
+    path: Path
+
+    @classmethod
+    def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> CloudModel:
+        """Load and verify the bundle folder at `path`.
+
+        Raises BundleError (naming the path and reason) when the folder or a file is missing,
+        the manifest is invalid, the sha256 differs, onnxruntime rejects the model, or the
+        graph's input/output do not match the manifest.
+        """
+        folder = Path(path)
+        if not folder.is_dir():
+            raise BundleError(f"{folder}: no such bundle folder")
+        manifest = parse_manifest(_read(folder / MANIFEST_FILE), str(folder / MANIFEST_FILE))
+        model_bytes = _read(folder / MODEL_FILE)
+        check_file_hash(manifest, MODEL_FILE, model_bytes)
+        session = _open_session(model_bytes, folder / MODEL_FILE, intra_op_threads)
+        check_graph_io(
+            manifest,
+            [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_inputs()],
+            [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_outputs()],
+            str(folder),
+        )
+        return cls(manifest=manifest, session=session, path=folder)
+
+    @property
+    def task(self) -> str:
+        """The task this model serves."""
+        return self.manifest.task
+
+    @property
+    def version(self) -> str:
+        """The model version reported in every result."""
+        return self.manifest.version
+
+    def rerank(self, items: Sequence[RerankItem]) -> list[RerankResult | RerankFailure]:
+        """Re-rank each item's candidates (all labels when None), results in item order.
+
+        The session runs once on the stacked batch of the valid items. Per-item faults
+        (wrong task, wrong input length, non-finite or out-of-range values, unknown or empty
+        candidates) become a RerankFailure and do not affect the other items. Raises
+        BundleError only if the model itself fails to run.
+        """
+        results: list[RerankResult | RerankFailure | None] = [None] * len(items)
+        valid: list[int] = []
+        rows: list[list[float]] = []
+        for i, item in enumerate(items):
+            fault = self._check(item)
+            if fault is None:
+                valid.append(i)
+                rows.append(item.inputs)
+            else:
+                results[i] = RerankFailure(
+                    request_id=item.request_id, task=item.task, error=WireError(**fault.to_dict())
+                )
+        if valid:
+            probs = self._run(np.asarray(rows, dtype=np.dtype(self.manifest.input.dtype)))
+            for row, i in zip(probs.tolist(), valid, strict=True):
+                results[i] = self._result(items[i], row)
+        return [r for r in results if r is not None]
+
+    def _check(self, item: RerankItem) -> EdgerouteError | None:
+        spec = self.manifest.input
+        if item.task != self.task:
+            return UnknownTask(
+                f"this model serves task {self.task!r}, not {item.task!r}", field="task"
+            )
+        if len(item.inputs) != spec.item_size:
+            return InputError(
+                f"expected {spec.item_size} input numbers, got {len(item.inputs)}",
+                field="inputs",
+            )
+        values = np.asarray(item.inputs, dtype=np.float64)
+        if not spec.allow_non_finite and not np.isfinite(values).all():
+            return InputError("inputs contain NaN or infinity", field="inputs")
+        if spec.min_value is not None and values.min() < spec.min_value:
+            return InputError(f"inputs must be >= {spec.min_value}", field="inputs")
+        if spec.max_value is not None and values.max() > spec.max_value:
+            return InputError(f"inputs must be <= {spec.max_value}", field="inputs")
+        if item.candidates is not None:
+            if not item.candidates:
+                return InputError(
+                    "candidates is empty (send null to score all labels)", field="candidates"
+                )
+            known = set(self.manifest.labels)
+            unknown = [c for c in item.candidates if c not in known]
+            if unknown:
+                return InputError(
+                    f"unknown candidate labels {unknown[:5]} for task {self.task!r}",
+                    field="candidates",
+                    code="unknown_label",
+                )
+        return None
+
+    def _run(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        spec = self.manifest.input
+        shaped = batch.reshape((batch.shape[0], *(d for d in spec.shape[1:] if d is not None)))
+        try:
+            out = self.session.run([self.manifest.output.name], {spec.name: shaped})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise BundleError(f"model {self.task}@{self.version} failed to run: {exc}") from None
+        probs: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
+        if probs.shape != (batch.shape[0], len(self.manifest.labels)):
+            raise BundleError(
+                f"model {self.task}@{self.version} returned shape {list(probs.shape)}"
+            )
+        return probs
+
+    def _result(self, item: RerankItem, probs: list[float]) -> RerankResult:
+        ranked = restrict_and_rank(probs, self.manifest.labels, item.candidates)
+        return RerankResult(
+            request_id=item.request_id,
+            task=item.task,
+            label=ranked[0].label,
+            score=ranked[0].score,
+            candidates=[WireCandidate(label=c.label, score=c.score) for c in ranked],
+            model_version=self.version,
+            scored="all_labels" if item.candidates is None else "candidates",
+        )
+
+
+def load_cloud_models(
+    bundles_dir: str | Path, *, role: str | None = "cloud"
+) -> dict[str, CloudModel]:
+    """Load every bundle under `bundles_dir/<task>/` (or `bundles_dir` itself if it holds a
+    manifest.json), keyed by the manifest's task.
+
+    Raises BundleError when the folder is missing, holds no bundle, two bundles claim the
+    same task, a bundle's role is not `role` (None: any role), or any bundle fails to load.
+    """
+    root = Path(bundles_dir)
+    if not root.is_dir():
+        raise BundleError(f"{root}: no such bundles folder")
+    if (root / MANIFEST_FILE).is_file():
+        folders = [root]
+    else:
+        folders = sorted(p for p in root.iterdir() if (p / MANIFEST_FILE).is_file())
+    if not folders:
+        raise BundleError(f"{root}: no bundle found (expected <task>/{MANIFEST_FILE})")
+    models: dict[str, CloudModel] = {}
+    for folder in folders:
+        model = CloudModel.load(folder)
+        if role is not None and model.manifest.role != role:
+            raise BundleError(
+                f"{folder}: bundle role is {model.manifest.role!r}, expected {role!r}",
+                field="role",
+            )
+        if model.task in models:
+            raise BundleError(
+                f"{folder}: task {model.task!r} is already served by {models[model.task].path}"
+            )
+        models[model.task] = model
+        _log.info("cloud_model_loaded", task=model.task, model_version=model.version)
+    return models
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{file}: missing from the bundle") from None
+    except OSError as exc:
+        raise BundleError(f"{file}: cannot be read ({exc.strerror or exc})") from None
+
+
+def _open_session(
+    model_bytes: bytes, source: Path, intra_op_threads: int
+) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise BundleError(f"{source}: onnxruntime cannot load the model ({reason})") from None

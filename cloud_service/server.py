@@ -1,0 +1,134 @@
+"""Running the cloud service: a blocking `run_cloud` for the CLI, and in-process helpers
+for tests (`init_ray`, `start_cloud_in_process`, `stop_cloud`).
+
+Ray is always started as a *new* local instance (never joining another one found on the
+machine), bound to 127.0.0.1, with the dashboard and usage stats off.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from cloud_service.settings import CloudServiceSettings
+
+APP_NAME = "edgeroute"
+DEFAULT_NUM_CPUS = 2
+_log = structlog.get_logger("cloud_service.server")
+
+
+def init_ray(
+    *,
+    num_cpus: int = DEFAULT_NUM_CPUS,
+    namespace: str = "edgeroute",
+    object_store_memory: int = 128 * 1024 * 1024,
+) -> None:
+    """Start a fresh local Ray in this process (no-op if Ray is already initialised here).
+
+    Bound to 127.0.0.1, dashboard off, usage stats off, worker logs not echoed.
+    """
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=num_cpus,
+        namespace=namespace,
+        object_store_memory=object_store_memory,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+
+
+def base_url(settings: CloudServiceSettings) -> str:
+    """The HTTP base URL the service listens on."""
+    return f"http://{settings.host}:{settings.port}"
+
+
+def start_cloud_in_process(
+    settings: CloudServiceSettings, *, num_cpus: int = DEFAULT_NUM_CPUS
+) -> str:
+    """Start Ray (if needed) and Serve in this process, deploy the app, return its base URL.
+
+    Returns once the app is running (models loaded). Raises whatever `serve.run` raises
+    when the deployment fails (for example a RuntimeError carrying a BundleError message).
+    """
+    init_ray(num_cpus=num_cpus, namespace=settings.ray_namespace)
+    from ray import serve
+
+    from cloud_service.app import build_app
+
+    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.run(build_app(settings), name=APP_NAME, route_prefix="/")
+    return base_url(settings)
+
+
+def stop_cloud(settings: CloudServiceSettings | None = None, *, shutdown_ray: bool = True) -> None:
+    """Shut Serve down, kill the shared result store, and (by default) shut Ray down.
+
+    Safe to call when nothing is running.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+
+    from cloud_service.result_store import kill_result_store
+
+    serve.shutdown()  # type: ignore[no-untyped-call]
+    if settings is not None:
+        kill_result_store(settings.result_store_name, settings.ray_namespace)
+    if shutdown_ray:
+        ray.shutdown()
+
+
+def run_cloud(
+    settings: CloudServiceSettings,
+    *,
+    ready_file: Path | None = None,
+    num_cpus: int = DEFAULT_NUM_CPUS,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut Serve and Ray down cleanly.
+
+    Prints one line `edgeroute cloud ready <url>` to stdout when the app is up and, if
+    `ready_file` is given, writes the URL there (atomically). Must run in the main thread
+    (it installs signal handlers). Deployment failures propagate after Ray is shut down.
+    """
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        _log.info("cloud_stopping", reason=signal.Signals(signum).name)
+        stop.set()
+
+    started = time.monotonic()
+    # ray.init installs a fatal-signal handler that aborts the process on SIGTERM, so ours
+    # must be installed after it (and before the slow deploy, so a stop request is honoured).
+    init_ray(num_cpus=num_cpus, namespace=settings.ray_namespace)
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        url = start_cloud_in_process(settings, num_cpus=num_cpus)
+        _log.info(
+            "cloud_ready", route="cloud", url=url, startup_s=round(time.monotonic() - started, 2)
+        )
+        print(f"edgeroute cloud ready {url}", flush=True)
+        if ready_file is not None:
+            tmp = ready_file.with_name(ready_file.name + ".tmp")
+            tmp.write_text(url + "\n", encoding="utf-8")
+            os.replace(tmp, ready_file)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop_cloud(settings)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

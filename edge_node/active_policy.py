@@ -1,0 +1,68 @@
+"""The policy a request is decided by, with everything compiled from it once.
+
+An `ActivePolicy` is immutable; the service swaps the whole object atomically (one
+attribute assignment) on reload, and each request reads it exactly once, so every
+request is decided by exactly one whole policy.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_node.bundle import load_bundle
+from edge_node.model_runner import EdgeModel
+from router.policy import Policy
+from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """A validated policy, its revision, and the edge model of each task."""
+
+    policy: Policy
+    revision: str
+    source: str
+    loaded_at: float
+    models: dict[str, EdgeModel]
+
+    @property
+    def model_versions(self) -> dict[str, str]:
+        return {task: model.version for task, model in self.models.items()}
+
+
+def bundle_exists(path: str) -> bool:
+    """True if `path` looks like a model bundle folder."""
+    return (Path(path) / "manifest.json").is_file()
+
+
+def load_policy_file(path: Path, env: dict[str, str] | None = None) -> tuple[Policy, str]:
+    """Read and validate a policy file; returns (policy, revision). Raises PolicyError."""
+    text = path.read_text(encoding="utf-8")
+    policy = parse_policy(
+        text,
+        source=str(path),
+        env=dict(os.environ) if env is None else env,
+        bundle_exists=bundle_exists,
+        policy_dir=str(path.parent),
+    )
+    return policy, policy_revision(text)
+
+
+def activate(path: Path, now: float, reuse: ActivePolicy | None = None) -> ActivePolicy:
+    """Validate the policy at `path` and load every task's edge bundle.
+
+    Bundles already loaded by `reuse` at the same path and version are kept (no reload).
+    Raises PolicyError or BundleError; nothing is swapped on failure (the caller decides).
+    """
+    policy, revision = load_policy_file(path)
+    models: dict[str, EdgeModel] = {}
+    for name, task in policy.tasks.items():
+        bundle_dir = resolve_bundle_path(str(path.parent), task.edge_bundle)
+        old = reuse.models.get(name) if reuse is not None else None
+        if old is not None and old.bundle.path == Path(bundle_dir):
+            models[name] = old
+            continue
+        models[name] = EdgeModel(load_bundle(bundle_dir))
+    return ActivePolicy(policy, revision, str(path), now, models)

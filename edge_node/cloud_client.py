@@ -1,0 +1,219 @@
+"""The edge node's client of the cloud re-ranker (`POST {cloud}/v1/rerank`, `GET /healthz`).
+
+One `httpx.AsyncClient` (keep-alive) without transport-level retries; exactly one retry
+layer (tenacity) that retries only retryable failures, waits exponential backoff with
+jitter but never less than the cloud's `Retry-After`, and never sleeps or tries past the
+caller's deadline. Every httpx / HTTP / schema failure leaves this module as a
+`router.errors.CloudError`:
+
+- connect refused/reset, protocol/read errors, 5xx, 429, 503, malformed 2xx body
+  -> `CloudUnavailable(retry_after_s)` (retried)
+- httpx timeouts, or no time left for a try -> `CloudTimeout` (retried while time is left)
+- any other 4xx -> `CloudRejected` (never retried)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+import structlog
+from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+
+from router.errors import CloudError, CloudRejected, CloudTimeout, CloudUnavailable
+from router.policy import CloudSettings
+from router.wire import (
+    NODE_HEADER,
+    REQUEST_ID_HEADER,
+    RerankFailure,
+    RerankItem,
+    RerankResponse,
+    RerankResult,
+)
+
+_log = structlog.get_logger("edge_node.cloud_client")
+_MIN_TRY_S = 0.001  # do not start a try with less time than this left
+_RETRY_STATUSES = frozenset({429, 503})
+
+
+def parse_retry_after(value: str | None, *, now_wall: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date); None if absent or
+    unparseable; never negative."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = time.time() if now_wall is None else now_wall
+    return max(0.0, when.timestamp() - now)
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, CloudError) and exc.retryable
+
+
+class CloudClient:
+    """Async client of one cloud endpoint. Safe to share between tasks of one event loop;
+    call `aclose` when done. `clock` is monotonic seconds, `sleep` awaits seconds, `rng`
+    returns a float in [0, 1); all three are injectable for tests."""
+
+    def __init__(
+        self,
+        settings: CloudSettings,
+        *,
+        node_id: str,
+        token: str | None = None,
+        base_url: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng
+        headers = {NODE_HEADER: node_id, "Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.AsyncClient(
+            base_url=(base_url or settings.url).rstrip("/"),
+            headers=headers,
+            transport=transport or httpx.AsyncHTTPTransport(retries=0),
+            timeout=self._timeout(settings.request_timeout_ms / 1000),
+        )
+
+    @property
+    def base_url(self) -> str:
+        """The cloud's base URL this client talks to."""
+        return str(self._http.base_url).rstrip("/")
+
+    def _timeout(self, total_s: float) -> httpx.Timeout:
+        connect = min(self.settings.connect_timeout_ms / 1000, total_s)
+        return httpx.Timeout(total_s, connect=connect)
+
+    async def rerank(
+        self, items: list[RerankItem], *, deadline_s: float, request_id: str | None = None
+    ) -> list[RerankResult | RerankFailure]:
+        """Re-rank `items` on the cloud; results in item order, one per item.
+
+        Returns within about `deadline_s` seconds (per-try timeouts are cut to the time
+        left; no backoff sleeps past it). Raises `CloudUnavailable`, `CloudTimeout` or
+        `CloudRejected` (see module doc); never an httpx or pydantic error.
+        """
+        if not items:
+            return []
+        end = self._clock() + deadline_s
+        body = orjson.dumps({"items": [i.model_dump(mode="json") for i in items]})
+        headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        expected = [i.request_id for i in items]
+        retry = self.settings.retry
+
+        def wait(state: RetryCallState) -> float:
+            growth = float(2 ** (state.attempt_number - 1))
+            backoff = min(retry.backoff_max_ms, retry.backoff_initial_ms * growth) / 1000
+            if retry.jitter:
+                backoff *= self._rng()
+            exc = state.outcome.exception() if state.outcome else None
+            after = exc.retry_after_s if isinstance(exc, CloudError) else None
+            return max(backoff, after or 0.0)
+
+        def stop(state: RetryCallState) -> bool:
+            if state.attempt_number >= retry.max_attempts:
+                return True
+            return self._clock() + state.upcoming_sleep + _MIN_TRY_S >= end
+
+        retrying = AsyncRetrying(
+            stop=stop,
+            wait=wait,
+            sleep=self._sleep,
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._try_once(body, headers, expected, end)
+        raise AssertionError("unreachable: tenacity reraises the last error")  # pragma: no cover
+
+    async def _try_once(
+        self, body: bytes, headers: dict[str, str], expected: list[str], end: float
+    ) -> list[RerankResult | RerankFailure]:
+        left = end - self._clock()
+        if left < _MIN_TRY_S:
+            raise CloudTimeout("deadline exhausted before the cloud answered")
+        per_try = min(self.settings.request_timeout_ms / 1000, left)
+        try:
+            async with asyncio.timeout(per_try):
+                resp = await self._http.post(
+                    "/v1/rerank", content=body, headers=headers, timeout=self._timeout(per_try)
+                )
+        except (httpx.TimeoutException, TimeoutError) as exc:
+            raise CloudTimeout(f"cloud did not answer within {per_try:.3f}s") from exc
+        except httpx.HTTPError as exc:
+            raise CloudUnavailable(f"cloud unreachable: {type(exc).__name__}") from exc
+        return self._parse(resp, expected)
+
+    def _parse(
+        self, resp: httpx.Response, expected: list[str]
+    ) -> list[RerankResult | RerankFailure]:
+        status = resp.status_code
+        if status in _RETRY_STATUSES or status >= 500:
+            after = parse_retry_after(resp.headers.get("Retry-After"))
+            raise CloudUnavailable(
+                f"cloud answered {status}{_error_text(resp)}", retry_after_s=after
+            )
+        if status >= 400:
+            raise CloudRejected(f"cloud rejected the request: {status}{_error_text(resp)}")
+        if status != 200:
+            raise CloudUnavailable(f"cloud answered unexpected status {status}")
+        try:
+            parsed = RerankResponse.model_validate_json(resp.content)
+        except ValidationError as exc:
+            raise CloudUnavailable(
+                f"malformed cloud response ({exc.error_count()} schema errors)"
+            ) from exc
+        got = [r.request_id for r in parsed.results]
+        if got != expected:
+            raise CloudUnavailable(
+                f"malformed cloud response: {len(got)} results for {len(expected)} items "
+                "or results out of order"
+            )
+        return list(parsed.results)
+
+    async def health(self, timeout_s: float) -> bool:
+        """True if `GET /healthz` answers 200 within `timeout_s`; never raises."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self._http.get("/healthz", timeout=self._timeout(timeout_s))
+        except (httpx.HTTPError, TimeoutError) as exc:
+            _log.debug("cloud_health_failed", reason=type(exc).__name__)
+            return False
+        return resp.status_code == 200
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+
+def _error_text(resp: httpx.Response) -> str:
+    """` code: message (field)` from a wire error body, or '' if there is none."""
+    try:
+        data: Any = orjson.loads(resp.content)
+        err = data["error"]
+        text = f" {err['code']}: {err['message']}"
+        return text + (f" (field {err['field']})" if err.get("field") else "")
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return ""

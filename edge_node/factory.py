@@ -1,0 +1,45 @@
+"""Builds an `EdgeService` and its components from settings (the only place that wires
+real stores, clients and clocks together)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+from edge_node.active_policy import activate
+from edge_node.budget_store import BudgetStore
+from edge_node.cloud_client import CloudClient
+from edge_node.connectivity import ConnectivityMonitor
+from edge_node.decision_log import DecisionLog
+from edge_node.metrics import EdgeMetrics
+from edge_node.queue_store import DurableQueue
+from edge_node.result_store import ResultStore
+from edge_node.service import EdgeService
+from edge_node.settings import EdgeSettings
+
+
+def build_service(settings: EdgeSettings) -> EdgeService:
+    """Validate the policy, load bundles, open the stores in the data dir.
+
+    Raises PolicyError / BundleError before anything is opened if the policy is invalid.
+    """
+    active = activate(settings.policy_path, time.time())
+    policy = active.policy
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
+    monitor = ConnectivityMonitor(policy.cloud.breaker, clock=time.monotonic, rng=random.random)
+    client = CloudClient(
+        policy.cloud, node_id=policy.node.id, token=token, base_url=settings.cloud_url
+    )
+    return EdgeService(
+        active=active,
+        queue=DurableQueue(data / "queue", policy.queue, clock=time.time),
+        results=ResultStore(data / "results", policy.queue.fsync),
+        client=client,
+        monitor=monitor,
+        budget=BudgetStore(data / "budget", policy.cost, clock=time.time),
+        decisions=DecisionLog(data / "decisions", clock=time.time),
+        metrics=EdgeMetrics(),
+    )

@@ -1,0 +1,117 @@
+"""The edge model: a verified bundle's onnxruntime session behind a small, typed API."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_node.bundle import LoadedBundle, load_bundle
+from router.errors import BundleError, InputError
+from router.manifest import InputSpec
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class EdgeModel:
+    """Runs one task's edge model and returns class probabilities.
+
+    Thread-safe: the object is immutable after construction and onnxruntime's
+    InferenceSession.run may be called from several threads at once.
+    """
+
+    __slots__ = (
+        "_bundle",
+        "_dtype",
+        "_input_name",
+        "_item_shape",
+        "_item_size",
+        "_labels",
+        "_output_names",
+    )
+
+    def __init__(self, bundle: LoadedBundle) -> None:
+        """Wrap an already verified bundle (see edge_node.bundle.load_bundle)."""
+        spec = bundle.manifest.input
+        self._bundle = bundle
+        self._input_name = spec.name
+        self._item_shape = tuple(d for d in spec.shape[1:] if d is not None)
+        self._item_size = spec.item_size
+        self._dtype = np.dtype(spec.dtype)
+        self._output_names = [bundle.manifest.output.name]
+        self._labels = tuple(bundle.manifest.labels)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EdgeModel:
+        """Load and verify the bundle at `path`; raises BundleError like load_bundle."""
+        return cls(load_bundle(path))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """Class labels in the order of the probability columns."""
+        return self._labels
+
+    @property
+    def version(self) -> str:
+        """The bundle's model version (manifest `version`)."""
+        return self._bundle.manifest.version
+
+    @property
+    def task(self) -> str:
+        """The task this model serves (manifest `task`)."""
+        return self._bundle.manifest.task
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The manifest's input spec (name, shape, dtype, value limits)."""
+        return self._bundle.manifest.input
+
+    @property
+    def bundle(self) -> LoadedBundle:
+        """The loaded bundle (manifest, session, folder)."""
+        return self._bundle
+
+    def predict(self, batch: npt.ArrayLike) -> FloatArray:
+        """Probabilities float32 [N, C] for a batch shaped [N, *item_shape].
+
+        The batch is converted to the manifest dtype (no copy when it already is). Raises
+        InputError (field "inputs") for a wrong shape or an empty batch, and BundleError if
+        the model fails or returns probabilities of the wrong shape. Value limits are the
+        caller's check (the HTTP layer validates against input_spec).
+        """
+        arr = np.asarray(batch, dtype=self._dtype)
+        if arr.ndim != len(self._item_shape) + 1 or arr.shape[1:] != self._item_shape:
+            raise InputError(
+                f"expected inputs shaped [N, {', '.join(map(str, self._item_shape))}], "
+                f"got {list(arr.shape)}",
+                field="inputs",
+            )
+        if arr.shape[0] == 0:
+            raise InputError("the batch is empty", field="inputs")
+        return self._run(arr)
+
+    def predict_one(self, item: Sequence[float] | npt.ArrayLike) -> FloatArray:
+        """Probabilities float32 [C] for one item given flat (item_size numbers) or shaped.
+
+        Raises InputError (field "inputs") when the item has the wrong number of values.
+        """
+        arr = np.asarray(item, dtype=self._dtype)
+        if arr.size != self._item_size:
+            raise InputError(f"expected {self._item_size} numbers, got {arr.size}", field="inputs")
+        probs: FloatArray = self._run(arr.reshape((1, *self._item_shape)))[0]
+        return probs
+
+    def _run(self, arr: npt.NDArray[np.generic]) -> FloatArray:
+        try:
+            out = self._bundle.session.run(self._output_names, {self._input_name: arr})[0]
+        except Exception as exc:  # onnxruntime's own exception types
+            raise BundleError(f"model {self.task}@{self.version} failed to run: {exc}") from None
+        probs: FloatArray = np.asarray(out, dtype=np.float32)
+        if probs.shape != (arr.shape[0], len(self._labels)):
+            raise BundleError(
+                f"model {self.task}@{self.version} returned shape {list(probs.shape)}, "
+                f"expected [{arr.shape[0]}, {len(self._labels)}]"
+            )
+        return probs

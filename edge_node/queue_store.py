@@ -1,0 +1,305 @@
+"""The durable queue of requests waiting for the cloud (diskcache on local disk).
+
+Every item is one SQLite row (diskcache, WAL journal), keyed so that the key alone says
+its position, size, age, task and request_id:
+
+    q:<seq, 20 digits>:<size bytes>:<enqueued_at>:<task>:<request_id>
+
+so reopening the queue rebuilds its in-memory index (order, byte count, ages) from the keys
+without reading a single payload, and the order and byte accounting survive restarts by
+construction: there is no separate counter to drift. `seq` comes from a counter persisted
+in the same cache and written in the same transaction as the item.
+
+Durability: `put` returns only after the SQLite transaction committed. With
+`fsync: os_crash_safe` (`PRAGMA synchronous=NORMAL` in WAL mode) an acknowledged item
+survives a crash of the process (kill -9); with `per_write` (`synchronous=FULL`) it also
+survives an OS crash or power loss. Payloads are kept inside SQLite (never in side files,
+which diskcache does not fsync), and the cache never evicts (`eviction_policy="none"`):
+items leave only through `remove`, `take_expired` or `on_full: drop_oldest`.
+
+Concurrency: one process per directory (not checked). Within the process every method is
+thread-safe (one lock around the index and the diskcache transaction).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import diskcache
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from router.errors import EdgerouteError, QueueFull, RequestTooLarge
+from router.policy import QueueSettings
+
+_SEQ_KEY = "m:next_seq"
+_ITEM_PREFIX = "q:"
+_MAX_ERROR_CHARS = 500
+_SYNCHRONOUS = {"os_crash_safe": 1, "per_write": 2}
+
+
+class QueuedItem(BaseModel):
+    """One request waiting for cloud verification. Never logged (it holds the inputs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    request_id: str = Field(min_length=1)
+    task: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    cloud_task: str = Field(min_length=1)
+    inputs: list[float]
+    candidates: list[str]
+    edge_label: str
+    edge_score: float
+    edge_candidates: list[tuple[str, float]]
+    model_version: str
+    enqueued_at: float
+    attempts: int = 0
+    last_error: str | None = None
+    reason: str
+
+
+class QueueStoreError(EdgerouteError):
+    """The queue's storage failed (disk full, corrupt database...)."""
+
+    code = "queue_store_error"
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    key: str
+    seq: int
+    size: int
+    enqueued_at: float
+    task: str
+    request_id: str
+
+
+def _make_key(seq: int, size: int, enqueued_at: float, task: str, request_id: str) -> str:
+    return f"{_ITEM_PREFIX}{seq:020d}:{size}:{enqueued_at!r}:{task}:{request_id}"
+
+
+def _parse_key(key: str) -> _Entry:
+    seq, size, at, task, request_id = key[len(_ITEM_PREFIX) :].split(":", 4)
+    return _Entry(key, int(seq), int(size), float(at), task, request_id)
+
+
+class DurableQueue:
+    """FIFO of `QueuedItem`s on disk, bounded by `settings.max_items` and `max_bytes`.
+
+    `clock` (wall-clock seconds, default `time.time`) is used only for `retry_after_s`
+    hints; callers pass `now` explicitly where ages matter. `retry_after_s` is the hint put
+    in `QueueFull` when `on_full: reject` refuses an item. Raises `QueueStoreError` if the
+    directory cannot be opened.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        settings: QueueSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        retry_after_s: float = 1.0,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._retry_after_s = retry_after_s
+        self._lock = threading.RLock()
+        try:
+            self._cache = diskcache.Cache(
+                str(directory),
+                eviction_policy="none",
+                cull_limit=0,
+                size_limit=2**62,
+                sqlite_synchronous=_SYNCHRONOUS[settings.fsync],
+                sqlite_journal_mode="wal",
+                disk_min_file_size=2**40,  # keep every payload inside SQLite
+            )
+        except Exception as exc:  # sqlite3 / OSError, mapped at the boundary
+            raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
+        self._entries: dict[str, _Entry] = {}  # request_id -> entry, in seq order
+        self._bytes = 0
+        self._load()
+
+    def _load(self) -> None:
+        entries = [
+            _parse_key(k)
+            for k in self._cache.iterkeys()
+            if isinstance(k, str) and k.startswith(_ITEM_PREFIX)
+        ]
+        entries.sort(key=lambda e: e.seq)
+        for e in entries:
+            self._entries[e.request_id] = e
+            self._bytes += e.size
+
+    # --- writes -----------------------------------------------------------------------
+
+    def put(self, item: QueuedItem) -> list[str]:
+        """Append `item`; durable (committed to SQLite) when this returns.
+
+        Idempotent: if an item with the same request_id is queued, nothing changes and []
+        is returned. When the queue is full, `on_full: reject` raises `QueueFull` (with
+        `retry_after_s`) and `on_full: drop_oldest` removes the oldest items (any task) in
+        the same transaction and returns their request_ids, which the caller must record as
+        expired. An item bigger than `max_bytes` by itself raises `RequestTooLarge`.
+        """
+        payload = orjson.dumps(item.model_dump(mode="json"))
+        size = len(payload)
+        if size > self._settings.max_bytes:
+            raise RequestTooLarge(
+                f"queued item is {size} bytes, more than queue.max_bytes "
+                f"({self._settings.max_bytes})",
+                field="inputs",
+            )
+        with self._lock:
+            if item.request_id in self._entries:
+                return []
+            victims = self._victims_for(size)
+            try:
+                with self._cache.transact():
+                    seq = int(self._cache.get(_SEQ_KEY, default=0))
+                    key = _make_key(seq, size, item.enqueued_at, item.task, item.request_id)
+                    for v in victims:
+                        self._cache.delete(v.key)
+                    self._cache.set(_SEQ_KEY, seq + 1)
+                    self._cache.set(key, payload)
+            except Exception as exc:
+                raise QueueStoreError(f"cannot write queue item: {exc}") from exc
+            for v in victims:
+                self._forget(v)
+            self._entries[item.request_id] = _Entry(
+                key, seq, size, item.enqueued_at, item.task, item.request_id
+            )
+            self._bytes += size
+            return [v.request_id for v in victims]
+
+    def _victims_for(self, size: int) -> list[_Entry]:
+        """The oldest entries to drop so that one more item of `size` fits (lock held)."""
+        count, total = len(self._entries), self._bytes
+        if count + 1 <= self._settings.max_items and total + size <= self._settings.max_bytes:
+            return []
+        if self._settings.on_full == "reject":
+            raise QueueFull(
+                f"queue full ({count} items, {total} bytes)", retry_after_s=self._retry_after_s
+            )
+        victims: list[_Entry] = []
+        for e in self._entries.values():
+            if count + 1 <= self._settings.max_items and total + size <= self._settings.max_bytes:
+                break
+            victims.append(e)
+            count -= 1
+            total -= e.size
+        return victims
+
+    def _forget(self, entry: _Entry) -> None:
+        del self._entries[entry.request_id]
+        self._bytes -= entry.size
+
+    def remove(self, request_ids: Iterable[str]) -> int:
+        """Delete these items in one transaction (unknown ids are ignored); returns how
+        many were removed. Durable when it returns."""
+        with self._lock:
+            gone = [self._entries[r] for r in dict.fromkeys(request_ids) if r in self._entries]
+            if not gone:
+                return 0
+            try:
+                with self._cache.transact():
+                    for e in gone:
+                        self._cache.delete(e.key)
+            except Exception as exc:
+                raise QueueStoreError(f"cannot remove queue items: {exc}") from exc
+            for e in gone:
+                self._forget(e)
+            return len(gone)
+
+    def record_failure(self, request_id: str, error: str) -> int:
+        """Count one failed attempt of an item and keep `error` (truncated to 500 chars)
+        as its `last_error`; returns the new attempt count (0 if the item is not queued).
+        The item keeps its place and its accounted size."""
+        with self._lock:
+            entry = self._entries.get(request_id)
+            if entry is None:
+                return 0
+            item = self._read(entry)
+            updated = item.model_copy(
+                update={"attempts": item.attempts + 1, "last_error": error[:_MAX_ERROR_CHARS]}
+            )
+            try:
+                self._cache.set(entry.key, orjson.dumps(updated.model_dump(mode="json")))
+            except Exception as exc:
+                raise QueueStoreError(f"cannot update queue item: {exc}") from exc
+            return updated.attempts
+
+    def take_expired(self, now: float) -> list[QueuedItem]:
+        """Remove and return every item enqueued more than `ttl_s` before `now`. Callers
+        that must not lose the expiry on a crash use `expired` + `remove` instead."""
+        with self._lock:
+            items = self.expired(now)
+            self.remove(i.request_id for i in items)
+            return items
+
+    # --- reads ------------------------------------------------------------------------
+
+    def expired(self, now: float) -> list[QueuedItem]:
+        """Items enqueued more than `ttl_s` before `now`, oldest first (not removed)."""
+        limit = now - self._settings.ttl_s
+        with self._lock:
+            old = [e for e in self._entries.values() if e.enqueued_at < limit]
+            return [self._read(e) for e in old]
+
+    def oldest(self, n: int, task: str | None = None) -> list[QueuedItem]:
+        """Up to `n` items (of `task`, or any), oldest first; nothing is removed."""
+        with self._lock:
+            picked: list[_Entry] = []
+            for e in self._entries.values():
+                if len(picked) >= n:
+                    break
+                if task is None or e.task == task:
+                    picked.append(e)
+            return [self._read(e) for e in picked]
+
+    def _read(self, entry: _Entry) -> QueuedItem:
+        raw = self._cache.get(entry.key)
+        if not isinstance(raw, bytes):
+            raise QueueStoreError(f"queue item {entry.seq} is missing from disk")
+        try:
+            return QueuedItem.model_validate_json(raw)
+        except ValidationError as exc:
+            raise QueueStoreError(f"queue item {entry.seq} is corrupt: {exc}") from exc
+
+    def get(self, request_id: str) -> QueuedItem | None:
+        """The queued item with this request_id, or None if it is not queued."""
+        with self._lock:
+            entry = self._entries.get(request_id)
+            return None if entry is None else self._read(entry)
+
+    def __contains__(self, request_id: object) -> bool:
+        with self._lock:
+            return request_id in self._entries
+
+    @property
+    def depth(self) -> int:
+        """Number of items queued."""
+        with self._lock:
+            return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        """Payload bytes queued (serialized size of each item when it was enqueued)."""
+        with self._lock:
+            return self._bytes
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds since the oldest item was enqueued; 0.0 when empty."""
+        with self._lock:
+            for e in self._entries.values():
+                return max(0.0, now - e.enqueued_at)
+            return 0.0
+
+    def close(self) -> None:
+        """Close the SQLite connections; the queue must not be used afterwards."""
+        with self._lock:
+            self._cache.close()

@@ -1,0 +1,108 @@
+"""Checking a request's `inputs` against a bundle's input spec, before the model sees them.
+
+Pure (numpy only). Accepts the two shapes the edge API allows: a flat list of numbers
+(row-major), or `{input_name: nested list}` matching the model's input shape with or
+without the batch axis. Every fault raises `InputError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from router.errors import InputError
+from router.manifest import InputSpec
+
+_NUMERIC = (int, float)
+
+
+def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.ndarray:
+    """Return the item as a 1-D float32 array of `spec.item_size` numbers, or raise InputError.
+
+    Checks: structure, element types (numbers only; booleans and strings are rejected),
+    size, finiteness (unless `spec.allow_non_finite`), and the [min_value, max_value] range.
+    """
+    size = spec.item_size
+    if isinstance(raw, dict):
+        if set(raw) != {spec.name}:
+            raise InputError(
+                f"{field} must be a list of {size} numbers or an object with the "
+                f"single key {spec.name!r}; got keys {sorted(map(str, raw))}",
+                field=field,
+            )
+        field = f"{field}.{spec.name}"
+        arr = _nested_array(raw[spec.name], spec, field)
+    elif isinstance(raw, list):
+        arr = _flat_array(raw, size, field)
+    else:
+        raise InputError(
+            f"{field} must be a list of {size} numbers or {{{spec.name!r}: nested "
+            f"list of shape {_shape_str(spec)}}}; got {type(raw).__name__}",
+            field=field,
+        )
+    if not spec.allow_non_finite:
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            raise InputError(
+                f"{field}[{int(bad[0])}] is not a finite number (NaN/Infinity "
+                "are not allowed for this task)",
+                field=f"{field}[{int(bad[0])}]",
+            )
+    for limit, cmp, word in (
+        (spec.min_value, np.less, "below"),
+        (spec.max_value, np.greater, "above"),
+    ):
+        if limit is not None:
+            out = np.flatnonzero(cmp(arr, limit))
+            if out.size:
+                i = int(out[0])
+                raise InputError(
+                    f"{field}[{i}] = {float(arr[i])} is {word} the allowed range "
+                    f"[{spec.min_value}, {spec.max_value}]",
+                    field=f"{field}[{i}]",
+                )
+    return arr
+
+
+def _flat_array(raw: list[Any], size: int, field: str) -> np.ndarray:
+    if len(raw) != size:
+        raise InputError(f"{field} must have exactly {size} numbers; got {len(raw)}", field=field)
+    for i, v in enumerate(raw):
+        if not isinstance(v, _NUMERIC) or isinstance(v, bool):
+            raise InputError(
+                f"{field}[{i}] must be a number; got {type(v).__name__}", field=f"{field}[{i}]"
+            )
+    return np.asarray(raw, dtype=np.float32)
+
+
+def _nested_array(value: Any, spec: InputSpec, field: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        raise InputError(
+            f"{field} must be a nested list of numbers of shape {_shape_str(spec)} "
+            "(ragged lists and non-numbers are not allowed)",
+            field=field,
+        ) from None
+    if _has_non_numbers(value):
+        raise InputError(f"{field} must contain only numbers", field=field)
+    want = tuple(d for d in spec.shape[1:])
+    got = arr.shape
+    if got and got[0] == 1 and got[1:] == want:
+        got = got[1:]
+    if got != want:
+        raise InputError(
+            f"{field} has shape {list(arr.shape)}; expected {_shape_str(spec)}", field=field
+        )
+    return arr.astype(np.float32).reshape(-1)
+
+
+def _has_non_numbers(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_non_numbers(v) for v in value)
+    return isinstance(value, bool) or not isinstance(value, _NUMERIC)
+
+
+def _shape_str(spec: InputSpec) -> str:
+    return str([d for d in spec.shape[1:]])

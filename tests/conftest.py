@@ -1,0 +1,5 @@
+"""Shared fixtures: one Ray + cloud app per session (tests.ray_fixtures), edge node processes."""
+
+from __future__ import annotations
+
+pytest_plugins = ["tests.ray_fixtures", "tests.edge_fixtures"]

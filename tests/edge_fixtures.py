@@ -1,0 +1,151 @@
+"""Pytest plugin: real edge node processes on 127.0.0.1, a fault proxy in front of the cloud."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeroute import processes
+from edgeroute.netproxy import ThreadedFaultProxy
+
+CLOUD_TOKEN = "test-token"
+CLOUD_NODE = "test-node"
+
+
+def policy_text(
+    edge_bundle: Path,
+    *,
+    extra_tasks: str = "",
+    max_items: int = 10000,
+    on_full: str = "reject",
+    sync: str = "",
+    cost: str = "",
+    threshold: float = 0.6,
+) -> str:
+    """A policy for tests: task `digits` (hybrid) plus optional extra task blocks."""
+    return f"""\
+version: 1
+node:
+  id: {CLOUD_NODE}
+cloud:
+  url: http://127.0.0.1:9
+  token_env: EDGEROUTE_TEST_TOKEN
+  connect_timeout_ms: 200
+  request_timeout_ms: 2000
+  retry: {{max_attempts: 2, backoff_initial_ms: 10, backoff_max_ms: 50}}
+  breaker: {{failure_threshold: 2, open_ms: 300, open_max_ms: 1000, probe_interval_ms: 100}}
+queue:
+  max_items: {max_items}
+  max_bytes: 67108864
+  on_full: {on_full}
+sync:
+  batch_size: 32
+  interval_ms: 50
+{sync}
+cost:
+  price_per_call: 0.01
+{cost}
+tasks:
+  digits:
+    edge_bundle: {edge_bundle}
+    threshold: {threshold}
+    score: margin
+    deadline_ms: 2000
+{extra_tasks}
+"""
+
+
+@dataclass
+class EdgeNode:
+    """A running edge node process."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    data_dir: Path
+    log_path: Path
+    policy_path: Path
+
+    def infer(self, body: dict[str, object], timeout: float = 10.0) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/infer", json=body, timeout=timeout)
+
+    def status(self) -> dict[str, object]:
+        data: dict[str, object] = httpx.get(f"{self.url}/v1/status", timeout=5).json()
+        return data
+
+
+@pytest.fixture
+def proxy(cloud_url: str) -> Iterator[ThreadedFaultProxy]:
+    """A fault proxy in front of the session's cloud app (mode `pass`)."""
+    port = int(cloud_url.rsplit(":", 1)[1].rstrip("/"))
+    p = ThreadedFaultProxy("127.0.0.1", port)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def start_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
+    """Factory starting edge node processes; every one is stopped at teardown."""
+    started: list[EdgeNode] = []
+
+    def _start(
+        policy: str, cloud_url: str, data_dir: Path | None = None, name: str = "edge"
+    ) -> EdgeNode:
+        policy_path = tmp_path / f"{name}-policy.yaml"
+        policy_path.write_text(policy)
+        data = data_dir or tmp_path / f"{name}-data"
+        port = processes.free_port()
+        log_path = tmp_path / f"{name}.log"
+        proc = processes.start(
+            processes.edgeroute_cmd(
+                "edge",
+                "serve",
+                "--policy",
+                str(policy_path),
+                "--data-dir",
+                str(data),
+                "--port",
+                str(port),
+                "--cloud-url",
+                cloud_url,
+                "--log-level",
+                "warning",
+            ),
+            log_path,
+            env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN},
+        )
+        node = EdgeNode(proc, f"http://127.0.0.1:{port}", data, log_path, policy_path)
+        started.append(node)
+        processes.wait_http(f"{node.url}/readyz", proc, 60, log_path)
+        return node
+
+    yield _start
+    for node in started:
+        processes.stop(node.proc, timeout_s=10)
+
+
+@pytest.fixture(scope="session")
+def digits_split(demo_bundles_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The recorded digits test split (inputs, labels)."""
+    from edgeroute.demo_models import load_test_split
+
+    return load_test_split(demo_bundles_dir)
+
+
+@pytest.fixture(scope="session")
+def edge_margins(demo_bundles_dir: Path, digits_split: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The edge model's margin score on each test item (to pick confident/unsure inputs)."""
+    from edge_node.model_runner import EdgeModel
+    from router.scores import margin
+
+    model = EdgeModel.load(demo_bundles_dir / "edge" / "digits")
+    probs = model.predict(digits_split[0])
+    return np.array([margin(p.tolist()) for p in probs])

@@ -1,0 +1,507 @@
+"""The cloud re-ranking service: pure pieces (TTL store, dedup flow, parsing, auth) with
+fakes, then the real Ray Serve app over real HTTP on 127.0.0.1 (one app per session)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from cloud_service.app import parse_rerank_body
+from cloud_service.auth import TokenFile, check_bearer
+from cloud_service.rerank_flow import Answer, answer_with_dedup, rerank_by_task
+from cloud_service.result_store import StoredResult, StoreKey, TtlResultMap
+from cloud_service.settings import CloudServiceSettings
+from router.errors import InputError, MalformedRequest, RequestTooLarge, Unauthorized
+from router.wire import RerankItem, RerankResult, WireCandidate
+
+NODE = "test-node"
+AUTH = {"X-Edgeroute-Node": NODE, "Authorization": "Bearer test-token"}
+
+
+# --- fakes --------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeModel:
+    """Answers label = str(len(inputs)); records every call; can be told to crash."""
+
+    def __init__(self, task: str = "t", crash: bool = False) -> None:
+        self.task = task
+        self.version = "v1"
+        self.calls: list[list[str]] = []
+        self.crash = crash
+
+    def rerank(self, items: Sequence[RerankItem]) -> list[Answer]:
+        self.calls.append([it.request_id for it in items])
+        if self.crash:
+            raise RuntimeError("boom")
+        return [
+            RerankResult(
+                request_id=it.request_id,
+                task=it.task,
+                label=str(len(it.inputs)),
+                score=1.0,
+                candidates=[WireCandidate(label="x", score=1.0)],
+                model_version=self.version,
+                scored="all_labels",
+            )
+            for it in items
+        ]
+
+
+def item(rid: str, inputs: list[float] | None = None, task: str = "t") -> RerankItem:
+    return RerankItem(task=task, request_id=rid, inputs=inputs or [1.0, 2.0])
+
+
+class MapStore:
+    """The store functions of the flow backed by a TtlResultMap."""
+
+    def __init__(self) -> None:
+        self.map = TtlResultMap(60.0, clock=FakeClock())
+
+    async def lookup(self, lookups: list[tuple[StoreKey, str]]) -> list[StoredResult | None]:
+        return self.map.get_many(lookups)
+
+    async def store(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
+        self.map.put_many(entries)
+
+
+# --- TTL store ----------------------------------------------------------------------
+
+
+def test_ttl_map_expires_entries_after_ttl() -> None:
+    """An entry is returned before its TTL and gone once the clock passes it."""
+    clock = FakeClock()
+    store = TtlResultMap(10.0, clock=clock)
+    stored = StoredResult("fp", {"a": 1})
+    store.put_many([(("n", "r1"), stored)])
+    clock.now += 9.9
+    assert store.get_many([(("n", "r1"), "fp")]) == [stored]
+    clock.now += 0.2
+    assert store.get_many([(("n", "r1"), "fp")]) == [None]
+    assert store.stats()["entries"] == 0
+
+
+def test_ttl_map_counts_computations_hits_and_conflicts() -> None:
+    """Puts count computations per key; matching gets count hits, mismatching ones conflicts."""
+    store = TtlResultMap(10.0, clock=FakeClock())
+    store.put_many([(("n", "r1"), StoredResult("fp", {}))])
+    store.put_many([(("n", "r1"), StoredResult("fp", {})), (("n", "r2"), StoredResult("g", {}))])
+    store.get_many([(("n", "r1"), "fp"), (("n", "r1"), "other"), (("m", "r1"), "fp")])
+    assert store.computed_count(("n", "r1")) == 2
+    assert store.stats() == {
+        "computed_total": 3,
+        "dedup_hits": 1,
+        "conflicts": 1,
+        "entries": 2,
+        "computed_by_key_max": 2,
+    }
+
+
+def test_ttl_map_drops_oldest_beyond_max_entries() -> None:
+    """With max_entries=2, a third key evicts the oldest one."""
+    store = TtlResultMap(10.0, clock=FakeClock(), max_entries=2)
+    for rid in ("a", "b", "c"):
+        store.put_many([(("n", rid), StoredResult(rid, {}))])
+    got = store.get_many([(("n", r), r) for r in ("a", "b", "c")])
+    assert [g is not None for g in got] == [False, True, True]
+
+
+# --- dedup flow and per-task compute -------------------------------------------------
+
+
+def test_dedup_flow_computes_each_key_once_and_marks_cached() -> None:
+    """Repeats (across and within calls) are computed once and come back cached=True."""
+    model = FakeModel()
+    store = MapStore()
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": model}, items)
+
+    async def run(items: list[RerankItem]) -> list[Answer]:
+        return await answer_with_dedup(
+            items, "n", lookup=store.lookup, store=store.store, compute=compute
+        )
+
+    first = asyncio.run(run([item("a"), item("a"), item("b", [1.0])]))
+    second = asyncio.run(run([item("b", [1.0]), item("c")]))
+    assert model.calls == [["a", "b"], ["c"]]
+    assert [(r.request_id, getattr(r, "cached", None)) for r in first + second] == [
+        ("a", False),
+        ("a", True),
+        ("b", False),
+        ("b", True),
+        ("c", False),
+    ]
+    assert isinstance(second[0], RerankResult) and second[0].label == "1"
+
+
+def test_dedup_flow_reports_request_id_reused_for_other_item() -> None:
+    """A known request_id sent with different inputs fails with request_id_conflict."""
+    store = MapStore()
+    model = FakeModel()
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": model}, items)
+
+    async def run(items: list[RerankItem]) -> list[Answer]:
+        return await answer_with_dedup(
+            items, "n", lookup=store.lookup, store=store.store, compute=compute
+        )
+
+    asyncio.run(run([item("a", [1.0])]))
+    again = asyncio.run(run([item("a", [2.0])]))
+    assert not isinstance(again[0], RerankResult)
+    assert again[0].error.code == "request_id_conflict"
+    assert model.calls == [["a"]]
+
+
+def test_rerank_by_task_maps_unknown_task_and_model_crash_to_item_failures() -> None:
+    """Unknown tasks and a crashing model fail only their own items, order kept."""
+    good, bad = FakeModel("t"), FakeModel("u", crash=True)
+    out = rerank_by_task(
+        {"t": good, "u": bad}, [item("1", task="u"), item("2"), item("3", task="zz"), item("4")]
+    )
+    assert [r.request_id for r in out] == ["1", "2", "3", "4"]
+    codes = [getattr(r, "error", None) and r.error.code for r in out]  # type: ignore[union-attr]
+    assert codes == ["internal_error", None, "unknown_task", None]
+    assert good.calls == [["2", "4"]]
+
+
+# --- parsing and auth ---------------------------------------------------------------
+
+
+def test_parse_rerank_body_accepts_item_and_batch() -> None:
+    """A single item and a batch both parse to the items in order."""
+    one = b'{"task":"t","request_id":"r1","inputs":[1]}'
+    batch = (
+        b'{"items":[{"task":"t","request_id":"a","inputs":[1]},'
+        b'{"task":"t","request_id":"b","inputs":[2]}]}'
+    )
+    assert [i.request_id for i in parse_rerank_body(one, 10_000)] == ["r1"]
+    assert [i.request_id for i in parse_rerank_body(batch, 10_000)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "field"),
+    [
+        (b"{not json", MalformedRequest, None),
+        (b"[1, 2]", MalformedRequest, None),
+        (b'{"task":"t","request_id":"r","inputs":[]}', InputError, "inputs"),
+        (
+            b'{"items":[{"task":"t","request_id":"bad id!","inputs":[1]}]}',
+            InputError,
+            "items.0.request_id",
+        ),
+        (b"x" * 2000, RequestTooLarge, None),
+    ],
+)
+def test_parse_rerank_body_rejects(body: bytes, error: type[Exception], field: str | None) -> None:
+    """Bad JSON/non-objects are MalformedRequest, schema faults InputError naming the field."""
+    with pytest.raises(error) as info:
+        parse_rerank_body(body, 1024)
+    assert getattr(info.value, "field", None) == field
+
+
+def test_token_file_rereads_on_change_and_fails_closed(tmp_path: Path) -> None:
+    """Tokens are checked per node, a rewrite revokes, and a missing file refuses all."""
+    path = tmp_path / "tokens"
+    path.write_text("a tok-a\nb tok-b\n")
+    tokens = TokenFile(path)
+    tokens.check("a", "Bearer tok-a")
+    with pytest.raises(Unauthorized):
+        tokens.check("a", "Bearer tok-b")
+    path.write_text("b tok-b\n")
+    with pytest.raises(Unauthorized):
+        tokens.check("a", "Bearer tok-a")
+    path.unlink()
+    with pytest.raises(Unauthorized):
+        tokens.check("b", "Bearer tok-b")
+    with pytest.raises(Unauthorized):
+        check_bearer({"a": b"x"}, "a", None)
+
+
+# --- the real Serve app over HTTP ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits(demo_bundles_dir: Path) -> list[list[float]]:
+    """Test-split inputs of the demo digits task (64 floats each)."""
+    from edgeroute.demo_models import load_test_split
+
+    x, _ = load_test_split(demo_bundles_dir)
+    return [[float(v) for v in row] for row in x[:80]]
+
+
+@pytest.fixture(scope="module")
+def local_model(demo_bundles_dir: Path) -> Any:
+    """The same cloud model loaded in-process, to check the service's answers."""
+    from cloud_service.model import CloudModel
+
+    return CloudModel.load(demo_bundles_dir / "cloud" / "digits")
+
+
+@pytest.fixture
+def client(cloud_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client on the session's cloud app, authenticated as test-node."""
+    with httpx.Client(base_url=cloud_url, headers=AUTH, timeout=30.0) as c:
+        yield c
+
+
+def digit_item(
+    rid: str, inputs: list[float], candidates: list[str] | None = None
+) -> dict[str, Any]:
+    return {"task": "digits", "request_id": rid, "inputs": inputs, "candidates": candidates}
+
+
+@pytest.mark.ray
+def test_healthz_lists_tasks_and_versions(client: httpx.Client) -> None:
+    """GET /healthz answers ok with the digits task and its cloud model version."""
+    r = client.get("/healthz", headers={"Authorization": ""})
+    assert r.status_code == 200
+    assert r.json() == {"status": "ok", "tasks": {"digits": "digits-cloud-1.0.0"}}
+
+
+@pytest.mark.ray
+def test_single_item_matches_local_model(
+    client: httpx.Client, digits: list[list[float]], local_model: Any
+) -> None:
+    """One item is answered with the same label/score as the model run locally."""
+    r = client.post("/v1/rerank", json=digit_item("single-1", digits[0]))
+    assert r.status_code == 200
+    [got] = r.json()["results"]
+    [want] = local_model.rerank([RerankItem(**digit_item("single-1", digits[0]))])
+    assert got["label"] == want.label and got["scored"] == "all_labels"
+    assert got["score"] == pytest.approx(want.score, abs=1e-6)
+    assert len(got["candidates"]) == 10 and got["cached"] is False
+
+
+@pytest.mark.ray
+def test_batch_keeps_order_and_isolates_bad_items(
+    client: httpx.Client, digits: list[list[float]], local_model: Any
+) -> None:
+    """A batch answers in item order; a wrong-length item fails alone."""
+    items = [digit_item(f"batch-{i}", digits[i]) for i in range(1, 9)]
+    items.insert(3, digit_item("batch-bad", [1.0, 2.0]))
+    r = client.post("/v1/rerank", json={"items": items})
+    assert r.status_code == 200
+    results = r.json()["results"]
+    assert [x["request_id"] for x in results] == [i["request_id"] for i in items]
+    assert results[3]["error"]["field"] == "inputs"
+    want = local_model.rerank([RerankItem(**i) for i in items if i["request_id"] != "batch-bad"])
+    assert [x["label"] for x in results if "label" in x] == [w.label for w in want]
+
+
+@pytest.mark.ray
+def test_candidates_restrict_and_renormalise(
+    client: httpx.Client, digits: list[list[float]]
+) -> None:
+    """With candidates, only those labels are scored (renormalised to sum 1)."""
+    r = client.post("/v1/rerank", json=digit_item("cand-1", digits[10], ["3", "5", "8"]))
+    [got] = r.json()["results"]
+    assert got["scored"] == "candidates"
+    assert sorted(c["label"] for c in got["candidates"]) == ["3", "5", "8"]
+    assert sum(c["score"] for c in got["candidates"]) == pytest.approx(1.0, abs=1e-6)
+    assert got["label"] == got["candidates"][0]["label"]
+
+
+@pytest.mark.ray
+def test_repeated_item_is_computed_once(client: httpx.Client, digits: list[list[float]]) -> None:
+    """The same item sent 5 times is computed once; repeats are identical and cached."""
+    before = client.get("/v1/stats").json()
+    answers = [
+        client.post("/v1/rerank", json=digit_item("dedup-1", digits[20])).json() for _ in range(5)
+    ]
+    after = client.get("/v1/stats").json()
+    results = [a["results"][0] for a in answers]
+    assert [r["cached"] for r in results] == [False, True, True, True, True]
+    assert all({**r, "cached": None} == {**results[0], "cached": None} for r in results)
+    assert after["computed_total"] - before["computed_total"] == 1
+    assert after["dedup_hits"] - before["dedup_hits"] == 4
+    assert after["computed_by_key_max"] == 1
+
+
+@pytest.mark.ray
+def test_dedup_is_per_node(cloud_url: str, digits: list[list[float]]) -> None:
+    """The same request_id from another node is computed for that node, not served cached."""
+    body = digit_item("per-node-1", digits[21])
+    with httpx.Client(base_url=cloud_url, timeout=30.0) as c:
+        a = c.post("/v1/rerank", json=body, headers=AUTH).json()["results"][0]
+        b = c.post(
+            "/v1/rerank",
+            json=body,
+            headers={"X-Edgeroute-Node": "node-b", "Authorization": "Bearer token-b"},
+        ).json()["results"][0]
+    assert (a["cached"], b["cached"]) == (False, False)
+
+
+@pytest.mark.ray
+def test_concurrent_single_items_are_batched(
+    cloud_url: str, digits: list[list[float]], local_model: Any
+) -> None:
+    """32 concurrent single-item requests are all answered right, sharing model runs."""
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=cloud_url, headers=AUTH, timeout=60.0) as c:
+            return await asyncio.gather(
+                *(
+                    c.post("/v1/rerank", json=digit_item(f"conc-{i}", digits[30 + i]))
+                    for i in range(32)
+                )
+            )
+
+    responses = asyncio.run(fire())
+    assert [r.status_code for r in responses] == [200] * 32
+    got = [r.json()["results"][0]["label"] for r in responses]
+    want = local_model.rerank(
+        [RerankItem(**digit_item(f"conc-{i}", digits[30 + i])) for i in range(32)]
+    )
+    assert got == [w.label for w in want]
+    with httpx.Client(base_url=cloud_url, headers=AUTH) as c:
+        assert c.get("/v1/stats").json()["replica"]["max_batch_size_seen"] > 1
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(
+    ("body", "status", "code", "field"),
+    [
+        (b"{oops", 400, "malformed_json", None),
+        (b'{"task":"digits","request_id":"r","inputs":"x"}', 422, "invalid_input", "inputs"),
+        (
+            b'{"task":"digits","request_id":"r","inputs":[1],"extra":1}',
+            422,
+            "invalid_input",
+            "extra",
+        ),
+    ],
+)
+def test_bad_requests_get_json_errors(
+    client: httpx.Client, body: bytes, status: int, code: str, field: str | None
+) -> None:
+    """Unparseable bodies are 400 and schema faults 422, as JSON naming code and field."""
+    r = client.post("/v1/rerank", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code and r.json()["error"]["field"] == field
+
+
+@pytest.mark.ray
+def test_unknown_task_is_a_per_item_failure(client: httpx.Client) -> None:
+    """An item for a task the cloud does not serve fails with unknown_task (HTTP 200)."""
+    r = client.post("/v1/rerank", json={"task": "nope", "request_id": "u1", "inputs": [1.0]})
+    assert r.status_code == 200
+    assert r.json()["results"][0]["error"]["code"] == "unknown_task"
+
+
+@pytest.mark.ray
+def test_auth_rejects_missing_wrong_and_revoked_tokens(
+    cloud_url: str, cloud_settings: CloudServiceSettings, digits: list[list[float]]
+) -> None:
+    """No token, another node's token, and a revoked token all get 401 JSON errors."""
+    body = digit_item("auth-1", digits[5])
+    tokens = cloud_settings.tokens_file
+    assert tokens is not None
+    original = tokens.read_text()
+    with httpx.Client(base_url=cloud_url, timeout=30.0) as c:
+        assert (
+            c.post("/v1/rerank", json=body, headers={"X-Edgeroute-Node": NODE}).status_code == 401
+        )
+        wrong = c.post(
+            "/v1/rerank",
+            json=body,
+            headers={"X-Edgeroute-Node": NODE, "Authorization": "Bearer token-b"},
+        )
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
+        assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 200
+        try:
+            tokens.write_text("node-b token-b\n")
+            st = os.stat(tokens)
+            os.utime(tokens, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+            assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 401
+        finally:
+            tokens.write_text(original)
+        assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 200
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_run_cloud_serves_until_sigterm_then_cleans_up(
+    demo_bundles_dir: Path, tmp_path: Path
+) -> None:
+    """run_cloud writes the ready file, serves, and on SIGTERM exits 0 leaving no Ray process."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.ray_fixtures import free_port
+
+    ready = tmp_path / "ready"
+    settings = CloudServiceSettings(
+        bundles_dir=demo_bundles_dir / "cloud",
+        port=free_port(),
+        result_store_name="run-cloud-test-store",
+    )
+    code = (
+        "import sys; from pathlib import Path; from cloud_service.server import run_cloud; "
+        "from cloud_service.settings import CloudServiceSettings; "
+        "run_cloud(CloudServiceSettings.model_validate_json(sys.argv[1]), "
+        "ready_file=Path(sys.argv[2]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, settings.model_dump_json(), str(ready)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None, "run_cloud exited before it was ready"
+            assert time.monotonic() < deadline, "run_cloud not ready in 120 s"
+            time.sleep(0.2)
+        url = ready.read_text().strip()
+        assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
+        children = descendants(proc.pid)
+        assert children, "expected Ray processes under run_cloud"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0
+        assert f"edgeroute cloud ready {url}" in out
+        deadline = time.monotonic() + 15
+        while any(Path(f"/proc/{pid}").exists() for pid in children):
+            assert time.monotonic() < deadline, "Ray processes left after run_cloud stopped"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def descendants(root: int) -> set[int]:
+    """Pids of every live process below `root` (read from /proc; Linux only)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - found
+        found |= frontier
+    return found

@@ -1,0 +1,205 @@
+"""End to end: real edge node processes, the real Ray Serve re-ranker, real HTTP on loopback."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgeroute import processes
+from edgeroute.netproxy import ThreadedFaultProxy
+from tests.edge_fixtures import EdgeNode, policy_text
+
+pytestmark = pytest.mark.ray
+
+EXTRA_TASKS = """\
+  digits_private:
+    edge_bundle: {bundle}
+    threshold: 0.99
+    placement: edge_only
+  digits_later:
+    edge_bundle: {bundle}
+    cloud_task: digits
+    threshold: 0.6
+    placement: cloud_first
+    when_offline: queue_only
+"""
+
+
+def _policy(bundles: Path, **kw: object) -> str:
+    bundle = bundles / "edge" / "digits"
+    return policy_text(bundle, extra_tasks=EXTRA_TASKS.format(bundle=bundle), **kw)  # type: ignore[arg-type]
+
+
+def _body(x: np.ndarray, i: int, task: str = "digits", rid: str | None = None) -> dict[str, object]:
+    body: dict[str, object] = {"task": task, "inputs": x[i].tolist()}
+    if rid is not None:
+        body["request_id"] = rid
+    return body
+
+
+def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _results(node: EdgeNode, ids: list[str]) -> list[dict[str, object]]:
+    return [httpx.get(f"{node.url}/v1/results/{rid}", timeout=5).json() for rid in ids]
+
+
+def test_each_route_and_reason(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    edge_margins: np.ndarray,
+) -> None:
+    """Confident -> edge/confident; unsure -> cloud/below_threshold re-ranked by the cloud
+    model; edge_only task -> edge/edge_only_task without any cloud call."""
+    x, _ = digits_split
+    node = start_edge(_policy(demo_bundles_dir), f"http://127.0.0.1:{proxy.port}")
+    sure, unsure = int(np.argmax(edge_margins)), int(np.argmin(edge_margins))
+
+    r = node.infer(_body(x, sure)).json()
+    assert (r["route"], r["reason"], r["final"]) == ("edge", "confident", True)
+    assert r["model_version"].startswith("digits-edge")
+
+    r = node.infer(_body(x, unsure)).json()
+    assert (r["route"], r["reason"], r["final"]) == ("cloud", "below_threshold", True)
+    assert r["model_version"].startswith("digits-cloud")
+    assert len(r["candidates"]) <= 3 and r["label"] == r["candidates"][0]["label"]
+
+    calls_before = node.status()["cloud"]["calls"]  # type: ignore[index]
+    r = node.infer(_body(x, unsure, task="digits_private")).json()
+    assert (r["route"], r["reason"]) == ("edge", "edge_only_task")
+    assert node.status()["cloud"]["calls"] == calls_before  # type: ignore[index]
+
+
+def test_cloud_cut_queues_then_syncs(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    edge_margins: np.ndarray,
+) -> None:
+    """With the link cut, unsure requests are answered provisionally and queued; when it is
+    restored the queue drains and every queued id has a final cloud answer."""
+    x, _ = digits_split
+    node = start_edge(_policy(demo_bundles_dir), f"http://127.0.0.1:{proxy.port}")
+    unsure = [int(i) for i in np.argsort(edge_margins)[:30]]
+    proxy.set_mode("down")
+    answers = [node.infer(_body(x, i, rid=f"cut-{i}")).json() for i in unsure]
+    assert all(a["final"] is False for a in answers)
+    assert {a["route"] for a in answers} <= {"queued", "edge"}
+    assert (
+        sum(a["route"] == "queued" and a["reason"] == "cloud_unreachable" for a in answers) >= 25
+    )  # the breaker opens after 2 failures
+    ids = [a["request_id"] for a in answers]
+    assert all(r["status"] == "pending" for r in _results(node, ids))
+    assert node.status()["connectivity"]["state"] == "offline"  # type: ignore[index]
+
+    proxy.set_mode("pass")
+    assert _wait(lambda: node.status()["queue"]["depth"] == 0, 30)  # type: ignore[index]
+    finals = _results(node, ids)
+    assert all(r["status"] == "done" for r in finals), finals
+    assert all(str(r["model_version"]).startswith("digits-cloud") for r in finals)
+
+
+def test_queue_only_task_answers_later(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A queue_only task answers 202 while offline, and its result can be fetched later."""
+    x, _ = digits_split
+    node = start_edge(_policy(demo_bundles_dir), f"http://127.0.0.1:{proxy.port}")
+    proxy.set_mode("down")
+    for i in range(3):  # open the breaker
+        node.infer(_body(x, i, task="digits_later"))
+    resp = node.infer(_body(x, 10, task="digits_later", rid="later-10"))
+    assert resp.status_code == 202
+    body = resp.json()
+    assert (body["route"], body["status"], body["label"]) == ("queued", "accepted", None)
+    proxy.set_mode("pass")
+    assert _wait(lambda: _results(node, ["later-10"])[0]["status"] == "done", 30)
+
+
+def test_restart_with_items_queued(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    edge_margins: np.ndarray,
+    tmp_path: Path,
+) -> None:
+    """Items queued before a kill -9 are synced after the node restarts on the same data dir."""
+    x, _ = digits_split
+    data = tmp_path / "restart-data"
+    policy = _policy(demo_bundles_dir)
+    node = start_edge(policy, f"http://127.0.0.1:{proxy.port}", data_dir=data, name="first")
+    proxy.set_mode("down")
+    unsure = [int(i) for i in np.argsort(edge_margins)[:20]]
+    ids = [node.infer(_body(x, i, rid=f"rs-{i}")).json()["request_id"] for i in unsure]
+    assert node.status()["queue"]["depth"] == len(ids)  # type: ignore[index]
+    processes.kill(node.proc)  # kill -9: no graceful shutdown
+
+    proxy.set_mode("pass")
+    again = start_edge(policy, f"http://127.0.0.1:{proxy.port}", data_dir=data, name="second")
+    assert _wait(lambda: again.status()["queue"]["depth"] == 0, 30)  # type: ignore[index]
+    assert all(r["status"] == "done" for r in _results(again, ids))
+
+
+def test_bad_requests_get_clear_4xx(
+    start_edge: Callable[..., EdgeNode], proxy: ThreadedFaultProxy, demo_bundles_dir: Path
+) -> None:
+    """Unknown task, wrong length, non-numbers, oversize, bad JSON, unknown fields and unknown
+    ids each get a 4xx JSON error naming the field, never a 500."""
+    node = start_edge(_policy(demo_bundles_dir), f"http://127.0.0.1:{proxy.port}")
+    ok = [0.0] * 64
+    cases: list[tuple[object, int, str, str | None]] = [
+        ({"task": "nope", "inputs": ok}, 422, "unknown_task", "task"),
+        ({"task": "digits", "inputs": [1.0] * 63}, 422, "invalid_input", "inputs"),
+        ({"task": "digits", "inputs": ["a"] * 64}, 422, "invalid_input", "inputs[0]"),
+        ({"task": "digits", "inputs": [99.0] * 64}, 422, "invalid_input", "inputs[0]"),
+        ({"task": "digits", "inputs": ok, "extra": 1}, 422, "unknown_field", "extra"),
+        ({"task": "digits"}, 422, "missing_field", "inputs"),
+        (
+            {"task": "digits", "inputs": ok, "request_id": "bad id!"},
+            422,
+            "invalid_input",
+            "request_id",
+        ),
+    ]
+    for body, status, code, field in cases:
+        resp = httpx.post(f"{node.url}/v1/infer", json=body, timeout=5)
+        assert resp.status_code == status, (body, resp.text)
+        err = resp.json()["error"]
+        assert (err["code"], err["field"]) == (code, field), err
+        assert err["message"]
+
+    resp = httpx.post(
+        f"{node.url}/v1/infer",
+        content=b"{not json",
+        timeout=5,
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "malformed_json"
+    resp = httpx.post(
+        f"{node.url}/v1/infer",
+        content=b"[" + b"1," * 600_000 + b"1]",
+        timeout=5,
+        headers={"content-type": "application/json"},
+    )
+    assert resp.status_code == 413 and resp.json()["error"]["code"] == "body_too_large"
+    resp = httpx.get(f"{node.url}/v1/results/never-seen", timeout=5)
+    assert resp.status_code == 404 and resp.json()["error"]["code"] == "not_found"
+    assert httpx.get(f"{node.url}/healthz", timeout=5).status_code == 200

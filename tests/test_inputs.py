@@ -1,0 +1,55 @@
+"""Request inputs are checked against the bundle's input spec before the model sees them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.errors import InputError
+from router.inputs import coerce_inputs
+from router.manifest import InputSpec
+
+SPEC = InputSpec(name="input", shape=[None, 4], dtype="float32", min_value=0, max_value=16)
+
+
+def test_flat_list_is_accepted() -> None:
+    """A flat list of the right length becomes a float32 vector."""
+    arr = coerce_inputs([0, 1.5, 2, 16], SPEC)
+    assert arr.dtype.name == "float32" and arr.tolist() == [0, 1.5, 2, 16]
+
+
+def test_named_nested_input_with_or_without_batch_axis() -> None:
+    """{name: nested list} works with and without a leading batch axis of 1."""
+    spec = InputSpec(name="img", shape=[None, 2, 2])
+    assert coerce_inputs({"img": [[1, 2], [3, 4]]}, spec).tolist() == [1, 2, 3, 4]
+    assert coerce_inputs({"img": [[[1, 2], [3, 4]]]}, spec).tolist() == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        ([1, 2, 3], "inputs", "exactly 4 numbers; got 3"),
+        ([1, 2, "x", 4], "inputs[2]", "must be a number; got str"),
+        ([1, 2, True, 4], "inputs[2]", "must be a number; got bool"),
+        ([1, 2, float("nan"), 4], "inputs[2]", "not a finite number"),
+        ([1, 2, 3, 17], "inputs[3]", "above the allowed range"),
+        ([-1, 2, 3, 4], "inputs[0]", "below the allowed range"),
+        ({"other": [1, 2, 3, 4]}, "inputs", "single key 'input'"),
+        ({"input": [[1, 2], [3]]}, "inputs.input", "ragged"),
+        ({"input": [1, 2, 3]}, "inputs.input", "expected [4]"),
+        ("1,2,3,4", "inputs", "got str"),
+    ],
+)
+def test_bad_inputs_name_the_field(raw: Any, field: str, fragment: str) -> None:
+    """Each malformed input raises InputError naming the exact field and what is allowed."""
+    with pytest.raises(InputError) as info:
+        coerce_inputs(raw, SPEC)
+    assert info.value.field == field
+    assert fragment in info.value.message
+
+
+def test_non_finite_allowed_by_spec() -> None:
+    """allow_non_finite lets NaN through (the policy opted in)."""
+    spec = InputSpec(name="input", shape=[None, 2], allow_non_finite=True)
+    assert len(coerce_inputs([float("nan"), 1.0], spec)) == 2

@@ -126,6 +126,12 @@ class CloudReranker:
                 status=err.status,
             )
             return json_response(error_body(err), err.status)
+        except Exception as exc:  # a bug: still answer JSON, never a bare 500 page
+            _log.error(
+                "rerank_failed", request_id=request_id, route="cloud", reason=type(exc).__name__
+            )
+            internal = EdgerouteError("internal error while re-ranking")
+            return json_response(error_body(internal), internal.status)
         cached = sum(1 for a in answers if getattr(a, "cached", False))
         failed = sum(1 for a in answers if not hasattr(a, "cached"))
         _log.info(

@@ -1,0 +1,55 @@
+"""`edgeroute edge ...`: the edge node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgeroute.cli_common import fail
+from router.errors import EdgerouteError
+
+# ---- edge -------------------------------------------------------------------------------
+
+
+@click.group()
+def edge() -> None:
+    """The edge node."""
+
+
+@edge.command("serve")
+@click.option("--policy", "policy_path", required=True, type=click.Path(path_type=Path))
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option("--cloud-url", default=None, help="Overrides the policy's cloud.url.")
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def edge_serve(
+    policy_path: Path, data_dir: Path, host: str, port: int, cloud_url: str | None, log_level: str
+) -> None:
+    """Serve the edge node's HTTP API until SIGTERM/SIGINT."""
+    import uvicorn
+
+    from edge_node.http_app import create_app
+    from edge_node.settings import EdgeSettings
+    from router.log_setup import configure_logging
+
+    configure_logging(log_level)
+    settings = EdgeSettings(
+        policy_path=policy_path,
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        cloud_url=cloud_url,
+        log_level=log_level,
+    )
+    try:
+        app = create_app(settings)
+    except EdgerouteError as exc:
+        fail(exc)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

@@ -1,8 +1,10 @@
-"""Bearer-token auth for the cloud service, from a tokens file that can change at runtime.
+"""Bearer-token auth for the cloud service: tokens from a file that can change at runtime
+and/or from an environment variable.
 
 The file holds one `node_id token` pair per line (blank lines and `#` comments ignored).
 It is re-read whenever its mtime (or size) changes, so deleting a line revokes a node
-without restarting the service.
+without restarting the service. The environment variable holds the same pairs separated
+by newlines or commas; it is read once when a replica starts (revoke by redeploying).
 """
 
 from __future__ import annotations
@@ -10,10 +12,14 @@ from __future__ import annotations
 import hmac
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import structlog
+
 from router.errors import Unauthorized
+
+_log = structlog.get_logger("cloud_service.auth")
 
 _DUMMY_TOKEN = b"\0" * 32
 
@@ -44,6 +50,37 @@ def check_bearer(tokens: Mapping[str, bytes], node_id: str, authorization: str |
     matches = hmac.compare_digest(presented, expected if expected is not None else _DUMMY_TOKEN)
     if expected is None or not matches:
         raise Unauthorized("invalid token for this node", field="Authorization")
+
+
+def parse_env_tokens(value: str) -> dict[str, bytes]:
+    """Parse `node_id token` pairs separated by newlines or commas (an env var's value).
+
+    Raises ValueError naming the bad entry's position (never the token itself).
+    """
+    return parse_tokens(value.replace(",", "\n"))
+
+
+class EnvTokens:
+    """The tokens held by environment variable `name`, read once at construction.
+
+    A missing or unparsable variable means no tokens (fail closed, logged once).
+    """
+
+    def __init__(self, name: str, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        value = env.get(name)
+        self._tokens: dict[str, bytes] = {}
+        if value is None:
+            _log.warning("auth_tokens_env_missing", reason=name)
+            return
+        try:
+            self._tokens = parse_env_tokens(value)
+        except ValueError as exc:
+            _log.warning("auth_tokens_env_invalid", reason=str(exc).replace("file", "env"))
+
+    def tokens(self) -> Mapping[str, bytes]:
+        """The tokens read at construction."""
+        return self._tokens
 
 
 class TokenFile:
@@ -78,3 +115,34 @@ class TokenFile:
     def check(self, node_id: str, authorization: str | None) -> None:
         """Raise `Unauthorized` unless the header carries this node's current token."""
         check_bearer(self.tokens(), node_id, authorization)
+
+
+class TokenSources:
+    """Several token sources checked together (file tokens win over env ones per node).
+
+    Thread-safe if each source is.
+    """
+
+    def __init__(self, sources: Sequence[TokenFile | EnvTokens]) -> None:
+        self._sources = list(sources)
+
+    def tokens(self) -> Mapping[str, bytes]:
+        """The union of every source's current tokens."""
+        merged: dict[str, bytes] = {}
+        for source in reversed(self._sources):
+            merged.update(source.tokens())
+        return merged
+
+    def check(self, node_id: str, authorization: str | None) -> None:
+        """Raise `Unauthorized` unless the header carries this node's current token."""
+        check_bearer(self.tokens(), node_id, authorization)
+
+
+def token_sources(tokens_file: Path | None, tokens_env: str | None) -> TokenSources | None:
+    """The configured token sources, or None when auth is off (neither is set)."""
+    sources: list[TokenFile | EnvTokens] = []
+    if tokens_file is not None:
+        sources.append(TokenFile(tokens_file))
+    if tokens_env is not None:
+        sources.append(EnvTokens(tokens_env))
+    return TokenSources(sources) if sources else None

@@ -1,9 +1,10 @@
-"""The Serve deployment behind `build_app`: one FastAPI-ingress replica class for all tasks.
+"""The Serve ingress deployment behind `build_app`: FastAPI routes, auth, dedup, parsing.
 
-Importing this module imports ray (it declares the deployment); import it only where Ray
-is wanted (`cloud_service.app.build_app` does so lazily). Declaring the deployment does
-not connect to Ray. The class lives at module level so replicas import it by reference
-instead of receiving a by-value pickle of a closure.
+The models either live in this replica (default) or in one `TaskModel` deployment per task
+reached through DeploymentHandles (`per_task_deployments`). Importing this module imports
+ray (it declares the deployment); import it only where Ray is wanted
+(`cloud_service.app.build_app` does so lazily). The class lives at module level so
+replicas import it by reference instead of receiving a by-value pickle of a closure.
 """
 
 # No `from __future__ import annotations` here: Serve rewraps the endpoints and FastAPI
@@ -11,7 +12,7 @@ instead of receiving a by-value pickle of a closure.
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -19,23 +20,48 @@ import structlog
 from fastapi import FastAPI, Request, Response
 from ray import serve
 from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError
 
 from cloud_service.app import ID_RE, error_body, node_id_of, parse_rerank_body
-from cloud_service.auth import TokenFile
-from cloud_service.rerank_flow import Answer, RerankModel, answer_with_dedup, rerank_by_task
+from cloud_service.auth import token_sources
+from cloud_service.metrics import ReplicaMetrics
+from cloud_service.rerank_flow import Answer, RerankModel, answer_with_dedup, failure
+from cloud_service.rerank_flow import rerank_by_task
 from cloud_service.result_store import StoredResult, StoreKey, get_or_create_result_store
 from cloud_service.settings import CloudServiceSettings
-from router.errors import EdgerouteError, RequestTooLarge
-from router.wire import NODE_HEADER, REQUEST_ID_HEADER, RerankItem, RerankResponse
+from router.errors import EdgerouteError, RequestTooLarge, RetryableRejection, Unauthorized
+from router.wire import (
+    NODE_HEADER,
+    REQUEST_ID_HEADER,
+    RerankFailure,
+    RerankItem,
+    RerankResponse,
+    RerankResult,
+)
 
 _log = structlog.get_logger("cloud_service.deployment")
 
 api = FastAPI(title="edgeroute cloud re-ranker", docs_url=None, redoc_url=None, openapi_url=None)
 
 
-def json_response(payload: bytes, status: int = 200) -> Response:
-    """A JSON response with the given bytes and status."""
-    return Response(content=payload, status_code=status, media_type="application/json")
+class CloudOverloaded(RetryableRejection):
+    """A task deployment refused the call (its `max_queued_requests` is reached)."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, status: int, retry_after_s: float) -> None:
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.status = status
+
+
+def json_response(payload: bytes, status: int = 200, retry_after_s: float | None = None) -> Response:
+    """A JSON response with the given bytes and status (and `Retry-After` when given)."""
+    headers = None
+    if retry_after_s is not None:
+        headers = {"Retry-After": str(max(0, int(-(-retry_after_s // 1))))}
+    return Response(
+        content=payload, status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def _tasks_of(items: Sequence[RerankItem]) -> str:
@@ -45,20 +71,24 @@ def _tasks_of(items: Sequence[RerankItem]) -> str:
 @serve.deployment(name="CloudReranker")
 @serve.ingress(api)
 class CloudReranker:
-    """One replica: the task models, the store handle, batch counters and auth."""
+    """One ingress replica: auth, parsing, dedup, and the models or their handles."""
 
-    def __init__(self, cfg: CloudServiceSettings) -> None:
-        from cloud_service.model import load_cloud_models
-
+    def __init__(self, cfg: CloudServiceSettings, handles: Mapping[str, Any] | None = None) -> None:
         self._cfg = cfg
-        self._models: dict[str, RerankModel] = dict(load_cloud_models(cfg.bundles_dir))
+        self._handles: dict[str, Any] = dict(handles or {})
+        self._models: dict[str, RerankModel] = {}
+        if handles is None:
+            from cloud_service.model import load_cloud_models
+
+            self._models = dict(load_cloud_models(cfg.bundles_dir))
         self._store = get_or_create_result_store(
             cfg.result_store_name,
             cfg.ray_namespace,
             ttl_s=cfg.dedup_ttl_s,
             max_entries=cfg.dedup_max_entries,
         )
-        self._auth = TokenFile(cfg.tokens_file) if cfg.tokens_file is not None else None
+        self._auth = token_sources(cfg.tokens_file, cfg.tokens_env)
+        self._metrics = ReplicaMetrics()
         self._batches = 0
         self._batched_items = 0
         self._max_batch_seen = 0
@@ -66,18 +96,59 @@ class CloudReranker:
         batched.set_max_batch_size(cfg.max_batch_size)
         batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def rerank_one(self, items: list[RerankItem]) -> list[Answer]:
-        """Re-rank items of concurrent single-item calls in one model run per task."""
+    # --- computing ---------------------------------------------------------------------
+
+    async def _run_local(self, items: list[RerankItem]) -> list[Answer]:
+        if self._cfg.slow_model_s > 0:
+            await asyncio.sleep(self._cfg.slow_model_s)
         self._batches += 1
         self._batched_items += len(items)
         self._max_batch_seen = max(self._max_batch_seen, len(items))
+        for task in {it.task for it in items}:
+            self._metrics.batch(task, sum(1 for it in items if it.task == task))
         return await asyncio.to_thread(rerank_by_task, self._models, items)
 
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
+    async def rerank_one(self, items: list[RerankItem]) -> list[Answer]:
+        """Re-rank items of concurrent single-item calls in one model run per task."""
+        return await self._run_local(items)
+
     async def _compute(self, items: list[RerankItem]) -> list[Answer]:
-        if len(items) == 1:
+        if self._handles:
+            return await self._compute_remote(items)
+        if len(items) == 1 and self._cfg.batching:
             return [await self.rerank_one(items[0])]
-        return await asyncio.to_thread(rerank_by_task, self._models, items)
+        return await self._run_local(items)
+
+    async def _compute_remote(self, items: list[RerankItem]) -> list[Answer]:
+        answers: list[Answer | None] = [None] * len(items)
+        by_task: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            by_task.setdefault(item.task, []).append(i)
+        calls = []
+        for task, indexes in by_task.items():
+            handle = self._handles.get(task)
+            if handle is None:
+                for i in indexes:
+                    answers[i] = failure(
+                        items[i], "unknown_task", f"task {task!r} is not served here", "task"
+                    )
+                continue
+            calls.append((indexes, handle.rerank.remote([items[i] for i in indexes])))
+        for indexes, call in calls:
+            try:
+                got: list[Answer] = await call
+            except BackPressureError as exc:
+                raise CloudOverloaded(
+                    "the cloud re-ranker is overloaded, retry later",
+                    status=self._cfg.overload_status,
+                    retry_after_s=self._cfg.retry_after_s,
+                ) from exc
+            for i, answer in zip(indexes, got, strict=True):
+                answers[i] = answer
+        return [a for a in answers if a is not None]
+
+    # --- the shared store ----------------------------------------------------------------
 
     async def _lookup(self, lookups: list[tuple[StoreKey, str]]) -> list[StoredResult | None]:
         try:
@@ -95,11 +166,28 @@ class CloudReranker:
 
     def _authorize(self, request: Request, node_id: str) -> None:
         if self._auth is not None:
-            self._auth.check(node_id, request.headers.get("authorization"))
+            try:
+                self._auth.check(node_id, request.headers.get("authorization"))
+            except Unauthorized:
+                self._metrics.auth_failure()
+                raise
+
+    def _record_items(self, answers: Sequence[Answer]) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for a in answers:
+            if isinstance(a, RerankFailure):
+                outcome = "failed"
+            else:
+                outcome = "cached" if a.cached else "computed"
+            counts[(a.task, outcome)] = counts.get((a.task, outcome), 0) + 1
+        for (task, outcome), n in counts.items():
+            self._metrics.items(task, outcome, n)
+
+    # --- routes --------------------------------------------------------------------------
 
     @api.post("/v1/rerank")
     async def rerank(self, request: Request) -> Response:
-        """Answer one item or a batch, deduplicated per node (see the module doc)."""
+        """Answer one item or a batch, deduplicated per node (see `cloud_service.app`)."""
         started = time.perf_counter()
         header_rid = request.headers.get(REQUEST_ID_HEADER)
         request_id = header_rid if header_rid and ID_RE.match(header_rid) else None
@@ -125,15 +213,21 @@ class CloudReranker:
                 reason=err.code,
                 status=err.status,
             )
-            return json_response(error_body(err), err.status)
+            retry = err.retry_after_s if isinstance(err, RetryableRejection) else None
+            self._metrics.request(err.status, (time.perf_counter() - started) * 1000)
+            return json_response(error_body(err), err.status, retry)
         except Exception as exc:  # a bug: still answer JSON, never a bare 500 page
             _log.error(
                 "rerank_failed", request_id=request_id, route="cloud", reason=type(exc).__name__
             )
             internal = EdgerouteError("internal error while re-ranking")
+            self._metrics.request(internal.status, (time.perf_counter() - started) * 1000)
             return json_response(error_body(internal), internal.status)
-        cached = sum(1 for a in answers if getattr(a, "cached", False))
-        failed = sum(1 for a in answers if not hasattr(a, "cached"))
+        latency_ms = (time.perf_counter() - started) * 1000
+        self._metrics.request(200, latency_ms)
+        self._record_items(answers)
+        cached = sum(1 for a in answers if isinstance(a, RerankResult) and a.cached)
+        failed = sum(1 for a in answers if isinstance(a, RerankFailure))
         _log.info(
             "rerank_answered",
             request_id=request_id,
@@ -142,19 +236,22 @@ class CloudReranker:
             items=len(items),
             cached=cached,
             failed=failed,
-            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+            latency_ms=round(latency_ms, 3),
         )
         return json_response(RerankResponse(results=answers).model_dump_json().encode())
 
     @api.get("/healthz")
     async def healthz(self) -> Response:
-        """200 with the served tasks and their model versions."""
-        tasks = {task: m.version for task, m in sorted(self._models.items())}
+        """200 with the served tasks and their model versions (per-task mode: task names)."""
+        if self._handles:
+            tasks = {task: "deployment:model-" + task for task in sorted(self._handles)}
+        else:
+            tasks = {task: m.version for task, m in sorted(self._models.items())}
         return json_response(orjson.dumps({"status": "ok", "tasks": tasks}))
 
     @api.get("/v1/stats")
     async def stats(self, request: Request) -> Response:
-        """Store counters (shared) and this replica's batch counters."""
+        """Store counters (shared), this replica's batch counters and metrics mirror."""
         try:
             self._authorize(request, node_id_of(request.headers.get(NODE_HEADER)))
         except EdgerouteError as err:
@@ -171,5 +268,13 @@ class CloudReranker:
                 "batched_items": self._batched_items,
                 "max_batch_size_seen": self._max_batch_seen,
             },
+            "metrics": self._metrics.snapshot(),
         }
         return json_response(orjson.dumps(payload))
+
+    def check_health(self) -> None:
+        """Serve's health check: raises BundleError unless every local ONNX session runs."""
+        for model in self._models.values():
+            check = getattr(model, "self_check", None)
+            if check is not None:
+                check()

@@ -101,6 +101,18 @@ class CloudModel:
                 results[i] = self._result(items[i], row)
         return [r for r in results if r is not None]
 
+    def self_check(self) -> None:
+        """Run the session once on a zero input and verify the output (for health checks).
+
+        Raises BundleError if the session fails, returns the wrong shape, or non-finite
+        probabilities. Thread-safe.
+        """
+        spec = self.manifest.input
+        zeros = np.zeros((1, spec.item_size), dtype=np.dtype(spec.dtype))
+        probs = self._run(zeros)
+        if not np.isfinite(probs).all():
+            raise BundleError(f"model {self.task}@{self.version} returned non-finite values")
+
     def _check(self, item: RerankItem) -> EdgerouteError | None:
         spec = self.manifest.input
         if item.task != self.task:

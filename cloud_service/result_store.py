@@ -114,6 +114,10 @@ class TtlResultMap:
         entry = self._entries.get(key)
         return 0 if entry is None else entry.computed
 
+    def computed_counts(self, keys: Sequence[StoreKey]) -> list[int]:
+        """`computed_count` of each key, in order (read-only; used to check exactly-once)."""
+        return [self.computed_count(k) for k in keys]
+
     def stats(self) -> dict[str, int]:
         """Counters: computed_total, dedup_hits, conflicts, entries, computed_by_key_max."""
         return {
@@ -147,6 +151,10 @@ class ResultStoreActor:
     def put_many(self, entries: Sequence[tuple[StoreKey, StoredResult]]) -> None:
         """See `TtlResultMap.put_many`."""
         self._map.put_many(entries)
+
+    def computed_counts(self, keys: Sequence[StoreKey]) -> list[int]:
+        """See `TtlResultMap.computed_counts`."""
+        return self._map.computed_counts(keys)
 
     def stats(self) -> dict[str, int]:
         """See `TtlResultMap.stats`."""

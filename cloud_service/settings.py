@@ -1,8 +1,10 @@
-"""Settings of the cloud re-ranking service (one frozen model, built by the CLI or tests)."""
+"""Settings of the cloud re-ranking service (one frozen model, built by the CLI, tests, or
+the Serve config's application `args`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,8 +13,16 @@ class CloudServiceSettings(BaseModel):
     """Everything the Ray Serve app needs; immutable and validated (unknown keys rejected).
 
     `max_ongoing_requests` defaults far above Ray Serve's default of 5, which throttles a
-    2-core machine to about 10 requests/s. `tokens_file`, when set, turns auth on: every
-    `/v1/*` request must carry `Authorization: Bearer <token>` for its `X-Edgeroute-Node`.
+    2-core machine to about 10 requests/s. Auth is on when `tokens_file` or `tokens_env`
+    is set: every `/v1/*` request must then carry `Authorization: Bearer <token>` for its
+    `X-Edgeroute-Node`. `tokens_env` names an environment variable (read in each replica)
+    holding `node_id token` pairs separated by newlines or commas.
+
+    `per_task_deployments` puts each task's model in its own deployment (`model-<task>`)
+    behind the ingress, called through DeploymentHandles; off by default because on 2 cores
+    the extra hop costs throughput (see docs/cloud.md). `batching` turns `@serve.batch` for
+    single-item calls off (used by the benchmark). When more than `max_queued_requests` wait
+    at a caller, Serve answers `overload_status` with `Retry-After: retry_after_s`.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -22,12 +32,20 @@ class CloudServiceSettings(BaseModel):
     port: int = Field(default=8000, ge=1, le=65535)
     max_batch_size: int = Field(default=32, ge=1, le=4096)
     batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=10.0)
+    batching: bool = True
+    per_task_deployments: bool = False
     max_ongoing_requests: int = Field(default=256, ge=1)
     max_queued_requests: int = Field(default=1024, ge=-1)
+    overload_status: Literal[503, 429] = 503
+    retry_after_s: float = Field(default=1.0, ge=0.0, le=3600.0)
     num_replicas: int = Field(default=1, ge=1)
+    health_check_period_s: float = Field(default=10.0, gt=0.0)
     dedup_ttl_s: float = Field(default=3600.0, gt=0.0)
     dedup_max_entries: int = Field(default=1_000_000, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tokens_file: Path | None = None
+    tokens_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     result_store_name: str = Field(default="edgeroute-result-store", min_length=1)
     ray_namespace: str = Field(default="edgeroute", min_length=1)
+    slow_model_s: float = Field(default=0.0, ge=0.0, le=60.0)
+    """Test hook: extra seconds each model call sleeps (to provoke back-pressure). Keep 0."""

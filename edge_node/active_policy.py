@@ -11,10 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from edge_node.bundle import load_bundle
+from edge_node.bundle import BundleTrust, load_bundle
 from edge_node.model_runner import EdgeModel
+from router.errors import BundleError, PolicyError, PolicyIssue
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
+from router.signing import key_id_of, public_key_from_pem
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def activate(path: Path, now: float, reuse: ActivePolicy | None = None) -> Activ
     Raises PolicyError or BundleError; nothing is swapped on failure (the caller decides).
     """
     policy, revision = load_policy_file(path)
+    trust = bundle_trust(policy, path.parent)
     models: dict[str, EdgeModel] = {}
     for name, task in policy.tasks.items():
         bundle_dir = resolve_bundle_path(str(path.parent), task.edge_bundle)
@@ -64,5 +67,23 @@ def activate(path: Path, now: float, reuse: ActivePolicy | None = None) -> Activ
         if old is not None and old.bundle.path == Path(bundle_dir):
             models[name] = old
             continue
-        models[name] = EdgeModel(load_bundle(bundle_dir))
+        models[name] = EdgeModel(load_bundle(bundle_dir, trust))
     return ActivePolicy(policy, revision, str(path), now, models)
+
+
+def bundle_trust(policy: Policy, policy_dir: Path) -> BundleTrust:
+    """The policy's `trust` section with its key files read. Raises PolicyError naming the
+    key file that is missing or not an Ed25519 public key."""
+    keys = {}
+    for i, name in enumerate(policy.trust.trusted_keys):
+        key_path = Path(resolve_bundle_path(str(policy_dir), name))
+        field = f"trust.trusted_keys.{i}"
+        try:
+            key = public_key_from_pem(key_path.read_bytes(), str(key_path))
+        except OSError as exc:
+            raise PolicyError([PolicyIssue(field, f"cannot read key file {key_path}: "
+                                                  f"{exc.strerror or exc}")]) from None
+        except BundleError as exc:
+            raise PolicyError([PolicyIssue(field, exc.message)]) from None
+        keys[key_id_of(key)] = key
+    return BundleTrust(policy.trust.require_signed, keys)

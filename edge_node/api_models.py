@@ -31,6 +31,20 @@ class InferRequest(BaseModel):
     )
 
 
+MAX_BATCH_ITEMS = 10_000  # hard cap of the schema; each task's policy sets its own limit
+
+
+class InferBatchRequest(BaseModel):
+    """Several requests in one call: `{"items": [InferRequest, ...]}`, answered in order.
+
+    Items may name different tasks. The batch may hold at most the smallest
+    `max_batch_items` of the tasks it names (422 on `items` beyond that).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    items: list[InferRequest] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
+
+
 class CandidateOut(BaseModel):
     label: str
     score: float
@@ -76,3 +90,21 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+
+class ItemError(BaseModel):
+    """One batch item that was not accepted (the 4xx it would have had on its own)."""
+
+    request_id: str | None = None
+    status: Literal["error"] = "error"
+    http_status: int = Field(description="The status the item would have had on its own.")
+    error: ErrorDetail
+    retry_after_s: float | None = Field(
+        default=None, description="For http_status 429: seconds to wait before resending."
+    )
+
+
+class InferBatchResponse(BaseModel):
+    """One entry per batch item, in the items' order: an answer or that item's error."""
+
+    results: list[InferResponse | ItemError]

@@ -1,10 +1,11 @@
-"""The durable cost budget: reserve one cloud call before making it, so concurrent requests
+"""The durable cost budgets: reserve one cloud call before making it, so concurrent requests
 can never overspend, and keep the spending across restarts.
 
-The state (`router.budget.BudgetState`: period, calls, spent) lives in a diskcache directory
-(eviction disabled). Every change is a read-modify-write inside a diskcache transaction
-(an SQLite write transaction, so safe across processes) taken under an in-process lock.
-Periods are UTC days (`router.budget.period_start`); a new day starts from zero.
+The state (`router.budget.BudgetLedger`: one counter of calls and money per node/task and
+hour/day) lives in a diskcache directory (eviction disabled). Every change is a
+read-modify-write inside a diskcache transaction (an SQLite write transaction, so safe
+across processes) taken under an in-process lock. Periods are UTC hours and days
+(`router.budget.period_start`); a new period starts from zero.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Literal
 
 import diskcache
 
-from router.budget import BudgetState, can_spend
+from router.budget import NODE_DAY, BudgetLedger, BudgetState, Limit, limits_for
 from router.errors import EdgerouteError
 from router.policy import CostSettings
 
-_KEY = "budget_state"
+_KEY = "budget_ledger"
 Clock = Callable[[], float]
 
 
@@ -37,9 +38,9 @@ class Reservation:
     settlement the other is a no-op. An unsettled reservation stays spent (never overspends).
     """
 
-    def __init__(self, store: BudgetStore, period: int, price: float) -> None:
+    def __init__(self, store: BudgetStore, periods: dict[str, int], price: float) -> None:
         self._store = store
-        self.period = period
+        self.periods = periods  # counter key -> period start it was reserved in
         self.price = price
         self._lock = threading.Lock()
         self._state: Literal["pending", "committed", "released"] = "pending"
@@ -61,7 +62,7 @@ class Reservation:
         with self._lock:
             if self._state != "pending":
                 return False
-            self._store._give_back(self.period, self.price)
+            self._store._give_back(self.periods, self.price)
             self._state = "released"
             return True
 
@@ -69,9 +70,9 @@ class Reservation:
 class BudgetStore:
     """A durable, concurrency-safe cost budget in `directory`.
 
-    `reserve` never grants more calls or money than `cost` allows in the current UTC day,
-    whatever the number of threads (or processes sharing the directory). All methods are
-    thread-safe and raise BudgetStoreError on storage failures.
+    `reserve` never grants more calls or money than any of its limits allows in the current
+    UTC hour/day, whatever the number of threads (or processes sharing the directory). All
+    methods are thread-safe and raise BudgetStoreError on storage failures.
     """
 
     def __init__(self, directory: str | Path, cost: CostSettings, *, clock: Clock) -> None:
@@ -93,33 +94,53 @@ class BudgetStore:
         with self._lock:
             self._cost = cost
 
-    def reserve(self, now: float | None = None) -> Reservation | None:
-        """Atomically add one call at `price_per_call` if it fits in the budget of the day of
-        `now` (default: the clock); None if the budget is exhausted."""
+    def reserve(
+        self,
+        now: float | None = None,
+        *,
+        limits: tuple[Limit, ...] | None = None,
+        price: float | None = None,
+    ) -> Reservation | None:
+        """Atomically count one call at `price` in every counter `limits` use if it fits all
+        of them in the periods of `now` (default: the clock); None if any is exhausted.
+
+        `limits`/`price` default to the node-wide limits of the cost settings in force
+        (`router.budget.limits_for`); the service passes the request's task limits.
+        """
         at = self._clock() if now is None else now
         with self._lock:
             cost = self._cost
+            lims = limits_for(cost) if limits is None else limits
+            pay = cost.price_per_call if price is None else price
             try:
                 with self._cache.transact():
-                    stored = self._load()
-                    at = max(at, float(stored.period))  # a clock stepping back never un-rolls
-                    state = stored.rolled(at)
-                    if not can_spend(state, cost, at):
+                    ledger = self._load()
+                    at = max(at, self._latest(ledger))  # a clock stepping back never un-rolls
+                    if ledger.exhausted(lims, pay, at) is not None:
                         return None
-                    state = state.plus_call(cost.price_per_call, at)
-                    self._save(state)
+                    self._save(ledger.plus_call(lims, pay, at))
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 raise BudgetStoreError(f"cannot reserve budget: {exc}") from exc
-        return Reservation(self, state.period, cost.price_per_call)
+        return Reservation(self, ledger.periods(lims, at), pay)
 
-    def snapshot(self, now: float | None = None) -> BudgetState:
-        """The spending of the day of `now` (default: the clock), reservations included."""
-        at = self._clock() if now is None else now
+    def ledger(self, now: float | None = None) -> BudgetLedger:
+        """Every counter as stored (reservations included). Counters are rolled lazily:
+        use `BudgetLedger.counter(key, now)` to read one as of a time."""
         try:
-            stored = self._load()
-            return stored.rolled(max(at, float(stored.period)))
+            return self._load()
         except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
             raise BudgetStoreError(f"cannot read budget: {exc}") from exc
+
+    def snapshot(self, now: float | None = None) -> BudgetState:
+        """The node's spending in the UTC day of `now` (default: the clock), reservations
+        included."""
+        at = self._clock() if now is None else now
+        ledger = self.ledger()
+        return ledger.counter(NODE_DAY, max(at, self._latest(ledger)))
+
+    @staticmethod
+    def _latest(ledger: BudgetLedger) -> float:
+        return float(max((c.period for c in ledger.counters.values()), default=0))
 
     def close(self) -> None:
         """Close the underlying cache (the state stays on disk)."""
@@ -131,23 +152,22 @@ class BudgetStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _give_back(self, period: int, price: float) -> None:
-        """Undo one reserved call of `period` (a no-op if that period has already ended)."""
+    def _give_back(self, periods: dict[str, int], price: float) -> None:
+        """Undo one reserved call in each counter of `periods` whose period is still open."""
         with self._lock:
             try:
                 with self._cache.transact():
-                    state = self._load()
-                    if state.period == period:
-                        self._save(state.minus_call(price, float(period)))
+                    self._save(self._load().minus_call(periods, price))
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
                 raise BudgetStoreError(f"cannot release budget: {exc}") from exc
 
-    def _load(self) -> BudgetState:
+    def _load(self) -> BudgetLedger:
         raw = self._cache.get(_KEY)
-        if raw is None:
-            return BudgetState()
-        period, calls, spent = raw
-        return BudgetState(int(period), int(calls), float(spent))
+        if not raw:
+            return BudgetLedger()
+        return BudgetLedger(
+            {k: BudgetState(int(p), int(c), float(s)) for k, (p, c, s) in dict(raw).items()}
+        )
 
-    def _save(self, state: BudgetState) -> None:
-        self._cache.set(_KEY, (state.period, state.calls, state.spent))
+    def _save(self, ledger: BudgetLedger) -> None:
+        self._cache.set(_KEY, {k: (s.period, s.calls, s.spent) for k, s in ledger.counters.items()})

@@ -8,7 +8,8 @@ router.errors.BundleError naming the path and the reason; nothing is half-loaded
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,20 @@ from router.manifest import (
     check_graph_io,
     parse_manifest,
 )
+from router.signing import SIGNATURE_FILE, verify_manifest_signature
 
 if TYPE_CHECKING:
     import onnxruntime
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+@dataclass(frozen=True)
+class BundleTrust:
+    """Which bundles may be loaded: `require_signed` refuses unsigned ones; `keys` maps
+    key_id -> trusted Ed25519 public key (a signed bundle must verify against one of them)."""
+
+    require_signed: bool = False
+    keys: Mapping[str, Ed25519PublicKey] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -37,23 +49,31 @@ class LoadedBundle:
     manifest: BundleManifest
     session: onnxruntime.InferenceSession
     path: Path
+    signed_by: str | None = None
 
 
-def load_bundle(path: str | Path) -> LoadedBundle:
+def load_bundle(path: str | Path, trust: BundleTrust | None = None) -> LoadedBundle:
     """Load and verify the bundle folder at `path`.
 
     Raises BundleError (message names the path and the reason) when the folder or a file is
     missing or unreadable, the manifest is invalid (field = the offending manifest field),
     the model's sha256 differs from the manifest, onnxruntime rejects the model, or the
-    graph's input/output do not match the manifest.
+    graph's input/output do not match the manifest. With `trust`, a signed bundle must
+    verify against a trusted key, and `require_signed` refuses unsigned bundles (codes in
+    router.signing); every file the manifest lists must then match its sha256.
     """
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"{folder}: no such bundle folder")
     manifest_text = _read(folder / MANIFEST_FILE)
+    signed_by = _check_signature(folder, manifest_text, trust)
     manifest = parse_manifest(manifest_text, str(folder / MANIFEST_FILE))
     model_bytes = _read(folder / MODEL_FILE)
     check_file_hash(manifest, MODEL_FILE, model_bytes)
+    if signed_by is not None:
+        for name in manifest.files:
+            if name != MODEL_FILE:
+                check_file_hash(manifest, name, _read(folder / name))
     session = _open_session(model_bytes, folder / MODEL_FILE)
     check_graph_io(
         manifest,
@@ -61,7 +81,17 @@ def load_bundle(path: str | Path) -> LoadedBundle:
         [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_outputs()],
         str(folder),
     )
-    return LoadedBundle(manifest=manifest, session=session, path=folder)
+    return LoadedBundle(manifest=manifest, session=session, path=folder, signed_by=signed_by)
+
+
+def _check_signature(folder: Path, manifest_text: bytes, trust: BundleTrust | None) -> str | None:
+    if trust is None:
+        return None
+    sig_path = folder / SIGNATURE_FILE
+    sig = _read(sig_path) if sig_path.exists() else None
+    if sig is None and not trust.require_signed:
+        return None
+    return verify_manifest_signature(manifest_text, sig, trust.keys, str(folder))
 
 
 def _read(file: Path) -> bytes:

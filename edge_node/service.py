@@ -11,29 +11,43 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import structlog
 
 from edge_node.active_policy import ActivePolicy
 from edge_node.api_models import InferRequest
-from edge_node.budget_store import BudgetStore
+from edge_node.budget_store import BudgetStore, Reservation
 from edge_node.cloud_client import CloudClient
 from edge_node.connectivity import ConnectivityMonitor
 from edge_node.decision_log import DecisionLog, DecisionRecord
-from edge_node.metrics import EdgeMetrics
+from edge_node.metrics import EdgeMetrics, NodeLevels
+from edge_node.model_runner import EdgeModel
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from router.candidates import top_k
-from router.decision import Decision, LocalResult, NodeState, decide, on_cloud_failure
+from router.decision import (
+    CONFIDENT,
+    EDGE_ONLY_TASK,
+    Decision,
+    LocalResult,
+    NodeState,
+    decide,
+    on_cloud_failure,
+)
 from router.errors import (
+    BudgetRejected,
     CloudError,
     CloudRejected,
     CloudTimeout,
+    EdgerouteError,
+    InputError,
     NotFound,
     QueueFull,
+    RetryableRejection,
     UnknownTask,
 )
 from router.inputs import coerce_inputs
@@ -69,7 +83,10 @@ class EdgeService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.perf_counter,
         new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        sample: Callable[[], bool] = lambda: False,
     ) -> None:
+        """Wire the node's parts. `sample()` says whether to write this request's log line
+        (per-request lines are sampled; see `sampler`)."""
         self.active = active
         self.queue = queue
         self.results = results
@@ -81,7 +98,9 @@ class EdgeService:
         self._clock = clock
         self._monotonic = monotonic
         self._new_id = new_id
+        self._sample = sample
         self.cloud_calls = 0
+        metrics.watch(self.levels)
 
     # ---- the request path -------------------------------------------------------------
 
@@ -90,6 +109,100 @@ class EdgeService:
         every accepted request ends answered, queued durably, or explicitly rejected."""
         t0 = self._monotonic()
         active = self.active  # read once: this request sees one whole policy
+        item = self._prepare(active, req)
+        t_inf = self._monotonic()
+        probs = item.model.predict(item.x.reshape(1, -1))[0].tolist()
+        self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
+        local = LocalResult(top_k(probs, item.model.labels, item.task.top_k), all_scores(probs))
+        now = self._clock()
+        decision = self._decide(local, item.task, now, item.deadline_ms - self._elapsed_ms(t0))
+        cloud: RerankResult | None = None
+        if decision.escalate:
+            decision, cloud = (await self._escalate([(item, local, decision)], t0, now))[0]
+        if decision.reject:
+            raise _budget_rejected()
+        if decision.enqueue:
+            decision = await self._enqueue(item, local, decision, now)
+        return self._answer(active, item, decision, local, cloud, t0)
+
+    async def infer_batch(self, items: Sequence[InferRequest | EdgerouteError]) -> Answer:
+        """Answer a batch: `{"results": [...]}` in item order, always status 200.
+
+        Each entry is the body the item would get on its own (`status` "answered" or
+        "accepted") or, for an item that would get a 4xx on its own (invalid, unknown task,
+        queue full, budget rejected, duplicate request_id), an `ItemError`-shaped object.
+        An entry given as an EdgerouteError (the HTTP layer's per-item validation error)
+        is reported as that item's error. The edge model runs once per task on all of the
+        task's valid items; every item is decided on its own; the items that escalate go
+        to the cloud in one re-rank call. Raises nothing for per-item faults.
+        """
+        t0 = self._monotonic()
+        active = self.active
+        out: list[dict[str, Any] | None] = [None] * len(items)
+        groups: dict[str, list[tuple[int, _Item]]] = {}
+        seen: set[str] = set()
+        for i, req in enumerate(items):
+            if isinstance(req, EdgerouteError):
+                out[i] = item_error(req, None)
+                continue
+            try:
+                if req.request_id is not None and req.request_id in seen:
+                    raise InputError(
+                        f"request_id {req.request_id!r} appears twice in the batch",
+                        field="request_id",
+                        code="duplicate_request_id",
+                    )
+                item = self._prepare(active, req)
+            except EdgerouteError as exc:
+                out[i] = item_error(exc, req.request_id)
+                continue
+            seen.add(item.rid)
+            groups.setdefault(item.task_name, []).append((i, item))
+
+        routed: list[tuple[int, _Item, LocalResult]] = []
+        for group in groups.values():
+            model, task = group[0][1].model, group[0][1].task
+            t_inf = self._monotonic()
+            probs = model.predict(np.stack([it.x for _, it in group]))
+            self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
+            for (i, it), row in zip(group, probs.tolist(), strict=True):
+                routed.append(
+                    (i, it, LocalResult(top_k(row, model.labels, task.top_k), all_scores(row)))
+                )
+
+        now = self._clock()
+        decided = [
+            (i, it, local, self._decide(local, it.task, now, it.deadline_ms - self._elapsed_ms(t0)))
+            for i, it, local in routed
+        ]
+        escalating = [(it, local, d) for _, it, local, d in decided if d.escalate]
+        escalated = iter(await self._escalate(escalating, t0, now) if escalating else [])
+        for i, it, local, decision in decided:
+            cloud: RerankResult | None = None
+            if decision.escalate:
+                decision, cloud = next(escalated)
+            try:
+                if decision.reject:
+                    raise _budget_rejected()
+                if decision.enqueue:
+                    decision = await self._enqueue(it, local, decision, now)
+            except EdgerouteError as exc:
+                out[i] = item_error(exc, it.rid)
+                continue
+            out[i] = self._answer(active, it, decision, local, cloud, t0).body
+        return Answer(200, {"results": out})
+
+    def batch_limit(self, task_names: Iterable[str]) -> int:
+        """The most items a batch naming `task_names` may hold: the smallest
+        `max_batch_items` among those tasks (unknown names are ignored; the largest limit
+        of any task if none is known). Pure read of the active policy."""
+        tasks = self.active.policy.tasks
+        limits = [tasks[n].max_batch_items for n in set(task_names) if n in tasks]
+        if limits:
+            return min(limits)
+        return max((t.max_batch_items for t in tasks.values()), default=1)
+
+    def _prepare(self, active: ActivePolicy, req: InferRequest) -> _Item:
         task = active.policy.tasks.get(req.task)
         model = active.models.get(req.task)
         if task is None or model is None:
@@ -99,33 +212,8 @@ class EdgeService:
                 field="task",
             )
         x = coerce_inputs(req.inputs, model.input_spec)
-        t_inf = self._monotonic()
-        probs = model.predict(x.reshape(1, -1))[0].tolist()
-        self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
-        local = LocalResult(top_k(probs, model.labels, task.top_k), all_scores(probs))
         rid = req.request_id or self._new_id()
-        deadline_ms = float(req.deadline_ms or task.deadline_ms)
-        now = self._clock()
-
-        decision = self._decide(local, task, now, deadline_ms - self._elapsed_ms(t0))
-        cloud: RerankResult | None = None
-        if decision.escalate:
-            decision, cloud = await self._escalate(
-                decision, local, task, req.task, rid, x.tolist(), deadline_ms, t0, now
-            )
-        if decision.reject:
-            from router.errors import BudgetRejected
-
-            raise BudgetRejected(
-                "the cost budget for cloud calls is exhausted and the policy "
-                "rejects requests that need the cloud",
-                retry_after_s=60.0,
-            )
-        if decision.enqueue:
-            decision = await self._enqueue(
-                decision, local, task, req.task, rid, x.tolist(), model.version, now
-            )
-        return self._answer(req.task, rid, decision, local, cloud, model.version, t0)
+        return _Item(rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms))
 
     def _decide(
         self,
@@ -136,73 +224,105 @@ class EdgeService:
         *,
         offline: bool = False,
     ) -> Decision:
-        state = NodeState("offline" if offline else self.monitor.state, self.budget.snapshot(now))
-        return decide(local, state, task, self.active.policy.cost, now, left_ms)
+        t = self._monotonic()
+        conn = "offline" if offline else self.monitor.state
+        cost = self.active.policy.cost
+        # The budget is read from disk only when it can matter: the edge-only and
+        # confident rules come before the budget rule in `decide`.
+        decision = decide(local, _BUDGET_FREE_STATES[conn], task, cost, now, left_ms)
+        if decision.reason not in _BUDGET_FREE_REASONS:
+            state = NodeState(conn, self.budget.snapshot(now))
+            decision = decide(local, state, task, cost, now, left_ms)
+        self.metrics.decision_seconds.observe(self._monotonic() - t)
+        return decision
 
     async def _escalate(
         self,
-        decision: Decision,
-        local: LocalResult,
-        task: TaskPolicy,
-        task_name: str,
-        rid: str,
-        inputs: list[float],
-        deadline_ms: float,
+        batch: list[tuple[_Item, LocalResult, Decision]],
         t0: float,
         now: float,
-    ) -> tuple[Decision, RerankResult | None]:
+    ) -> list[tuple[Decision, RerankResult | None]]:
+        """Carry out the escalation of `batch` (one cloud call for all of it); returns each
+        item's final decision and cloud result (None when answered locally), in order."""
+        out: list[tuple[Decision, RerankResult | None]] = []
         if not self.monitor.allow_request():
-            return self._decide(local, task, now, 0.0, offline=True), None
-        reservation = self.budget.reserve(now)
-        if reservation is None:  # lost the race for the last unit of budget
-            return self._decide(local, task, now, deadline_ms - self._elapsed_ms(t0)), None
-        item = RerankItem(
-            task=task.cloud_task or task_name,
-            request_id=rid,
-            inputs=inputs,
-            candidates=[c.label for c in local.candidates],
-        )
-        left_s = (deadline_ms - self._elapsed_ms(t0)) / 1000.0
+            return [
+                (self._decide(lo, it.task, now, 0.0, offline=True), None) for it, lo, _ in batch
+            ]
+        calls: list[tuple[int, Reservation, RerankItem]] = []
+        left_ms = float("inf")
+        for it, local, decision in batch:
+            reservation = self.budget.reserve(now)
+            if reservation is None:  # lost the race for the last unit of budget
+                left = it.deadline_ms - self._elapsed_ms(t0)
+                out.append((self._decide(local, it.task, now, left), None))
+                continue
+            calls.append(
+                (
+                    len(out),
+                    reservation,
+                    RerankItem(
+                        task=it.task.cloud_task or it.task_name,
+                        request_id=it.rid,
+                        inputs=it.x.tolist(),
+                        candidates=[c.label for c in local.candidates],
+                    ),
+                )
+            )
+            out.append((decision, None))
+            left_ms = min(left_ms, it.deadline_ms - self._elapsed_ms(t0))
+        if not calls:
+            return out
         t_call = self._monotonic()
         try:
-            result = (await self.client.rerank([item], deadline_s=left_s, request_id=rid))[0]
-            if isinstance(result, RerankFailure):
-                raise CloudRejected(f"{result.error.code}: {result.error.message}")
+            results = await self.client.rerank(
+                [c[2] for c in calls],
+                deadline_s=left_ms / 1000.0,
+                request_id=calls[0][2].request_id,
+            )
         except CloudError as exc:
-            reservation.release()
+            for idx, reservation, _ in calls:
+                reservation.release()
+                it, _, decision = batch[idx]
+                out[idx] = (
+                    on_cloud_failure(decision, it.task, timed_out=isinstance(exc, CloudTimeout)),
+                    None,
+                )
+                self.metrics.cloud_errors.labels(it.task_name, exc.code).inc()
             if not isinstance(exc, CloudRejected):
                 self.monitor.record_failure(exc.retry_after_s)
-            self.metrics.cloud_errors.labels(task_name, exc.code).inc()
-            log.info("cloud_failed", request_id=rid, task=task_name, error=exc.code)
-            return on_cloud_failure(decision, task, timed_out=isinstance(exc, CloudTimeout)), None
+            log.warning(
+                "cloud_failed", request_id=calls[0][2].request_id, reason=exc.code, items=len(calls)
+            )
+            return out
         finally:
             self.metrics.cloud_seconds.observe(self._monotonic() - t_call)
-        reservation.commit()
         self.monitor.record_success()
         self.cloud_calls += 1
-        return decision, result
+        for (idx, reservation, _), result in zip(calls, results, strict=True):
+            it, _, decision = batch[idx]
+            if isinstance(result, RerankFailure):
+                reservation.release()
+                self.metrics.cloud_errors.labels(it.task_name, result.error.code).inc()
+                out[idx] = (on_cloud_failure(decision, it.task, timed_out=False), None)
+            else:
+                reservation.commit()
+                out[idx] = (decision, result)
+        return out
 
     async def _enqueue(
-        self,
-        decision: Decision,
-        local: LocalResult,
-        task: TaskPolicy,
-        task_name: str,
-        rid: str,
-        inputs: list[float],
-        version: str,
-        now: float,
+        self, it: _Item, local: LocalResult, decision: Decision, now: float
     ) -> Decision:
         item = QueuedItem(
-            request_id=rid,
-            task=task_name,
-            cloud_task=task.cloud_task or task_name,
-            inputs=inputs,
+            request_id=it.rid,
+            task=it.task_name,
+            cloud_task=it.task.cloud_task or it.task_name,
+            inputs=it.x.tolist(),
             candidates=[c.label for c in local.candidates],
             edge_label=local.label,
             edge_score=local.candidates[0].score,
             edge_candidates=[(c.label, c.score) for c in local.candidates],
-            model_version=version,
+            model_version=it.model.version,
             enqueued_at=now,
             reason=decision.reason,
         )
@@ -212,7 +332,9 @@ class EdgeService:
             if decision.route == "queued":
                 raise
             # A failed escalation answers locally; verification is best-effort when full.
-            log.warning("verify_not_queued", request_id=rid, task=task_name, reason="queue_full")
+            log.warning(
+                "verify_not_queued", request_id=it.rid, task=it.task_name, reason="queue_full"
+            )
             return Decision("edge", decision.reason, decision.confidence, decision.threshold)
         for dropped_id in dropped:
             await asyncio.to_thread(self.results.put_expired, dropped_id, "queue_full")
@@ -221,15 +343,15 @@ class EdgeService:
 
     def _answer(
         self,
-        task_name: str,
-        rid: str,
+        active: ActivePolicy,
+        it: _Item,
         decision: Decision,
         local: LocalResult,
         cloud: RerankResult | None,
-        version: str,
         t0: float,
     ) -> Answer:
         latency_ms = self._elapsed_ms(t0)
+        version = it.model.version
         if cloud is not None:
             label: str | None = cloud.label
             score: float | None = cloud.score
@@ -240,14 +362,14 @@ class EdgeService:
             cands = [{"label": c.label, "score": c.score} for c in local.candidates]
         else:
             label, score, cands = None, None, []
-        self.metrics.requests.labels(task_name, decision.route, decision.reason).inc()
+        self.metrics.requests.labels(it.task_name, decision.route, decision.reason).inc()
         self.metrics.latency.labels(decision.route).observe(latency_ms / 1000.0)
         self.decisions.write(
             DecisionRecord(
                 ts=self._clock(),
-                request_id=rid,
-                task=task_name,
-                policy_revision=self.active.revision,
+                request_id=it.rid,
+                task=it.task_name,
+                policy_revision=active.revision,
                 model_version=version,
                 scores=local.scores,
                 edge_candidates=[{"label": c.label, "score": c.score} for c in local.candidates],
@@ -258,9 +380,20 @@ class EdgeService:
                 latency_ms=latency_ms,
             )
         )
+        if self._sample():
+            log.info(
+                "request",
+                request_id=it.rid,
+                task=it.task_name,
+                route=decision.route,
+                reason=decision.reason,
+                latency_ms=round(latency_ms, 3),
+                model_version=version,
+                policy_revision=active.revision,
+            )
         body: dict[str, Any] = {
-            "request_id": rid,
-            "task": task_name,
+            "request_id": it.rid,
+            "task": it.task_name,
             "route": decision.route,
             "reason": decision.reason,
             "label": label,
@@ -331,6 +464,29 @@ class EdgeService:
             },
         }
 
+    def levels(self) -> NodeLevels:
+        """The live levels `/metrics` exposes (built from `status()`; reads the budget store
+        once). Safe to call from the scraping thread."""
+        st = self.status()
+        cloud, queue, cost = st["cloud"], st["queue"], self.active.policy.cost
+        inf = float("inf")
+        calls, spent = int(cloud["calls_today"]), float(cloud["cost_today"])
+        return NodeLevels(
+            queue_depth=int(queue["depth"]),
+            queue_bytes=int(queue["bytes"]),
+            queue_oldest_age_s=float(queue["oldest_age_s"]),
+            breaker=str(st["connectivity"]["breaker"]),
+            connectivity=str(st["connectivity"]["state"]),
+            budget_calls=calls,
+            budget_spent=spent,
+            budget_calls_left=inf if cost.daily_calls is None else cost.daily_calls - calls,
+            budget_money_left=inf if cost.daily_budget is None else cost.daily_budget - spent,
+            currency=str(cloud["currency"]),
+            policy_revision=str(st["policy"]["revision"]),
+            model_versions=dict(st["models"]),
+            results=dict(st["results"]),
+        )
+
 
 _RESULT_FIELDS = ("label", "score", "candidates", "model_version", "route", "reason")
 
@@ -345,4 +501,44 @@ def _flatten_result(rec: dict[str, Any]) -> dict[str, Any]:
     final = rec.get("result")
     if isinstance(final, dict):
         out.update({k: final[k] for k in _RESULT_FIELDS if k in final})
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One validated request: its id, task policy, edge model, inputs and deadline."""
+
+    rid: str
+    task_name: str
+    task: TaskPolicy
+    model: EdgeModel
+    x: np.ndarray
+    deadline_ms: float
+
+
+_BUDGET_FREE_STATES: dict[str, NodeState] = {
+    conn: NodeState(conn)
+    for conn in ("online", "degraded", "offline")  # type: ignore[arg-type]
+}
+_BUDGET_FREE_REASONS = frozenset({CONFIDENT, EDGE_ONLY_TASK})
+
+
+def _budget_rejected() -> BudgetRejected:
+    return BudgetRejected(
+        "the cost budget for cloud calls is exhausted and the policy "
+        "rejects requests that need the cloud",
+        retry_after_s=60.0,
+    )
+
+
+def item_error(exc: EdgerouteError, request_id: str | None) -> dict[str, Any]:
+    """The batch entry for an item refused with `exc` (see api_models.ItemError)."""
+    out: dict[str, Any] = {
+        "request_id": request_id,
+        "status": "error",
+        "http_status": exc.status,
+        "error": exc.to_dict(),
+    }
+    if isinstance(exc, RetryableRejection):
+        out["retry_after_s"] = exc.retry_after_s
     return out

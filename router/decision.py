@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from router.budget import BudgetState, budget_left
+from router.budget import BudgetLedger, limits_for
 from router.policy import CostSettings, TaskPolicy
 
 Route = Literal["edge", "cloud", "queued"]
@@ -54,7 +54,7 @@ class NodeState:
     """The edge node's state at decision time (a snapshot; the caller owns the live state)."""
 
     connectivity: Connectivity = "online"
-    budget: BudgetState = field(default_factory=BudgetState)
+    budget: BudgetLedger = field(default_factory=BudgetLedger)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +64,8 @@ class Decision:
     route: where the answer comes from now. `escalate`: call the cloud now. `enqueue`: store
     durably for later sync. `answer_now`: respond with the local answer (provisional when
     enqueued); False means the client gets 202 and fetches the result later. `reject` means the
-    request is refused (429) and nothing is stored.
+    request is refused (429) and nothing is stored. `budget` names the exhausted budget
+    (e.g. `task/digits/hour/calls`) when the reason is `budget_exhausted`.
     """
 
     route: Route
@@ -75,6 +76,7 @@ class Decision:
     enqueue: bool = False
     answer_now: bool = True
     reject: bool = False
+    budget: str | None = None
 
     @property
     def final(self) -> bool:
@@ -89,12 +91,15 @@ def decide(
     cost: CostSettings,
     now: float,
     deadline_left_ms: float | None = None,
+    *,
+    task_name: str | None = None,
 ) -> Decision:
     """Route one request. Pure and total: always returns a Decision, never raises.
 
     Order of rules: edge-only placement; confidence (hybrid only); budget; connectivity;
     deadline. `now` is a UNIX time in seconds (for budget periods); `deadline_left_ms` is
-    the time left for this request (defaults to the task's `deadline_ms`).
+    the time left for this request (defaults to the task's `deadline_ms`); `task_name`
+    selects the task's own budgets (`tasks.<name>.budgets`) in `state.budget`.
     """
     conf, thr = local.scores.get(task.score, 0.0), task.threshold
     if task.placement == "edge_only":
@@ -103,14 +108,16 @@ def decide(
         return Decision("edge", CONFIDENT, conf, thr)
     wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
 
-    calls_left, money_left = budget_left(state.budget, cost, now)
-    if calls_left < 1 or money_left < cost.price_per_call:
+    spent = state.budget.exhausted(limits_for(cost, task, task_name), cost.price_per_call, now)
+    if spent is not None:
         action = cost.on_budget_exhausted
         if action == "queue":
-            return Decision("queued", BUDGET_EXHAUSTED, conf, thr, enqueue=True)
+            return Decision("queued", BUDGET_EXHAUSTED, conf, thr, enqueue=True, budget=spent)
         if action == "reject":
-            return Decision("edge", BUDGET_EXHAUSTED, conf, thr, reject=True, answer_now=False)
-        return Decision("edge", BUDGET_EXHAUSTED, conf, thr)
+            return Decision(
+                "edge", BUDGET_EXHAUSTED, conf, thr, reject=True, answer_now=False, budget=spent
+            )
+        return Decision("edge", BUDGET_EXHAUSTED, conf, thr, budget=spent)
 
     if state.connectivity == "offline":
         if task.when_offline == "answer_only":

@@ -17,6 +17,7 @@ Placement = Literal["edge_only", "hybrid", "cloud_first"]
 OfflineAction = Literal["answer_and_queue", "queue_only", "answer_only"]
 BudgetAction = Literal["answer_locally", "queue", "reject"]
 OnFull = Literal["reject", "drop_oldest"]
+BudgetPeriod = Literal["hour", "day"]
 Durability = Literal["os_crash_safe", "per_write"]
 
 
@@ -140,6 +141,27 @@ class SyncSettings(_Model):
     )
 
 
+class BudgetLimit(_Model):
+    """One budget: at most `calls` cloud calls and/or `money` spent per UTC `period`.
+
+    Named `node/<period>/<calls|money>` under `cost.budgets` and
+    `task/<task>/<period>/<calls|money>` under `tasks.<task>.budgets`; that name is what an
+    exhausted request reports in its `budget` field.
+    """
+
+    period: BudgetPeriod = Field(description="hour or day (UTC): when the budget resets.")
+    calls: int | None = Field(default=None, ge=0, description="Most cloud calls per period.")
+    money: float | None = Field(
+        default=None, ge=0.0, description="Most money (cost.currency) per period."
+    )
+
+    @model_validator(mode="after")
+    def _calls_or_money(self) -> BudgetLimit:
+        if self.calls is None and self.money is None:
+            raise ValueError("a budget needs `calls`, `money`, or both")
+        return self
+
+
 class CostSettings(_Model):
     """Price of cloud calls and the budget they must stay within."""
 
@@ -151,7 +173,14 @@ class CostSettings(_Model):
     daily_calls: int | None = Field(
         default=None, ge=0, description="Cloud calls per UTC day; null for no call budget."
     )
-    on_budget_exhausted: BudgetAction = "answer_locally"
+    budgets: list[BudgetLimit] = Field(
+        default_factory=list,
+        description="Node-wide budgets per hour/day, in calls and/or money (with daily_*).",
+    )
+    on_budget_exhausted: BudgetAction = Field(
+        default="answer_locally",
+        description="answer_locally, queue, or reject (429) when a budget is exhausted.",
+    )
 
 
 class TaskPolicy(_Model):
@@ -182,6 +211,22 @@ class TaskPolicy(_Model):
         description="Escalate only if at least this much time is left.",
     )
     max_batch_items: int = Field(default=256, ge=1, le=10_000)
+    budgets: list[BudgetLimit] = Field(
+        default_factory=list,
+        description="This task's own budgets per hour/day (on top of the node's).",
+    )
+
+
+class TrustSettings(_Model):
+    """Which model bundles the node may load (see `edgeroute model pack/verify`)."""
+
+    require_signed: bool = Field(
+        default=False, description="Refuse bundles without a valid manifest.sig."
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Ed25519 public key files (PEM), relative to the policy file or absolute.",
+    )
 
 
 class Policy(_Model):
@@ -193,6 +238,7 @@ class Policy(_Model):
     queue: QueueSettings
     sync: SyncSettings = SyncSettings()
     cost: CostSettings = CostSettings()
+    trust: TrustSettings = TrustSettings()
     tasks: dict[TaskName, TaskPolicy] = Field(min_length=1)
 
     def task(self, name: str) -> TaskPolicy:

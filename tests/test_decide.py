@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.budget import BudgetState, period_start
+from router.budget import BudgetLedger, BudgetState, period_start
 from router.decision import Candidate, LocalResult, NodeState, decide, on_cloud_failure
 from router.policy import CostSettings, TaskPolicy
 
@@ -84,11 +84,16 @@ def test_degraded_still_escalates() -> None:
     assert d.route == "cloud"
 
 
+def _day(state: BudgetState) -> BudgetLedger:
+    return BudgetLedger({"node/day": state})
+
+
 def test_budget_exhausted_answers_locally_by_default() -> None:
     """With the call budget spent, the default action answers locally."""
     spent = BudgetState(period_start(NOW), calls=10, spent=0.0)
-    d = decide(local(0.1), NodeState(budget=spent), task(), CostSettings(daily_calls=10), NOW)
+    d = decide(local(0.1), NodeState(budget=_day(spent)), task(), CostSettings(daily_calls=10), NOW)
     assert (d.route, d.reason, d.escalate) == ("edge", "budget_exhausted", False)
+    assert d.budget == "node/day/calls"
 
 
 def test_budget_exhausted_queue_and_reject_actions() -> None:
@@ -96,14 +101,14 @@ def test_budget_exhausted_queue_and_reject_actions() -> None:
     spent = BudgetState(period_start(NOW), calls=0, spent=1.0)
     cost_q = CostSettings(price_per_call=0.5, daily_budget=1.0, on_budget_exhausted="queue")
     cost_r = CostSettings(price_per_call=0.5, daily_budget=1.0, on_budget_exhausted="reject")
-    assert decide(local(0.1), NodeState(budget=spent), task(), cost_q, NOW).enqueue
-    assert decide(local(0.1), NodeState(budget=spent), task(), cost_r, NOW).reject
+    assert decide(local(0.1), NodeState(budget=_day(spent)), task(), cost_q, NOW).enqueue
+    assert decide(local(0.1), NodeState(budget=_day(spent)), task(), cost_r, NOW).reject
 
 
 def test_budget_resets_next_day() -> None:
     """Yesterday's spending does not count today."""
     spent = BudgetState(period_start(NOW) - 86_400, calls=10)
-    d = decide(local(0.1), NodeState(budget=spent), task(), CostSettings(daily_calls=10), NOW)
+    d = decide(local(0.1), NodeState(budget=_day(spent)), task(), CostSettings(daily_calls=10), NOW)
     assert d.route == "cloud"
 
 
@@ -137,7 +142,7 @@ def test_decide_is_total_and_consistent(
 ) -> None:
     """decide never raises, and its flags agree with its route."""
     t = task(threshold=threshold, placement=placement)
-    state = NodeState(conn, BudgetState(period_start(NOW), calls=calls))
+    state = NodeState(conn, _day(BudgetState(period_start(NOW), calls=calls)))
     d = decide(local(conf), state, t, CostSettings(daily_calls=10), NOW, left)
     assert d.escalate == (d.route == "cloud")
     if d.route == "queued":

@@ -44,6 +44,6 @@ def test_demo_uses_every_route_loses_nothing_and_is_accurate(
     assert r["lost"] == 0 and r["queued"] == r["synced"] > 0
     assert r["accuracy"]["final"] >= r["accuracy"]["cloud_only"] - 0.01, r["accuracy"]
     assert r["escalation_rate"] <= 0.35
-    assert "routes" in proc.stdout and "lost 0" in proc.stdout
+    assert "route / reason" in proc.stdout and "lost 0" in proc.stdout
     decisions = tmp_path / "data" / "edge" / "decisions" / "decisions.jsonl"
     assert decisions.exists() and len(decisions.read_text().splitlines()) == r["requests"]

@@ -1,0 +1,94 @@
+"""Publishing model bundles: key generation and signed packing (`edgeroute model ...`).
+
+`pack` writes a complete new bundle folder atomically: files are staged in a temporary
+sibling folder and renamed into place, so a reader never sees a half-written bundle.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from router.errors import BundleError
+from router.manifest import MANIFEST_FILE, parse_manifest, sha256_hex
+from router.signing import SIGNATURE_FILE, key_id_of, sign_manifest
+
+
+def keygen(prefix: Path) -> tuple[Path, Path, str]:
+    """Write `PREFIX.key` (private, mode 0600) and `PREFIX.pub`; return both and the key id.
+
+    Refuses (FileExistsError) to overwrite an existing key.
+    """
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    priv_path, pub_path = prefix.with_suffix(".key"), prefix.with_suffix(".pub")
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(priv_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private)
+    pub_path.write_bytes(public)
+    return priv_path, pub_path, key_id_of(key.public_key())
+
+
+def pack(
+    src: Path,
+    out: Path,
+    private_pem: bytes,
+    *,
+    version: str | None = None,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Sign the bundle in `src` into a new folder `out`.
+
+    Every file of `src` (except an old signature) is copied and listed with its sha256 in
+    the manifest, `created_at` is set, `version` replaced if given, and `manifest.sig`
+    written. Raises BundleError if `src` has no valid manifest, FileExistsError if `out`
+    exists.
+    """
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    manifest = parse_manifest((src / MANIFEST_FILE).read_bytes(), str(src / MANIFEST_FILE))
+    names = sorted(
+        p.name
+        for p in src.iterdir()
+        if p.is_file() and p.name not in (MANIFEST_FILE, SIGNATURE_FILE)
+    )
+    if not names:
+        raise BundleError(f"{src}: no files to pack")
+    created = (now or dt.datetime.now(dt.UTC)).isoformat()
+    data = manifest.model_dump(mode="json")
+    data.update(
+        files={n: sha256_hex((src / n).read_bytes()) for n in names},
+        created_at=created,
+        version=version or manifest.version,
+    )
+    manifest_bytes = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
+    parse_manifest(manifest_bytes, "packed manifest")  # still valid after our edits
+    signature = sign_manifest(manifest_bytes, private_pem)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for n in names:
+            shutil.copyfile(src / n, stage / n)
+        (stage / MANIFEST_FILE).write_bytes(manifest_bytes)
+        (stage / SIGNATURE_FILE).write_bytes(signature)
+        for f in stage.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        os.replace(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return out

@@ -25,11 +25,23 @@ from ray.serve.exceptions import BackPressureError
 from cloud_service.app import ID_RE, error_body, node_id_of, parse_rerank_body
 from cloud_service.auth import token_sources
 from cloud_service.metrics import ReplicaMetrics
-from cloud_service.rerank_flow import Answer, RerankModel, answer_with_dedup, failure
-from cloud_service.rerank_flow import rerank_by_task
+from cloud_service.rerank_flow import (
+    Answer,
+    RerankModel,
+    answer_with_dedup,
+    failure,
+    rerank_by_task,
+)
 from cloud_service.result_store import StoredResult, StoreKey, get_or_create_result_store
 from cloud_service.settings import CloudServiceSettings
-from router.errors import EdgerouteError, RequestTooLarge, RetryableRejection, Unauthorized
+from router.errors import (
+    EdgerouteError,
+    InputError,
+    MalformedRequest,
+    RequestTooLarge,
+    RetryableRejection,
+    Unauthorized,
+)
 from router.wire import (
     NODE_HEADER,
     REQUEST_ID_HEADER,
@@ -54,7 +66,9 @@ class CloudOverloaded(RetryableRejection):
         self.status = status
 
 
-def json_response(payload: bytes, status: int = 200, retry_after_s: float | None = None) -> Response:
+def json_response(
+    payload: bytes, status: int = 200, retry_after_s: float | None = None
+) -> Response:
     """A JSON response with the given bytes and status (and `Retry-After` when given)."""
     headers = None
     if retry_after_s is not None:
@@ -244,7 +258,9 @@ class CloudReranker:
     async def healthz(self) -> Response:
         """200 with the served tasks and their model versions (per-task mode: task names)."""
         if self._handles:
-            tasks = {task: "deployment:model-" + task for task in sorted(self._handles)}
+            tasks = {}
+            for task in sorted(self._handles):
+                tasks[task] = await self._handles[task].version.remote()
         else:
             tasks = {task: m.version for task, m in sorted(self._models.items())}
         return json_response(orjson.dumps({"status": "ok", "tasks": tasks}))
@@ -271,6 +287,31 @@ class CloudReranker:
             "metrics": self._metrics.snapshot(),
         }
         return json_response(orjson.dumps(payload))
+
+    @api.post("/v1/stats/computed")
+    async def computed(self, request: Request) -> Response:
+        """Read-only: how many times each of `{"request_ids": [...]}` was computed for the
+        caller's node (`{"computed": {id: n}}`; 0 = never or expired). For exactly-once checks."""
+        try:
+            node_id = node_id_of(request.headers.get(NODE_HEADER))
+            self._authorize(request, node_id)
+            data = orjson.loads(await request.body())
+            ids = data.get("request_ids") if isinstance(data, dict) else None
+            if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                raise InputError("request_ids must be a list of strings", field="request_ids")
+        except orjson.JSONDecodeError:
+            return json_response(error_body(MalformedRequest("body is not valid JSON")), 400)
+        except EdgerouteError as err:
+            return json_response(error_body(err), err.status)
+        try:
+            counts: list[int] = await self._store.computed_counts.remote(
+                [(node_id, i) for i in ids]
+            )
+        except RayError as exc:
+            _log.warning("result_store_unavailable", reason=type(exc).__name__)
+            internal = EdgerouteError("result store unavailable")
+            return json_response(error_body(internal), internal.status)
+        return json_response(orjson.dumps({"computed": dict(zip(ids, counts, strict=True))}))
 
     def check_health(self) -> None:
         """Serve's health check: raises BundleError unless every local ONNX session runs."""

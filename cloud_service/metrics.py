@@ -21,6 +21,8 @@ class ReplicaMetrics:
     def __init__(self) -> None:
         from ray.serve import metrics
 
+        task_outcome: Any = ("task", "outcome")  # Ray's stub wrongly says tuple[str]
+
         self._lock = threading.Lock()
         self._mirror: dict[str, float] = {}
         self._requests: Any = metrics.Counter(
@@ -31,7 +33,7 @@ class ReplicaMetrics:
         self._items: Any = metrics.Counter(
             "edgeroute_cloud_items",
             description="Re-rank items answered, by task and outcome (computed/cached/failed).",
-            tag_keys=("task", "outcome"),
+            tag_keys=task_outcome,
         )
         self._dedup_hits: Any = metrics.Counter(
             "edgeroute_cloud_dedup_hits",

@@ -21,7 +21,8 @@ class CloudServiceSettings(BaseModel):
     `per_task_deployments` puts each task's model in its own deployment (`model-<task>`)
     behind the ingress, called through DeploymentHandles; off by default because on 2 cores
     the extra hop costs throughput (see docs/cloud.md). `batching` turns `@serve.batch` for
-    single-item calls off (used by the benchmark). When more than `max_queued_requests` wait
+    single-item calls off (used by the benchmark). `num_replicas` None leaves the count to
+    Serve (1, or the config's `autoscaling_config`). When more than `max_queued_requests` wait
     at a caller, Serve answers `overload_status` with `Retry-After: retry_after_s`.
     """
 
@@ -38,7 +39,7 @@ class CloudServiceSettings(BaseModel):
     max_queued_requests: int = Field(default=1024, ge=-1)
     overload_status: Literal[503, 429] = 503
     retry_after_s: float = Field(default=1.0, ge=0.0, le=3600.0)
-    num_replicas: int = Field(default=1, ge=1)
+    num_replicas: int | None = Field(default=None, ge=1)
     health_check_period_s: float = Field(default=10.0, gt=0.0)
     dedup_ttl_s: float = Field(default=3600.0, gt=0.0)
     dedup_max_entries: int = Field(default=1_000_000, ge=1)

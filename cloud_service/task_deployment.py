@@ -47,6 +47,10 @@ class TaskModel:
             return [await self.rerank_one(items[0])]
         return await self._run(items)
 
+    def version(self) -> str:
+        """The model version this replica serves."""
+        return self._model.version
+
     def check_health(self) -> None:
         """Serve's health check: raises BundleError unless the ONNX session still runs."""
         self._model.self_check()

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from edge_node.bundle import BundleTrust, load_bundle
 from edge_node.model_runner import EdgeModel
-from router.errors import BundleError, PolicyError, PolicyIssue
+from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
+from router.manifest import parse_manifest
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
 from router.signing import key_id_of, public_key_from_pem
@@ -39,26 +40,59 @@ def bundle_exists(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
-def load_policy_file(path: Path, env: dict[str, str] | None = None) -> tuple[Policy, str]:
-    """Read and validate a policy file; returns (policy, revision). Raises PolicyError."""
-    text = path.read_text(encoding="utf-8")
+def bundle_label_count(path: str) -> int | None:
+    """The number of labels in the bundle manifest at `path`; None if it cannot be read
+    (a missing or broken bundle is reported by the bundle checks instead)."""
+    try:
+        manifest = parse_manifest((Path(path) / "manifest.json").read_bytes(), path)
+    except (OSError, EdgerouteError):
+        return None
+    return len(manifest.labels)
+
+
+def load_policy_text(
+    path: Path, text: str, env: dict[str, str] | None = None, *, check_token_env: bool = True
+) -> tuple[Policy, str]:
+    """Validate `text` as the policy file at `path` (bundles are looked up relative to it);
+    returns (policy, revision). Raises PolicyError listing every issue. `check_token_env`
+    False skips the check that `cloud.token_env` is set (for offline tools)."""
     policy = parse_policy(
         text,
         source=str(path),
         env=dict(os.environ) if env is None else env,
         bundle_exists=bundle_exists,
         policy_dir=str(path.parent),
+        label_count=bundle_label_count,
+        check_token_env=check_token_env,
     )
     return policy, policy_revision(text)
 
 
-def activate(path: Path, now: float, reuse: ActivePolicy | None = None) -> ActivePolicy:
-    """Validate the policy at `path` and load every task's edge bundle.
+def load_policy_file(
+    path: Path, env: dict[str, str] | None = None, *, check_token_env: bool = True
+) -> tuple[Policy, str]:
+    """Read and validate a policy file; returns (policy, revision). Raises PolicyError
+    (invalid, or not valid UTF-8) or OSError (unreadable)."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(
+            [PolicyIssue("", f"not UTF-8 text: {exc.reason} at byte {exc.start}", str(path))]
+        ) from None
+    return load_policy_text(path, text, env, check_token_env=check_token_env)
+
+
+def activate(
+    path: Path, now: float, reuse: ActivePolicy | None = None, text: str | None = None
+) -> ActivePolicy:
+    """Validate the policy at `path` (or `text`, already read from it) and load every
+    task's edge bundle.
 
     Bundles already loaded by `reuse` at the same path and version are kept (no reload).
     Raises PolicyError or BundleError; nothing is swapped on failure (the caller decides).
     """
-    policy, revision = load_policy_file(path)
+    policy, revision = load_policy_file(path) if text is None else load_policy_text(path, text)
     trust = bundle_trust(policy, path.parent)
     models: dict[str, EdgeModel] = {}
     for name, task in policy.tasks.items():
@@ -81,8 +115,9 @@ def bundle_trust(policy: Policy, policy_dir: Path) -> BundleTrust:
         try:
             key = public_key_from_pem(key_path.read_bytes(), str(key_path))
         except OSError as exc:
-            raise PolicyError([PolicyIssue(field, f"cannot read key file {key_path}: "
-                                                  f"{exc.strerror or exc}")]) from None
+            raise PolicyError(
+                [PolicyIssue(field, f"cannot read key file {key_path}: {exc.strerror or exc}")]
+            ) from None
         except BundleError as exc:
             raise PolicyError([PolicyIssue(field, exc.message)]) from None
         keys[key_id_of(key)] = key

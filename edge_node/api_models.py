@@ -64,6 +64,13 @@ class InferResponse(BaseModel):
     latency_ms: float
     final: bool = True
     status: Literal["answered", "accepted"] = "answered"
+    policy_revision: str | None = Field(
+        default=None, description="Content hash of the policy revision that decided this."
+    )
+    budget: str | None = Field(
+        default=None,
+        description="With reason budget_exhausted: the exhausted budget, e.g. node/day/calls.",
+    )
 
 
 class ResultResponse(BaseModel):

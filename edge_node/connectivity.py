@@ -7,7 +7,10 @@ Breaker states and the connectivity they report (`router.decision.Connectivity`)
 - open (calls refused until `open_until`) -> "offline"
 - half_open (the open time elapsed; one probe call allowed) -> "degraded"
 
-`failure_threshold` consecutive failures open the breaker for `open_ms`, doubling with
+`failure_threshold` consecutive failures open the breaker, and so does a failure ratio of
+at least `failure_ratio` among the outcomes of the last `window_ms` once the window holds
+`min_calls` outcomes (a flaky link that fails every other call opens it too, although the
+consecutive count keeps resetting). It opens for `open_ms`, doubling with
 each reopening without a success in between (capped at `open_max_ms`), jittered by
 +-10 %, and never shorter than the largest `Retry-After` reported since the last success
 (itself capped at `open_max_ms`, so a bogus header cannot take the node offline for long).
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -42,6 +46,7 @@ class ConnectivitySnapshot:
     openings: int
     opened_at: float | None
     open_until: float | None
+    failure_ratio: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -52,6 +57,7 @@ class ConnectivitySnapshot:
             "openings": self.openings,
             "opened_at": self.opened_at,
             "open_until": self.open_until,
+            "failure_ratio": round(self.failure_ratio, 4),
         }
 
 
@@ -77,6 +83,28 @@ class ConnectivityMonitor:
         self._probe_started: float | None = None
         self._last_probe_at: float | None = None
         self._retry_after_s = 0.0
+        self._window: deque[tuple[float, bool]] = deque()  # (time, ok) of recent calls
+        self._window_failures = 0
+
+    def _note(self, now: float, ok: bool) -> None:
+        """Add one call outcome to the ratio window and drop outcomes older than it."""
+        self._window.append((now, ok))
+        self._window_failures += not ok
+        limit = now - self._settings.window_ms / 1000
+        while self._window and self._window[0][0] < limit:
+            _, old_ok = self._window.popleft()
+            self._window_failures -= not old_ok
+
+    def _ratio_tripped(self) -> bool:
+        s = self._settings
+        if s.failure_ratio is None or len(self._window) < s.min_calls:
+            return False
+        return self._window_failures >= s.failure_ratio * len(self._window)
+
+    @property
+    def failure_ratio(self) -> float:
+        """Share of failed calls among those in the window (0.0 when it is empty)."""
+        return self._window_failures / len(self._window) if self._window else 0.0
 
     @property
     def breaker(self) -> BreakerState:
@@ -129,7 +157,12 @@ class ConnectivityMonitor:
         return self._last_probe_at is None or now - self._last_probe_at >= interval
 
     def record_success(self) -> None:
-        """A call reached the cloud and got an answer: close the breaker, reset counters."""
+        """A call reached the cloud and got an answer: close the breaker, reset counters
+        (a probe that closes a half_open breaker also empties the ratio window)."""
+        if self._breaker != "closed":
+            self._window.clear()
+            self._window_failures = 0
+        self._note(self._clock(), True)
         self._breaker = "closed"
         self._failures = 0
         self._reopenings = 0
@@ -138,15 +171,18 @@ class ConnectivityMonitor:
 
     def record_failure(self, retry_after_s: float | None = None) -> None:
         """A call failed for a connectivity reason (unreachable, timeout, overload).
-        Opens the breaker after `failure_threshold` consecutive failures, or at once when
-        a half_open probe fails; `retry_after_s` sets a minimum open time."""
+        Opens the breaker after `failure_threshold` consecutive failures, on a failure
+        ratio over the window (see module doc), or at once when a half_open probe fails;
+        `retry_after_s` sets a minimum open time."""
         now = self._clock()
         self._advance(now)
         self._failures += 1
+        self._note(now, False)
         if retry_after_s is not None:
             self._retry_after_s = max(self._retry_after_s, retry_after_s)
         if self._breaker == "half_open" or (
-            self._breaker == "closed" and self._failures >= self._settings.failure_threshold
+            self._breaker == "closed"
+            and (self._failures >= self._settings.failure_threshold or self._ratio_tripped())
         ):
             self._open(now)
         elif self._breaker == "open" and self._open_until is not None and retry_after_s:
@@ -163,6 +199,8 @@ class ConnectivityMonitor:
         self._opened_at = now
         self._open_until = now + duration
         self._probe_started = None
+        self._window.clear()
+        self._window_failures = 0
         self._reopenings += 1
         self._openings += 1
 
@@ -175,4 +213,5 @@ class ConnectivityMonitor:
             openings=self._openings,
             opened_at=self._opened_at,
             open_until=self._open_until,
+            failure_ratio=self.failure_ratio,
         )

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import orjson
 import structlog
@@ -53,6 +53,14 @@ class DecisionRecord(BaseModel):
     final_label: str | None = None
     cloud_label: str | None = None
     cloud_candidates: tuple[WireCandidate, ...] | None = None
+    budget: str | None = Field(
+        default=None, description="The exhausted budget's name when reason is budget_exhausted."
+    )
+    kind: Literal["decision", "sync"] = Field(
+        default="decision",
+        description="decision: one per request; sync: the cloud's final answer to a queued "
+        "request (route/reason repeat the original decision; cloud_* is the answer).",
+    )
     latency_ms: float = Field(ge=0.0)
     true_label: str | None = Field(
         default=None, description="Ground truth; set only by the demo (calibration)."

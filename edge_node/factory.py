@@ -17,6 +17,7 @@ from edge_node.queue_store import DurableQueue
 from edge_node.result_store import ResultStore
 from edge_node.service import EdgeService
 from edge_node.settings import EdgeSettings
+from router.log_setup import sampler
 
 
 def build_service(settings: EdgeSettings) -> EdgeService:
@@ -33,6 +34,10 @@ def build_service(settings: EdgeSettings) -> EdgeService:
     client = CloudClient(
         policy.cloud, node_id=policy.node.id, token=token, base_url=settings.cloud_url
     )
+    metrics = EdgeMetrics()
+    metrics.policy_reloads.labels("ok").inc()
+    for task in active.models:
+        metrics.model_loads.labels(task, "ok").inc()
     return EdgeService(
         active=active,
         queue=DurableQueue(data / "queue", policy.queue, clock=time.time),
@@ -41,5 +46,6 @@ def build_service(settings: EdgeSettings) -> EdgeService:
         monitor=monitor,
         budget=BudgetStore(data / "budget", policy.cost, clock=time.time),
         decisions=DecisionLog(data / "decisions", clock=time.time),
-        metrics=EdgeMetrics(),
+        metrics=metrics,
+        sample=sampler(settings.log_sample_rate, random.Random().random),
     )

@@ -8,20 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
+import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from pydantic import BaseModel, ValidationError
 
-from edge_node.api_models import ErrorResponse, InferRequest, InferResponse, ResultResponse
+from edge_node.api_models import (
+    MAX_BATCH_ITEMS,
+    ErrorResponse,
+    InferBatchRequest,
+    InferBatchResponse,
+    InferRequest,
+    InferResponse,
+    ResultResponse,
+)
 from edge_node.factory import build_service
+from edge_node.policy_reloader import PolicyReloader
 from edge_node.service import EdgeService
 from edge_node.settings import EdgeSettings
+from edge_node.sync_budget import budget_reserver
 from edge_node.sync_worker import SyncWorker
-from router.errors import EdgerouteError, RequestTooLarge, RetryableRejection
+from router.budget import all_limits, budget_status
+from router.errors import (
+    EdgerouteError,
+    InputError,
+    MalformedRequest,
+    RequestTooLarge,
+    RetryableRejection,
+)
 
 log = structlog.get_logger("edgeroute.edge")
 Scope = MutableMapping[str, Any]
@@ -95,10 +117,16 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     """Build the edge node app. Validates the policy and loads bundles now (raises
     PolicyError/BundleError); the sync worker starts with the app and stops with it."""
     svc = service or build_service(settings)
+    reloader = PolicyReloader(svc, settings.policy_path)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
+        watch = asyncio.create_task(reloader.watch(stop))
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reloader.reload("sighup"))
+            )
         cloud = svc.active.policy.cloud
         worker = SyncWorker(
             svc.queue,
@@ -108,6 +136,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
             svc.active.policy.sync,
             log=log,
             deadline_s=cloud.request_timeout_ms / 1000 * cloud.retry.max_attempts,
+            reserve=budget_reserver(svc.budget, lambda: svc.active),
         )
         task = asyncio.create_task(worker.run_forever(stop)) if settings.run_sync_worker else None
         app.state.sync_worker = worker
@@ -118,6 +147,10 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
             yield
         finally:
             stop.set()
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(watch, timeout=5)
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=5)
@@ -134,6 +167,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         default_response_class=ORJSONResponse,
     )
     app.state.service = svc
+    app.state.reloader = reloader
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.exception_handler(EdgerouteError)
@@ -148,12 +182,21 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
 
     @app.post(
         "/v1/infer",
-        response_model=InferResponse,
-        responses=_ERRORS,
-        summary="Answer, queue or escalate one request",
+        response_model=InferResponse | InferBatchResponse,
+        responses={**_ERRORS, 202: {"model": InferResponse}},
+        summary="Answer, queue or escalate one request, or a batch of them",
+        description=INFER_DESCRIPTION,
+        openapi_extra={"requestBody": _infer_body_schema()},
     )
-    async def infer(req: InferRequest) -> Response:
-        answer = await svc.infer(req)
+    async def infer(request: Request) -> Response:
+        # Fast path: orjson + one pydantic validation, not FastAPI's generic body handling
+        # (the OpenAPI schema of the body is given by `openapi_extra`).
+        data = parse_json_object(await request.body())
+        if "items" in data:
+            items = parse_batch(data, svc.batch_limit)
+            answer = await svc.infer_batch(items)
+        else:
+            answer = await svc.infer(validate_request(data))
         return ORJSONResponse(answer.body, status_code=answer.status)
 
     @app.get("/v1/results/{request_id}", response_model=ResultResponse, responses=_ERRORS)
@@ -174,14 +217,119 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
 
     @app.get("/v1/status")
     async def status() -> dict[str, Any]:
-        return svc.status()
+        body = svc.status()
+        body["policy"] = {**body.get("policy", {}), **reloader.snapshot()}
+        pol, now = svc.active.policy, time.time()
+        body["budgets"] = budget_status(
+            svc.budget.ledger(now), all_limits(pol.cost, pol.tasks), now
+        )
+        return body
+
+    @app.post("/v1/policy/reload", summary="Reload the policy file now (validated, atomic)")
+    async def policy_reload() -> Response:
+        outcome = await reloader.reload("http")
+        return ORJSONResponse(outcome.to_dict(), status_code=422 if outcome.error else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        svc.metrics.queue_depth.set(svc.queue.depth)
+        # On the loop, like every other reader of the service's state (the monitor is not
+        # thread-safe); a scrape reads the budget store once (one small SQLite read).
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
 
+    app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]
     return app
+
+
+INFER_DESCRIPTION = """\
+One request `{"task", "inputs", ...}` is answered with an `InferResponse` (200, or 202 for an
+accepted queue-only request) or an error. A batch `{"items": [request, ...]}` holds at most
+the smallest `max_batch_items` of the tasks it names; it is answered 200 with
+`{"results": [...]}` in item order, each entry the item's own response or, for an item that
+alone would get a 4xx (invalid, unknown task, queue full, budget rejected, duplicate
+request_id), an `ItemError` with that status in `http_status`. Only faults of the batch
+itself (bad JSON, `items` not a non-empty list, too many items) fail the whole request."""
+
+_BODY_MODELS: tuple[type[BaseModel], ...] = (InferRequest, InferBatchRequest)
+
+
+def _infer_body_schema() -> dict[str, Any]:
+    refs = [{"$ref": f"#/components/schemas/{m.__name__}"} for m in _BODY_MODELS]
+    return {"required": True, "content": {"application/json": {"schema": {"anyOf": refs}}}}
+
+
+def _openapi_with_body_models(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the request body models `openapi_extra` refers to."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, routes=app.routes, description=app.description
+        )
+        defs = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in _BODY_MODELS:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            defs.update(js.pop("$defs", {}))
+            defs[model.__name__] = js
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; raises MalformedRequest (400) otherwise."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MalformedRequest("the body must be a JSON object")
+    return data
+
+
+def validate_request(data: Any, prefix: str = "") -> InferRequest:
+    """`data` as an InferRequest; raises InputError (422) naming the first bad field."""
+    try:
+        return InferRequest.model_validate(data)
+    except ValidationError as exc:
+        raise _input_error(exc.errors(include_url=False), prefix) from None
+
+
+def parse_batch(
+    data: dict[str, Any], limit_for: Callable[[list[str]], int]
+) -> list[InferRequest | EdgerouteError]:
+    """A batch envelope's items, each validated on its own (a bad item becomes its error).
+
+    Raises InputError (422, field `items`) for unknown envelope keys, `items` that is not
+    a non-empty list, or more items than `limit_for(task names)` allows.
+    """
+    extra = sorted(set(data) - {"items"})
+    if extra:
+        raise InputError(
+            f"unknown field {extra[0]!r}; a batch body has only 'items'",
+            field=extra[0],
+            code="unknown_field",
+        )
+    raw = data["items"]
+    if not isinstance(raw, list) or not raw:
+        raise InputError("items must be a non-empty list of requests", field="items")
+    names = [str(it.get("task")) for it in raw if isinstance(it, dict)]
+    limit = min(limit_for(names), MAX_BATCH_ITEMS)
+    if len(raw) > limit:
+        raise InputError(
+            f"the batch has {len(raw)} items; at most {limit} are allowed for its tasks",
+            field="items",
+            code="batch_too_large",
+        )
+    out: list[InferRequest | EdgerouteError] = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(validate_request(item, f"items.{i}."))
+        except InputError as exc:
+            out.append(exc)
+    return out
+
+
+def _input_error(errors: Sequence[Any], prefix: str = "") -> InputError:
+    d = error_detail_of(list(errors))
+    field = f"{prefix}{d['field']}" if d["field"] else prefix.rstrip(".") or None
+    return InputError(d["message"], field=field, code=d["code"])
 
 
 def _is_json_error(exc: RequestValidationError) -> bool:
@@ -190,7 +338,11 @@ def _is_json_error(exc: RequestValidationError) -> bool:
 
 def validation_error_detail(exc: RequestValidationError) -> dict[str, Any]:
     """Map FastAPI/pydantic's first error to `{"code", "message", "field"}`."""
-    errors = exc.errors()
+    return error_detail_of(list(exc.errors()))
+
+
+def error_detail_of(errors: list[Any]) -> dict[str, Any]:
+    """Map pydantic's first error to `{"code", "message", "field"}` (the API's error shape)."""
     if not errors:
         return {"code": "invalid_input", "message": "invalid request", "field": None}
     err = errors[0]

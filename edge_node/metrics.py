@@ -24,6 +24,7 @@ class EdgeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._request_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
         r = self.registry
         self.requests = Counter(
             "edgeroute_requests_total",
@@ -76,6 +77,19 @@ class EdgeMetrics:
         self.synced = Counter(
             "edgeroute_synced_total", "Queued items given a final answer", registry=r
         )
+
+    def request_done(self, task: str, route: str, reason: str, seconds: float) -> None:
+        """Count one answered request and observe its end-to-end latency. The labelled
+        children are cached (prometheus' `labels()` costs microseconds per call)."""
+        key = (task, route, reason)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = (
+                self.requests.labels(task, route, reason),
+                self.latency.labels(route),
+            )
+        child[0].inc()
+        child[1].observe(seconds)
 
     def watch(self, source: Callable[[], NodeLevels]) -> None:
         """Expose the levels returned by `source()` at every scrape (call once per node).

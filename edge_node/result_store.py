@@ -175,6 +175,20 @@ class ResultStore:
             return None
         return self._decode(self._cache.get(_PREFIX + request_id))
 
+    def records(self, status: Status, limit: int = 100) -> list[dict[str, Any]]:
+        """Up to `limit` live records with `status`, least recently updated first."""
+        with self._lock:
+            now = self._clock()
+            out: list[dict[str, Any]] = []
+            for rid, (st, _) in self._index.items():
+                if len(out) >= limit:
+                    break
+                if st == status:
+                    rec = self._get_live(rid, now)
+                    if rec is not None:
+                        out.append(rec)
+            return out
+
     def counts(self) -> dict[str, int]:
         """Records by status (every status present, zero included), retention not applied
         until `purge_expired` runs."""

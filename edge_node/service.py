@@ -28,10 +28,12 @@ from edge_node.metrics import EdgeMetrics, NodeLevels
 from edge_node.model_runner import EdgeModel
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
+from router.budget import limits_for
 from router.candidates import top_k
 from router.decision import (
     CONFIDENT,
     EDGE_ONLY_TASK,
+    Connectivity,
     Decision,
     LocalResult,
     NodeState,
@@ -53,7 +55,7 @@ from router.errors import (
 from router.inputs import coerce_inputs
 from router.policy import TaskPolicy
 from router.scores import all_scores
-from router.wire import RerankFailure, RerankItem, RerankResult
+from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate
 
 log = structlog.get_logger("edgeroute.edge")
 
@@ -115,7 +117,13 @@ class EdgeService:
         self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
         local = LocalResult(top_k(probs, item.model.labels, item.task.top_k), all_scores(probs))
         now = self._clock()
-        decision = self._decide(local, item.task, now, item.deadline_ms - self._elapsed_ms(t0))
+        decision = self._decide(
+            local,
+            item.task,
+            now,
+            item.deadline_ms - self._elapsed_ms(t0),
+            task_name=item.task_name,
+        )
         cloud: RerankResult | None = None
         if decision.escalate:
             decision, cloud = (await self._escalate([(item, local, decision)], t0, now))[0]
@@ -172,7 +180,18 @@ class EdgeService:
 
         now = self._clock()
         decided = [
-            (i, it, local, self._decide(local, it.task, now, it.deadline_ms - self._elapsed_ms(t0)))
+            (
+                i,
+                it,
+                local,
+                self._decide(
+                    local,
+                    it.task,
+                    now,
+                    it.deadline_ms - self._elapsed_ms(t0),
+                    task_name=it.task_name,
+                ),
+            )
             for i, it, local in routed
         ]
         escalating = [(it, local, d) for _, it, local, d in decided if d.escalate]
@@ -223,6 +242,7 @@ class EdgeService:
         left_ms: float,
         *,
         offline: bool = False,
+        task_name: str | None = None,
     ) -> Decision:
         t = self._monotonic()
         conn = "offline" if offline else self.monitor.state
@@ -231,8 +251,8 @@ class EdgeService:
         # confident rules come before the budget rule in `decide`.
         decision = decide(local, _BUDGET_FREE_STATES[conn], task, cost, now, left_ms)
         if decision.reason not in _BUDGET_FREE_REASONS:
-            state = NodeState(conn, self.budget.snapshot(now))
-            decision = decide(local, state, task, cost, now, left_ms)
+            state = NodeState(conn, self.budget.ledger(now))
+            decision = decide(local, state, task, cost, now, left_ms, task_name=task_name)
         self.metrics.decision_seconds.observe(self._monotonic() - t)
         return decision
 
@@ -247,15 +267,19 @@ class EdgeService:
         out: list[tuple[Decision, RerankResult | None]] = []
         if not self.monitor.allow_request():
             return [
-                (self._decide(lo, it.task, now, 0.0, offline=True), None) for it, lo, _ in batch
+                (self._decide(lo, it.task, now, 0.0, offline=True, task_name=it.task_name), None)
+                for it, lo, _ in batch
             ]
         calls: list[tuple[int, Reservation, RerankItem]] = []
         left_ms = float("inf")
         for it, local, decision in batch:
-            reservation = self.budget.reserve(now)
+            cost = self.active.policy.cost
+            reservation = self.budget.reserve(
+                now, limits=limits_for(cost, it.task, it.task_name), price=cost.price_per_call
+            )
             if reservation is None:  # lost the race for the last unit of budget
                 left = it.deadline_ms - self._elapsed_ms(t0)
-                out.append((self._decide(local, it.task, now, left), None))
+                out.append((self._decide(local, it.task, now, left, task_name=it.task_name), None))
                 continue
             calls.append(
                 (
@@ -362,8 +386,7 @@ class EdgeService:
             cands = [{"label": c.label, "score": c.score} for c in local.candidates]
         else:
             label, score, cands = None, None, []
-        self.metrics.requests.labels(it.task_name, decision.route, decision.reason).inc()
-        self.metrics.latency.labels(decision.route).observe(latency_ms / 1000.0)
+        self.metrics.request_done(it.task_name, decision.route, decision.reason, latency_ms / 1e3)
         self.decisions.write(
             DecisionRecord(
                 ts=self._clock(),
@@ -377,6 +400,12 @@ class EdgeService:
                 reason=decision.reason,
                 final_label=label,
                 cloud_label=cloud.label if cloud is not None else None,
+                cloud_candidates=(
+                    tuple(WireCandidate(label=c.label, score=c.score) for c in cloud.candidates)
+                    if cloud is not None
+                    else None
+                ),
+                budget=decision.budget,
                 latency_ms=latency_ms,
             )
         )
@@ -403,7 +432,10 @@ class EdgeService:
             "latency_ms": round(latency_ms, 3),
             "final": decision.final,
             "status": "answered" if decision.answer_now or cloud is not None else "accepted",
+            "policy_revision": active.revision,
         }
+        if decision.budget is not None:
+            body["budget"] = decision.budget
         return Answer(200 if body["status"] == "answered" else 202, body)
 
     def _elapsed_ms(self, t0: float) -> float:
@@ -516,10 +548,8 @@ class _Item:
     deadline_ms: float
 
 
-_BUDGET_FREE_STATES: dict[str, NodeState] = {
-    conn: NodeState(conn)
-    for conn in ("online", "degraded", "offline")  # type: ignore[arg-type]
-}
+_CONNECTIVITIES: tuple[Connectivity, ...] = ("online", "degraded", "offline")
+_BUDGET_FREE_STATES: dict[str, NodeState] = {conn: NodeState(conn) for conn in _CONNECTIVITIES}
 _BUDGET_FREE_REASONS = frozenset({CONFIDENT, EDGE_ONLY_TASK})
 
 

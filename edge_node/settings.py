@@ -18,4 +18,7 @@ class EdgeSettings(BaseModel):
     cloud_url: str | None = Field(default=None, description="Overrides the policy's cloud.url.")
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     log_level: str = "info"
+    log_sample_rate: float = Field(
+        default=0.01, ge=0.0, le=1.0, description="Share of requests that get a log line."
+    )
     run_sync_worker: bool = True

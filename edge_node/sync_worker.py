@@ -12,6 +12,15 @@ One round (`run_once`):
 5. retryable cloud errors (unreachable, timeout, overload) leave the items untouched and
    only feed the monitor.
 
+Order: items leave in enqueue order (one FIFO for every task, so each task's items go
+oldest first); a batch holds at most `sync.batch_size` items. Pacing: with
+`sync.max_bytes_per_s` set, a round that sent B payload bytes is followed by a pause that
+keeps the drain at or below that rate, so a backlog after a long outage leaves CPU and
+link to live traffic. Cost: with a `reserve` hook (the node's budget ledger), every item is
+charged before it is sent; fresh cloud results commit the charge, cached ones (the cloud
+had already computed and charged that id) and failures give it back; an item that finds
+the budget exhausted waits in the queue for a later round.
+
 `run_forever` repeats rounds until `stop` is set, pausing `sync.interval_ms` when a round
 sent nothing, and sends `GET /healthz` probes while the breaker is open so the node comes
 back online without live traffic. It never dies on an exception (logged, next round).
@@ -22,11 +31,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
 import structlog
 from pydantic import ValidationError
 
@@ -51,6 +62,18 @@ class RerankClient(Protocol):
     async def health(self, timeout_s: float) -> bool: ...
 
 
+class Charge(Protocol):
+    """One reserved unit of budget (`edge_node.budget_store.Reservation`)."""
+
+    def commit(self) -> None: ...
+
+    def release(self) -> bool: ...
+
+
+Reserve = Callable[[QueuedItem], Charge | None]
+"""Reserve the budget for one cloud re-rank of an item; None when exhausted."""
+
+
 @dataclass(frozen=True, slots=True)
 class SyncReport:
     """What one round did. `sent`: items sent to the cloud; `done`: results stored;
@@ -63,6 +86,9 @@ class SyncReport:
     dead: int = 0
     expired: int = 0
     skipped_offline: bool = False
+    bytes_sent: int = 0
+    pace_s: float = 0.0
+    over_budget: int = 0
 
 
 class SyncWorker:
@@ -87,6 +113,8 @@ class SyncWorker:
         log: Any = None,
         deadline_s: float = 5.0,
         probe_timeout_s: float = 1.0,
+        reserve: Reserve | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queue = queue
         self._results = results
@@ -98,6 +126,8 @@ class SyncWorker:
         self._log = log if log is not None else structlog.get_logger("edge_node.sync")
         self._deadline_s = deadline_s
         self._probe_timeout_s = probe_timeout_s
+        self._reserve = reserve
+        self._monotonic = monotonic
 
     # --- one round --------------------------------------------------------------------
 
@@ -111,48 +141,98 @@ class SyncWorker:
             return SyncReport(expired=expired, skipped_offline=True)
         wire: list[RerankItem] = []
         sendable: list[QueuedItem] = []
-        failed = dead = 0
+        charges: list[Charge | None] = []
+        failed = dead = over_budget = 0
         for item in items:
             try:
-                wire.append(
-                    RerankItem(
-                        task=item.cloud_task,
-                        request_id=item.request_id,
-                        inputs=item.inputs,
-                        candidates=item.candidates or None,
-                    )
+                w = RerankItem(
+                    task=item.cloud_task,
+                    request_id=item.request_id,
+                    inputs=item.inputs,
+                    candidates=item.candidates or None,
                 )
-                sendable.append(item)
             except ValidationError as exc:
                 failed += 1
                 dead += self._attempt_failed(
                     item, f"invalid_item: {exc.error_count()} schema errors", force_dead=True
                 )
+                continue
+            charge = self._reserve(item) if self._reserve is not None else None
+            if self._reserve is not None and charge is None:
+                over_budget += 1  # budget exhausted: stays queued for a later round
+                continue
+            wire.append(w)
+            sendable.append(item)
+            charges.append(charge)
         if not wire:
-            return SyncReport(failed=failed, dead=dead, expired=expired)
+            return SyncReport(failed=failed, dead=dead, expired=expired, over_budget=over_budget)
+        body_bytes = sum(len(orjson.dumps(w.model_dump(mode="json"))) for w in wire)
+        started = self._monotonic()
         try:
             results = await self._client.rerank(wire, deadline_s=self._deadline_s)
-        except CloudError as exc:
+        except BaseException as exc:
+            for c in charges:
+                if c is not None:
+                    c.release()
+            if not isinstance(exc, CloudError):
+                if isinstance(exc, Exception):
+                    self._monitor.record_failure()  # an unexpected client bug counts too
+                raise
+            pace = self._pace_s(body_bytes, self._monotonic() - started)
+            report = SyncReport(
+                sent=len(wire),
+                failed=failed,
+                dead=dead,
+                expired=expired,
+                over_budget=over_budget,
+                bytes_sent=body_bytes,
+                pace_s=pace,
+            )
             if exc.retryable:
                 self._monitor.record_failure(exc.retry_after_s)
                 self._log.warning(
                     "sync_cloud_unavailable", route="cloud", reason=exc.code, items=len(wire)
                 )
-                return SyncReport(sent=len(wire), failed=failed, dead=dead, expired=expired)
+                return report
             self._monitor.record_success()  # the cloud answered; it refused the batch
             for item in sendable:
                 failed += 1
                 dead += self._attempt_failed(item, f"{exc.code}: {exc.message}")
-            return SyncReport(sent=len(wire), failed=failed, dead=dead, expired=expired)
-        except Exception:
-            self._monitor.record_failure()  # an unexpected client bug counts as a failure
-            raise
+            return dataclasses.replace(report, failed=failed, dead=dead)
+        pace = self._pace_s(body_bytes, self._monotonic() - started)
+        return self._store_results(
+            sendable, results, charges, failed, dead, expired, over_budget, body_bytes, pace
+        )
+
+    def _pace_s(self, nbytes: int, spent_s: float) -> float:
+        """The pause after sending `nbytes` in `spent_s` that keeps the drain at or below
+        `sync.max_bytes_per_s` (0.0 when unpaced)."""
+        rate = self._sync.max_bytes_per_s
+        return 0.0 if rate is None else max(0.0, nbytes / rate - spent_s)
+
+    def _store_results(
+        self,
+        sendable: list[QueuedItem],
+        results: list[RerankResult | RerankFailure],
+        charges: list[Charge | None],
+        failed: int,
+        dead: int,
+        expired: int,
+        over_budget: int,
+        body_bytes: int,
+        pace: float,
+    ) -> SyncReport:
+        """Results stored durably first, charges settled, then the items leave the queue."""
         self._monitor.record_success()
         done_ids: list[str] = []
-        for item, res in zip(sendable, results, strict=True):
+        for item, res, charge in zip(sendable, results, charges, strict=True):
             if isinstance(res, RerankResult):
                 self._results.put_done(item.request_id, _done_record(item, res))
                 done_ids.append(item.request_id)
+                if charge is not None and res.cached:
+                    charge.release()
+                elif charge is not None:
+                    charge.commit()
                 self._log.info(
                     "sync_done",
                     request_id=item.request_id,
@@ -161,11 +241,20 @@ class SyncWorker:
                     reason=SYNCED,
                 )
             else:
+                if charge is not None:
+                    charge.release()
                 failed += 1
                 dead += self._attempt_failed(item, f"{res.error.code}: {res.error.message}")
         self._queue.remove(done_ids)
         return SyncReport(
-            sent=len(wire), done=len(done_ids), failed=failed, dead=dead, expired=expired
+            sent=len(sendable),
+            done=len(done_ids),
+            failed=failed,
+            dead=dead,
+            expired=expired,
+            bytes_sent=body_bytes,
+            pace_s=pace,
+            over_budget=over_budget,
         )
 
     def _expire(self) -> int:
@@ -227,21 +316,26 @@ class SyncWorker:
 
     async def run_forever(self, stop: asyncio.Event) -> None:
         """Run rounds until `stop` is set; pause `interval_ms` (or until `stop`) after a
-        round that stored no result (nothing queued, offline, cloud errors) or raised.
+        round that stored no result (nothing queued, offline, cloud errors) or raised, and
+        the round's `pace_s` after a busy round (`sync.max_bytes_per_s`).
         Never raises except on cancellation."""
         interval = self._sync.interval_ms / 1000
         while not stop.is_set():
             busy = False
+            pace = 0.0
             try:
                 await self.probe()
                 report = await self.run_once()
                 busy = report.done > 0
+                pace = report.pace_s
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._log.exception("sync_round_failed", reason=type(exc).__name__)
             if not busy:
                 await self._pause(stop, interval)
+            elif pace > 0:
+                await self._pause(stop, pace)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self._sleep(seconds))

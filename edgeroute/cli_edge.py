@@ -29,8 +29,21 @@ def edge() -> None:
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-sample-rate",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of requests that write a per-request log line (at info level).",
+)
 def edge_serve(
-    policy_path: Path, data_dir: Path, host: str, port: int, cloud_url: str | None, log_level: str
+    policy_path: Path,
+    data_dir: Path,
+    host: str,
+    port: int,
+    cloud_url: str | None,
+    log_level: str,
+    log_sample_rate: float,
 ) -> None:
     """Serve the edge node's HTTP API until SIGTERM/SIGINT."""
     import uvicorn
@@ -47,6 +60,7 @@ def edge_serve(
         port=port,
         cloud_url=cloud_url,
         log_level=log_level,
+        log_sample_rate=log_sample_rate,
     )
     try:
         app = create_app(settings)

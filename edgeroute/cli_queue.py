@@ -1,10 +1,181 @@
-"""`edgeroute queue ...`: inspect and operate the durable queue of a data dir."""
+"""`edgeroute queue stats|list|drain|purge --data-dir DIR`: inspect and operate the durable
+queue and result store of an edge node's data dir.
+
+`stats` and `list` only read and are safe while the node runs. `drain` and `purge` write:
+run them with the node stopped (the node keeps an in-memory index of its queue).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
 import click
+import orjson
+
+from edgeroute.cli_common import fail
+from router.errors import EdgerouteError
+
+_STATES = {"pending": None, "done": "done", "expired": "expired", "dead": "failed"}
+# Only the bounds matter for reads; writes (drain) use the policy's queue settings.
+_READ_LIMITS: dict[str, Any] = {"max_items": 100_000_000, "max_bytes": 1 << 40, "on_full": "reject"}
+
+
+def _open(data_dir: Path, queue_settings: Any = None) -> tuple[Any, Any]:
+    from edge_node.queue_store import DurableQueue
+    from edge_node.result_store import ResultStore
+    from router.policy import QueueSettings
+
+    if not (data_dir / "queue").is_dir():
+        raise click.ClickException(f"{data_dir} is not an edge node data dir (no queue/)")
+    settings = queue_settings or QueueSettings(**_READ_LIMITS)
+    return DurableQueue(data_dir / "queue", settings), ResultStore(
+        data_dir / "results", settings.fsync
+    )
+
+
+_data_dir = click.option(
+    "--data-dir", required=True, type=click.Path(path_type=Path, file_okay=False, exists=True)
+)
 
 
 @click.group()
 def queue() -> None:
     """The durable queue (stats, list, drain, purge)."""
+
+
+@queue.command("stats")
+@_data_dir
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(data_dir: Path, as_json: bool) -> None:
+    """Depth, oldest age, bytes, and results per state."""
+    try:
+        q, rs = _open(data_dir)
+        data = {
+            "depth": q.depth,
+            "bytes": q.bytes,
+            "oldest_age_s": round(q.oldest_age(time.time()), 3),
+            "results": rs.counts(),
+        }
+        q.close()
+        rs.close()
+    except EdgerouteError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(orjson.dumps(data).decode())
+        return
+    click.echo(f"pending (queued): {data['depth']} items, {data['bytes']} bytes")
+    click.echo(f"oldest age:       {data['oldest_age_s']} s")
+    for state, n in data["results"].items():
+        click.echo(f"{state + ':':<17} {n}")
+
+
+@queue.command("list")
+@_data_dir
+@click.option("--state", type=click.Choice(sorted(_STATES)), default="pending", show_default=True)
+@click.option("--limit", type=int, default=50, show_default=True)
+def list_items(data_dir: Path, state: str, limit: int) -> None:
+    """One JSON line per item in `state` (dead = dead-lettered, with its last error);
+    inputs are never printed."""
+    try:
+        q, rs = _open(data_dir)
+        if _STATES[state] is None:
+            rows = [
+                {
+                    "request_id": i.request_id,
+                    "task": i.task,
+                    "status": "pending",
+                    "reason": i.reason,
+                    "enqueued_at": i.enqueued_at,
+                    "attempts": i.attempts,
+                    "last_error": i.last_error,
+                }
+                for i in q.oldest(limit)
+            ]
+        else:
+            rows = [
+                {k: v for k, v in r.items() if k not in ("provisional", "result")}
+                for r in rs.records(_STATES[state], limit)
+            ]
+        q.close()
+        rs.close()
+    except EdgerouteError as exc:
+        fail(exc)
+    for row in rows:
+        click.echo(orjson.dumps(row).decode())
+
+
+@queue.command("purge")
+@_data_dir
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def purge(data_dir: Path, yes: bool) -> None:
+    """Delete every queued item (recorded as expired, reason `purged`). Node must be stopped."""
+    try:
+        q, rs = _open(data_dir)
+        n = q.depth
+        if n and not yes:
+            click.confirm(f"purge {n} queued items from {data_dir}?", abort=True)
+        items = q.oldest(n) if n else []
+        for item in items:
+            rs.put_expired(item.request_id, "purged")
+        removed = q.remove(i.request_id for i in items)
+        q.close()
+        rs.close()
+    except EdgerouteError as exc:
+        fail(exc)
+    click.echo(f"purged {removed} items")
+
+
+@queue.command("drain")
+@_data_dir
+@click.option("--policy", "policy_path", required=True, type=click.Path(path_type=Path))
+@click.option("--cloud-url", default=None, help="Overrides the policy's cloud.url.")
+@click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True)
+def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: float) -> None:
+    """Sync the queue to the cloud now, with a progress bar. Node must be stopped."""
+    from router.policy_loader import parse_policy
+
+    try:
+        policy = parse_policy(policy_path.read_text(), source=str(policy_path))
+        q, rs = _open(data_dir, policy.queue)
+    except EdgerouteError as exc:
+        fail(exc)
+    try:
+        left = asyncio.run(_drain(q, rs, policy, cloud_url, timeout_s))
+    finally:
+        q.close()
+        rs.close()
+    if left:
+        raise click.ClickException(f"{left} items still queued (cloud unreachable?)")
+    click.echo("queue drained")
+
+
+async def _drain(q: Any, rs: Any, policy: Any, cloud_url: str | None, timeout_s: float) -> int:
+    from edge_node.cloud_client import CloudClient
+    from edge_node.connectivity import ConnectivityMonitor
+    from edge_node.sync_worker import SyncWorker
+
+    token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
+    client = CloudClient(policy.cloud, node_id=policy.node.id, token=token, base_url=cloud_url)
+    monitor = ConnectivityMonitor(policy.cloud.breaker)
+    worker = SyncWorker(q, rs, client, monitor, policy.sync)
+    total = q.depth
+    end = time.monotonic() + timeout_s
+    try:
+        with click.progressbar(length=total, label="draining") as bar:
+            while q.depth and time.monotonic() < end:
+                before = q.depth
+                await worker.probe()
+                report = await worker.run_once()
+                bar.update(before - q.depth)
+                if report.done == 0:
+                    await asyncio.sleep(policy.sync.interval_ms / 1000)
+                elif report.pace_s:
+                    await asyncio.sleep(report.pace_s)
+    finally:
+        await client.aclose()
+    left: int = q.depth
+    return left

@@ -157,3 +157,29 @@ def can_spend(state: BudgetState, cost: CostSettings, now: float) -> bool:
     """True if one more call fits in both the daily call and money budget."""
     calls, money = budget_left(state, cost, now)
     return calls >= 1 and money >= cost.price_per_call
+
+
+def budget_status(
+    ledger: BudgetLedger, limits: Iterable[Limit], now: float
+) -> dict[str, dict[str, float | int]]:
+    """Per budget name: `used`, `limit`, `left` and `period_start` as of `now` (for status)."""
+    out: dict[str, dict[str, float | int]] = {}
+    for lim in limits:
+        cur = ledger.counter(lim.counter, now)
+        used: float = cur.calls if lim.kind == "calls" else round(cur.spent, 9)
+        out[lim.name] = {
+            "used": used,
+            "limit": lim.limit,
+            "left": max(0.0, lim.limit - used),
+            "period_start": period_start(now, period_of(lim.counter)),
+        }
+    return out
+
+
+def all_limits(cost: CostSettings, tasks: Mapping[str, TaskPolicy]) -> tuple[Limit, ...]:
+    """Every distinct limit of a policy: the node's, then each task's own."""
+    seen: dict[str, Limit] = {lim.name: lim for lim in limits_for(cost)}
+    for name, task in tasks.items():
+        for lim in limits_for(cost, task, name):
+            seen.setdefault(lim.name, lim)
+    return tuple(seen.values())

@@ -15,6 +15,7 @@ from router.errors import InputError
 from router.manifest import InputSpec
 
 _NUMERIC = (int, float)
+_FAST_TYPES = frozenset({int, float})  # exact types: bool and subclasses take the slow path
 
 
 def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.ndarray:
@@ -41,7 +42,7 @@ def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.nda
             f"list of shape {_shape_str(spec)}}}; got {type(raw).__name__}",
             field=field,
         )
-    if not spec.allow_non_finite:
+    if not spec.allow_non_finite and not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             raise InputError(
@@ -53,7 +54,7 @@ def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.nda
         (spec.min_value, np.less, "below"),
         (spec.max_value, np.greater, "above"),
     ):
-        if limit is not None:
+        if limit is not None and cmp(arr, limit).any():
             out = np.flatnonzero(cmp(arr, limit))
             if out.size:
                 i = int(out[0])
@@ -68,6 +69,8 @@ def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.nda
 def _flat_array(raw: list[Any], size: int, field: str) -> np.ndarray:
     if len(raw) != size:
         raise InputError(f"{field} must have exactly {size} numbers; got {len(raw)}", field=field)
+    if set(map(type, raw)) <= _FAST_TYPES:  # the common case: one C-level pass
+        return np.asarray(raw, dtype=np.float32)
     for i, v in enumerate(raw):
         if not isinstance(v, _NUMERIC) or isinstance(v, bool):
             raise InputError(

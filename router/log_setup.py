@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
@@ -33,3 +34,13 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def sampler(rate: float, rng: Callable[[], float]) -> Callable[[], bool]:
+    """A predicate true for about `rate` of calls (0: never, 1: always), drawing from
+    `rng` (uniform in [0, 1)). Thread-safe if `rng` is; costs one call of `rng`."""
+    if rate <= 0.0:
+        return lambda: False
+    if rate >= 1.0:
+        return lambda: True
+    return lambda: rng() < rate

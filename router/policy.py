@@ -82,6 +82,18 @@ class BreakerSettings(_Model):
     probe_interval_ms: int = Field(
         default=1_000, ge=10, le=3_600_000, description="Health-probe period while offline."
     )
+    failure_ratio: float | None = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="Also open when this share of the calls in the window failed (null: off).",
+    )
+    window_ms: int = Field(
+        default=10_000, ge=100, le=3_600_000, description="Window of the failure ratio."
+    )
+    min_calls: int = Field(
+        default=10, ge=1, le=100_000, description="Calls in the window before the ratio counts."
+    )
 
     @model_validator(mode="after")
     def _cap_not_below_open(self) -> BreakerSettings:
@@ -138,6 +150,12 @@ class SyncSettings(_Model):
         ge=1,
         le=1000,
         description="Non-retryable failures before an item is dead-lettered.",
+    )
+    max_bytes_per_s: int | None = Field(
+        default=None,
+        ge=1024,
+        le=1 << 40,
+        description="Pace the drain to at most this many payload bytes/s (null: unpaced).",
     )
 
 

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from router.errors import PolicyError, PolicyIssue
-from router.policy import Policy
+from router.policy import Policy, TaskPolicy
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 Path = tuple[str | int, ...]
@@ -47,11 +47,19 @@ def parse_policy(
     env: Mapping[str, str] | None = None,
     bundle_exists: Callable[[str], bool] | None = None,
     policy_dir: str = ".",
+    label_count: Callable[[str], int | None] | None = None,
+    check_token_env: bool = True,
 ) -> Policy:
     """Validate `text` as a policy; return the frozen `Policy` or raise `PolicyError`.
 
     Every issue carries file, line, column (where known), the dotted field path, what was
-    wrong and what is allowed; misspelled keys get a "did you mean".
+    wrong and what is allowed; misspelled keys get a "did you mean". Beyond the schema it
+    reports thresholds that can never fire (see `_never_fires`), `${VAR}` references and a
+    `cloud.token_env` naming variables unset in `env` (token_env only when `env` is given
+    and `check_token_env`: offline tools that never call the cloud skip it),
+    bundles `bundle_exists` says are missing, and uses `label_count(bundle_path)` (the
+    number of labels of a bundle, None if unknown) for the max_prob chance-level check.
+    Pure: it reads no files and no environment of its own.
     """
     issues: list[PolicyIssue] = []
     marks: dict[Path, tuple[int, int]] = {}
@@ -86,8 +94,19 @@ def parse_policy(
         policy = Policy.model_validate(data)
     except ValidationError as exc:
         issues.extend(_map_validation_error(exc, marks, source))
-    if policy is not None and bundle_exists is not None:
-        for name, task in policy.tasks.items():
+    issues.extend(
+        _semantic_issues(
+            _valid_tasks(data),
+            data,
+            marks,
+            source,
+            env if check_token_env else None,
+            policy_dir,
+            label_count,
+        )
+    )
+    if bundle_exists is not None:
+        for name, task in _valid_tasks(data).items():
             path = resolve_bundle_path(policy_dir, task.edge_bundle)
             if not bundle_exists(path):
                 line, col = marks.get(("tasks", name, "edge_bundle"), (None, None))
@@ -105,6 +124,77 @@ def parse_policy(
         raise PolicyError(issues)
     assert policy is not None
     return policy
+
+
+def _valid_tasks(data: dict[Any, Any]) -> dict[str, TaskPolicy]:
+    """Every task whose own block validates, even if other parts of the file do not: so
+    one file's problems (a bad threshold, a missing bundle) are reported all at once."""
+    tasks = data.get("tasks")
+    out: dict[str, TaskPolicy] = {}
+    if isinstance(tasks, dict):
+        for name, block in tasks.items():
+            try:
+                out[str(name)] = TaskPolicy.model_validate(block)
+            except ValidationError:
+                continue
+    return out
+
+
+def _semantic_issues(
+    tasks: dict[str, TaskPolicy],
+    data: dict[Any, Any],
+    marks: dict[Path, tuple[int, int]],
+    source: str,
+    env: Mapping[str, str] | None,
+    policy_dir: str,
+    label_count: Callable[[str], int | None] | None,
+) -> list[PolicyIssue]:
+    """Problems the schema alone cannot see: thresholds that never fire, unset token_env."""
+    issues: list[PolicyIssue] = []
+
+    def add(path: Path, message: str) -> None:
+        line, col = _nearest_mark(path, marks)
+        issues.append(PolicyIssue(_dotted(path), message, source, line, col))
+
+    for name, task in tasks.items():
+        n = None
+        if label_count is not None:
+            n = label_count(resolve_bundle_path(policy_dir, task.edge_bundle))
+        problem = _never_fires(task.score, task.threshold, task.placement, n)
+        if problem is not None:
+            add(("tasks", name, "threshold"), problem)
+    cloud = data.get("cloud")
+    token = cloud.get("token_env") if isinstance(cloud, dict) else None
+    if env is not None and isinstance(token, str) and token and token not in env:
+        add(
+            ("cloud", "token_env"),
+            f"environment variable {token} is referenced but not set "
+            "(set it, or write token_env: null to send no token)",
+        )
+    return issues
+
+
+def _never_fires(score: str, threshold: float, placement: str, labels: int | None) -> str | None:
+    """Why a hybrid task's threshold can never escalate anything, or None if it can.
+
+    A request escalates when score < threshold. Every score is >= 0, so threshold 0 never
+    fires; max_prob is never below 1/labels (the top class has at least the average
+    probability), so a max_prob threshold at or below 1/labels never fires either.
+    """
+    if placement != "hybrid":
+        return None
+    if threshold <= 0.0:
+        return (
+            f"threshold 0 never escalates: {score} is never below 0; allowed: a threshold in "
+            "(0, 1], or placement: edge_only to keep every request on the device"
+        )
+    if score == "max_prob" and labels is not None and labels > 0 and threshold <= 1.0 / labels:
+        return (
+            f"threshold {threshold} never escalates: with {labels} labels max_prob is never "
+            f"below 1/{labels} = {1.0 / labels:.4f}; allowed: a threshold in "
+            f"({1.0 / labels:.4f}, 1]"
+        )
+    return None
 
 
 def _to_python(
@@ -277,3 +367,42 @@ def _allowed_hint(loc: Path) -> str:
         return ""
     field = model.model_fields.get(str(loc[-1]))
     return f" ({field.description})" if field is not None and field.description else ""
+
+
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a policy file, generated from `router.policy`.
+
+    Deterministic for a given code version (committed as policies/schema.json)."""
+    schema = Policy.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://edgeroute.invalid/policies/schema.json",
+        **schema,
+    }
+
+
+def replace_task_threshold(text: str, task: str, threshold: float) -> str:
+    """`text` with the value of `tasks.<task>.threshold` replaced by `threshold`, editing
+    only that scalar so comments and layout are kept. Raises PolicyError if the file has
+    no such key (or is not YAML)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        raise PolicyError([PolicyIssue("", f"not valid YAML: {exc}")]) from None
+    node = _child(_child(_child(root, "tasks"), task), "threshold")
+    if not isinstance(node, yaml.ScalarNode):
+        raise PolicyError(
+            [PolicyIssue(f"tasks.{task}.threshold", "no threshold to replace in this file")]
+        )
+    start, end = node.start_mark.index, node.end_mark.index
+    return f"{text[:start]}{float(threshold)!r}{text[end:]}"
+
+
+def _child(node: yaml.Node | None, key: str) -> yaml.Node | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for k, v in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.value == key:
+            found: yaml.Node = v
+            return found
+    return None

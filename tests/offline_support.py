@@ -109,12 +109,24 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 
     return False
 
 
+def _cloud_headers() -> dict[str, str]:
+    return {"X-Edgeroute-Node": CLOUD_NODE, "Authorization": f"Bearer {CLOUD_TOKEN}"}
+
+
+def cloud_stats(cloud_url: str) -> dict[str, Any]:
+    """The cloud's `GET /v1/stats` (store counters: computed_total, dedup_hits, ...)."""
+    resp = httpx.get(f"{cloud_url}/v1/stats", headers=_cloud_headers(), timeout=10)
+    resp.raise_for_status()
+    body: dict[str, Any] = resp.json()
+    return body
+
+
 def cloud_computed(cloud_url: str, ids: Sequence[str]) -> dict[str, int]:
     """How many times the cloud computed each id for the test node (its own count)."""
     resp = httpx.post(
         f"{cloud_url}/v1/stats/computed",
         json={"request_ids": list(ids)},
-        headers={"X-Edgeroute-Node": CLOUD_NODE, "Authorization": f"Bearer {CLOUD_TOKEN}"},
+        headers=_cloud_headers(),
         timeout=30,
     )
     resp.raise_for_status()

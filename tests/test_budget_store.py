@@ -155,3 +155,29 @@ def test_no_budget_means_unlimited(tmp_path: Path) -> None:
     with _store(tmp_path) as store:
         assert all(store.reserve() is not None for _ in range(50))
         assert store.snapshot().calls == 50
+
+
+def test_threads_racing_on_an_hourly_task_budget_get_exactly_it(tmp_path: Path) -> None:
+    """64 threads reserving against a task budget of 10 calls/hour get exactly 10, and the
+    next hour starts from zero."""
+    from router.budget import limits_for
+    from router.policy import BudgetLimit, TaskPolicy
+
+    clock = FakeClock(NOON)
+    task = TaskPolicy(
+        edge_bundle="b", threshold=0.5, budgets=[BudgetLimit(period="hour", calls=10)]
+    )
+    with _store(tmp_path, clock, price_per_call=0.1) as store:
+        limits = limits_for(store.cost, task, "digits")
+        barrier = threading.Barrier(64)
+
+        def one(_: int) -> Reservation | None:
+            barrier.wait()
+            return store.reserve(limits=limits, price=0.1)
+
+        with ThreadPoolExecutor(64) as pool:
+            granted = [r for r in pool.map(one, range(64)) if r is not None]
+        assert len(granted) == 10
+        assert store.ledger().counter("task/digits/hour", NOON).calls == 10
+        clock.now = NOON + 3_600
+        assert store.reserve(limits=limits, price=0.1) is not None

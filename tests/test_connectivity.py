@@ -160,4 +160,5 @@ def test_snapshot_dict_fields() -> None:
         "openings": 0,
         "opened_at": None,
         "open_until": None,
+        "failure_ratio": 1.0,
     }

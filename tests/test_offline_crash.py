@@ -18,14 +18,23 @@ import pytest
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode
-from tests.offline_support import cloud_computed, fetch_results, offline_policy, send_all, wait_until
+from tests.offline_support import (
+    cloud_computed,
+    cloud_stats,
+    fetch_results,
+    offline_policy,
+    send_all,
+    wait_until,
+)
 
 pytestmark = pytest.mark.ray
 
 N_REQUESTS = 2000
 
 
-def _send_killing(node: EdgeNode, bodies: list[dict[str, object]], kill_after: int | None) -> set[str]:
+def _send_killing(
+    node: EdgeNode, bodies: list[dict[str, object]], kill_after: int | None
+) -> set[str]:
     """Send `bodies`; when `kill_after` answers have arrived, kill -9 the node mid-flood.
     Returns the request_ids acknowledged as queued (200, not final)."""
     acked: set[str] = set()
@@ -63,8 +72,10 @@ def test_kill9_during_enqueue_and_drain_loses_nothing(
     x, _ = digits_split
     run = uuid.uuid4().hex[:10]
     ids = [f"crash-{run}-{i}" for i in range(N_REQUESTS)]
-    bodies = {rid: {"task": "later", "inputs": x[i % len(x)].tolist(), "request_id": rid}
-              for i, rid in enumerate(ids)}
+    bodies = {
+        rid: {"task": "later", "inputs": x[i % len(x)].tolist(), "request_id": rid}
+        for i, rid in enumerate(ids)
+    }
     policy = offline_policy(
         demo_bundles_dir / "edge" / "digits",
         sync="batch_size: 16\n  interval_ms: 50\n  max_attempts: 3",
@@ -73,6 +84,7 @@ def test_kill9_during_enqueue_and_drain_loses_nothing(
     url = f"http://127.0.0.1:{proxy.port}"
     proxy.set_mode("down")
 
+    computed_before = cloud_stats(cloud_url)["computed_total"]
     acked: set[str] = set()
     kills = 0
     t0 = time.monotonic()
@@ -94,7 +106,7 @@ def test_kill9_during_enqueue_and_drain_loses_nothing(
     for round_no in range(2):
         start_depth = _depth(node)
         target = int(start_depth * rng.uniform(0.3, 0.8))
-        assert wait_until(lambda: _depth(node) <= target, 60), "drain did not progress"
+        assert wait_until(lambda n=node, t=target: _depth(n) <= t, 60), "drain stalled"
         processes.kill(node.proc)
         kills += 1
         node = start_edge(policy, url, data_dir=data, name=f"drain{round_no}")
@@ -108,6 +120,7 @@ def test_kill9_during_enqueue_and_drain_loses_nothing(
     counts = cloud_computed(cloud_url, ids)
     wrong = {rid: n for rid, n in counts.items() if n != 1}
     assert not wrong, list(wrong.items())[:10]
+    assert cloud_stats(cloud_url)["computed_total"] - computed_before == N_REQUESTS
     status = node.status()
     assert status["results"]["failed"] == 0 and status["results"]["expired"] == 0  # type: ignore[index]
     assert kills >= 4

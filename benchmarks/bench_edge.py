@@ -1,0 +1,283 @@
+"""Benchmarks of the edge node's product-backend path (issue 7), each against a baseline
+measured in the same run: in-process route+infer vs raw InferenceSession.run; HTTP local
+answers at 1 and 16 connections vs a minimal FastAPI + onnxruntime endpoint; one batch
+of 64 vs 64 single calls; escalation overhead vs the cloud service called directly.
+
+HTTP load comes from `benchmarks.loadgen` (a bounded httpx client in its own process; no
+wrk needed). Servers are real processes on 127.0.0.1, stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+
+from benchmarks.stats import line, record, summary
+from edgeroute import processes
+
+MODELS = Path(os.environ.get("EDGEROUTE_MODELS", "models"))
+WARMUP = 200
+
+
+def _policy(edge_bundle: Path, threshold: float) -> str:
+    return f"""\
+version: 1
+node: {{id: bench-node}}
+cloud: {{url: "http://127.0.0.1:9", request_timeout_ms: 2000}}
+queue: {{max_items: 100000, max_bytes: 1073741824, on_full: reject}}
+tasks:
+  digits: {{edge_bundle: {edge_bundle}, threshold: {threshold}, score: margin, deadline_ms: 5000}}
+"""
+
+
+def _inputs() -> tuple[np.ndarray, np.ndarray, Path]:
+    if not (MODELS / "edge" / "digits" / "manifest.json").exists():
+        from edgeroute.demo_models import build_demo_bundles
+
+        build_demo_bundles(MODELS)
+    from edgeroute.demo_models import load_test_split
+
+    x, _ = load_test_split(MODELS)
+    from edge_node.model_runner import EdgeModel
+    from router.scores import margin
+
+    model = EdgeModel.load(MODELS / "edge" / "digits")
+    margins = np.array([margin(p.tolist()) for p in model.predict(x)])
+    return x, margins, MODELS / "edge" / "digits"
+
+
+def bench_in_process(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[dict[str, Any]]:
+    """route + infer for one item (EdgeService.infer) vs raw InferenceSession.run, p50."""
+    from edge_node.api_models import InferRequest
+    from edge_node.factory import build_service
+    from edge_node.settings import EdgeSettings
+
+    (tmp / "inproc.yaml").write_text(_policy(bundle.resolve(), 0.5))
+    svc = build_service(
+        EdgeSettings(policy_path=tmp / "inproc.yaml", data_dir=tmp / "inproc", log_sample_rate=0.0)
+    )
+    req = InferRequest(task="digits", inputs=x[sure].tolist())
+    sess = svc.active.models["digits"].bundle.session
+    name, arr = sess.get_inputs()[0].name, x[sure : sure + 1].astype(np.float32)
+    n = 5000
+
+    def raw() -> list[float]:
+        out = []
+        for i in range(n + WARMUP):
+            t = time.perf_counter()
+            sess.run(None, {name: arr})
+            if i >= WARMUP:
+                out.append((time.perf_counter() - t) * 1e6)
+        return out
+
+    async def ours() -> list[float]:
+        out = []
+        for i in range(n + WARMUP):
+            t = time.perf_counter()
+            await svc.infer(req)
+            if i >= WARMUP:
+                out.append((time.perf_counter() - t) * 1e6)
+        return out
+
+    base, mine = summary(raw()), summary(asyncio.run(ours()))
+    svc.decisions.close()
+    print("in process, one item (us)")
+    print(line("raw InferenceSession.run", base, "us"))
+    print(line("EdgeService.infer (route+infer)", mine, "us"))
+    r = mine["p50"] / base["p50"]
+    return [
+        record("in_process_p50_vs_raw_session", mine["p50"], base["p50"], "<= 2x", "us", r <= 2)
+    ]
+
+
+def _loadgen(url: str, body: bytes, connections: int, requests: int, tmp: Path) -> dict[str, Any]:
+    f = tmp / f"body-{len(body)}.json"
+    f.write_bytes(body)
+    argv = [sys.executable, "-m", "benchmarks.loadgen", url, str(f), "--connections",
+            str(connections), "--requests", str(requests), "--warmup", str(WARMUP)]  # fmt: skip
+    out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+    res: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    res["summary"] = summary(res["latencies_ms"])
+    res["rps"] = len(res["latencies_ms"]) / res["seconds"]
+    return res
+
+
+def _serve(
+    argv: list[str], log: Path, ready: str, timeout_s: float = 120
+) -> subprocess.Popen[bytes]:
+    proc = processes.start(argv, log)
+    processes.wait_http(ready, proc, timeout_s, log)
+    return proc
+
+
+def bench_http(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[dict[str, Any]]:
+    """Local answers over HTTP at 1 and 16 connections vs the FastAPI baseline; batch."""
+    recs: list[dict[str, Any]] = []
+    (tmp / "http.yaml").write_text(_policy(bundle.resolve(), 0.5))
+    ep, bp = processes.free_port(), processes.free_port()
+    edge_argv = processes.edgeroute_cmd("edge", "serve", "--policy", str(tmp / "http.yaml"),
+        "--data-dir", str(tmp / "http"), "--port", str(ep), "--log-level", "warning",
+        "--log-sample-rate", "0")  # fmt: skip
+    edge = _serve(edge_argv, tmp / "edge.log", f"http://127.0.0.1:{ep}/readyz")
+    base = _serve([sys.executable, "-m", "benchmarks.baselines.fastapi_onnx", "--bundle",
+                   str(bundle), "--port", str(bp)], tmp / "base.log",
+                  f"http://127.0.0.1:{bp}/healthz")  # fmt: skip
+    try:
+        ours_body = orjson.dumps({"task": "digits", "inputs": x[sure].tolist()})
+        base_body = orjson.dumps({"inputs": x[sure].tolist()})
+        for conns, n in ((1, 2000), (16, 4000)):
+            o = _loadgen(f"http://127.0.0.1:{ep}/v1/infer", ours_body, conns, n, tmp)
+            b = _loadgen(f"http://127.0.0.1:{bp}/infer", base_body, conns, n, tmp)
+            print(f"HTTP local answer, {conns} connection(s), {n} requests (ms)")
+            print(line(f"baseline FastAPI+ORT ({b['rps']:.0f} req/s)", b["summary"], "ms"))
+            print(
+                line(f"edge node ({o['rps']:.0f} req/s, {o['errors']} errors)", o["summary"], "ms")
+            )
+            tr = o["rps"] / b["rps"]
+            recs.append(
+                record(
+                    f"http_c{conns}_throughput", o["rps"], b["rps"], ">= 1.0x", "req/s", tr >= 1.0
+                )
+            )
+            pr = o["summary"]["p99"] / b["summary"]["p99"]
+            recs.append(
+                record(
+                    f"http_c{conns}_p99",
+                    o["summary"]["p99"],
+                    b["summary"]["p99"],
+                    "<= 1.25x",
+                    "ms",
+                    pr <= 1.25,
+                )
+            )
+            recs.append(
+                record(
+                    f"http_c{conns}_p50",
+                    o["summary"]["p50"],
+                    b["summary"]["p50"],
+                    "report only",
+                    "ms",
+                    True,
+                )
+            )
+
+        items = [{"task": "digits", "inputs": x[i].tolist()} for i in range(64)]
+        batch_body = orjson.dumps({"items": items})
+        singles = [orjson.dumps(it) for it in items]
+        url = f"http://127.0.0.1:{ep}/v1/infer"
+        hdr = {"content-type": "application/json"}
+        with httpx.Client(timeout=30) as c:
+            for _ in range(5):
+                c.post(url, content=batch_body, headers=hdr)
+            rounds, tb, ts = 30, [], []
+            for _ in range(rounds):
+                t = time.perf_counter()
+                assert c.post(url, content=batch_body, headers=hdr).status_code == 200
+                tb.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                for s in singles:
+                    c.post(url, content=s, headers=hdr)
+                ts.append(time.perf_counter() - t)
+        ib, isg = 64 * rounds / sum(tb), 64 * rounds / sum(ts)
+        print("batch of 64 in one call vs 64 single calls (ms per 64 items)")
+        print(line("64 single calls", summary([t * 1e3 for t in ts]), "ms"))
+        print(line("one batch call", summary([t * 1e3 for t in tb]), "ms"))
+        recs.append(record("batch64_items_per_s", ib, isg, ">= 10x", "items/s", ib / isg >= 10))
+    finally:
+        processes.stop(edge)
+        processes.stop(base)
+    return recs
+
+
+def bench_escalation(tmp: Path, x: np.ndarray, unsure: int, bundle: Path) -> list[dict[str, Any]]:
+    """p50 of a cloud-routed request through the edge minus the cloud's own p50."""
+    cp, ep = processes.free_port(), processes.free_port()
+    cloud = _serve(processes.edgeroute_cmd("cloud", "serve", "--port", str(cp), "--bundles",
+                   str(MODELS / "cloud")), tmp / "cloud.log", f"http://127.0.0.1:{cp}/healthz",
+                   300)  # fmt: skip
+    edge = None
+    try:
+        (tmp / "esc.yaml").write_text(_policy(bundle.resolve(), 1.0))
+        edge = _serve(processes.edgeroute_cmd("edge", "serve", "--policy", str(tmp / "esc.yaml"),
+                      "--data-dir", str(tmp / "esc"), "--port", str(ep), "--cloud-url",
+                      f"http://127.0.0.1:{cp}", "--log-level", "warning", "--log-sample-rate",
+                      "0"), tmp / "edge-esc.log", f"http://127.0.0.1:{ep}/readyz")  # fmt: skip
+        n, mine, direct = 300, [], []
+        item = x[unsure].tolist()
+        with httpx.Client(timeout=30) as c:
+            first = c.post(
+                f"http://127.0.0.1:{ep}/v1/infer", json={"task": "digits", "inputs": item}
+            )
+            cands = [cd["label"] for cd in first.json()["candidates"]]
+            for i in range(n + 50):
+                t = time.perf_counter()
+                r = c.post(
+                    f"http://127.0.0.1:{ep}/v1/infer", json={"task": "digits", "inputs": item}
+                )
+                dt = (time.perf_counter() - t) * 1e3
+                if i >= 50:
+                    mine.append(dt)
+                    assert r.json()["route"] == "cloud", r.text
+                body = {
+                    "task": "digits",
+                    "request_id": f"direct-{i}",
+                    "inputs": item,
+                    "candidates": cands,
+                }
+                t = time.perf_counter()
+                c.post(
+                    f"http://127.0.0.1:{cp}/v1/rerank",
+                    json=body,
+                    headers={"X-Edgeroute-Node": "bench-direct"},
+                )
+                dt = (time.perf_counter() - t) * 1e3
+                if i >= 50:
+                    direct.append(dt)
+        sm, sd = summary(mine), summary(direct)
+        print("escalation: edge node (cloud-routed) vs cloud called directly (ms)")
+        print(line("cloud /v1/rerank direct", sd, "ms"))
+        print(line("edge /v1/infer routed to cloud", sm, "ms"))
+        added = sm["p50"] - sd["p50"]
+        return [
+            record(
+                "escalation_added_p50",
+                sm["p50"],
+                sd["p50"],
+                "adds <= 2 ms",
+                "ms",
+                added <= 2.0,
+                ratio=sm["p50"] / sd["p50"],
+            )
+        ]
+    finally:
+        if edge is not None:
+            processes.stop(edge)
+        processes.stop(cloud, timeout_s=60)
+
+
+def main() -> list[dict[str, Any]]:
+    """Run every comparison once; print p50/p90/p99/max and return the records."""
+    x, margins, bundle = _inputs()
+    sure, unsure = int(np.argmax(margins)), int(np.argmin(margins))
+    recs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="edgeroute-bench-") as d:
+        tmp = Path(d)
+        recs += bench_in_process(tmp, x, sure, bundle)
+        recs += bench_http(tmp, x, sure, bundle)
+        recs += bench_escalation(tmp, x, unsure, bundle)
+    return recs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""SyncWorker cost charging, pacing and order (real stores in tmp_path, fake cloud client)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from edge_node.connectivity import ConnectivityMonitor
+from edge_node.queue_store import DurableQueue, QueuedItem
+from edge_node.result_store import ResultStore
+from edge_node.sync_worker import Charge, SyncWorker
+from router.errors import CloudUnavailable
+from router.policy import BreakerSettings, QueueSettings, SyncSettings
+from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
+
+NOW = 10_000.0
+
+
+def _item(rid: str, at: float = NOW) -> QueuedItem:
+    return QueuedItem(
+        request_id=rid,
+        task="iris",
+        cloud_task="iris-big",
+        inputs=[1.0] * 64,
+        candidates=["a", "b"],
+        edge_label="b",
+        edge_score=0.3,
+        edge_candidates=[("b", 0.3), ("a", 0.2)],
+        model_version="e1",
+        enqueued_at=at,
+        reason="below_threshold",
+    )
+
+
+class Cloud:
+    """Answers each item; ids in `cached` come back cached, ids in `fail` as failures."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.cached: set[str] = set()
+        self.fail: set[str] = set()
+        self.error: Exception | None = None
+
+    async def rerank(
+        self, items: list[RerankItem], *, deadline_s: float, request_id: str | None = None
+    ) -> list[RerankResult | RerankFailure]:
+        self.calls.append([i.request_id for i in items])
+        if self.error is not None:
+            raise self.error
+        out: list[RerankResult | RerankFailure] = []
+        for i in items:
+            if i.request_id in self.fail:
+                err = WireError(code="unknown_task", message="no")
+                out.append(RerankFailure(request_id=i.request_id, task=i.task, error=err))
+            else:
+                out.append(
+                    RerankResult(
+                        request_id=i.request_id,
+                        task=i.task,
+                        label="a",
+                        score=0.9,
+                        candidates=[WireCandidate(label="a", score=0.9)],
+                        model_version="c1",
+                        scored="candidates",
+                        cached=i.request_id in self.cached,
+                    )
+                )
+        return out
+
+    async def health(self, timeout_s: float) -> bool:
+        return True
+
+
+class Ledger:
+    """A budget of `left` calls; records commits and releases."""
+
+    def __init__(self, left: int) -> None:
+        self.left = left
+        self.committed = 0
+        self.released = 0
+
+    def reserve(self, item: QueuedItem) -> Charge | None:
+        if self.left <= 0:
+            return None
+        self.left -= 1
+        ledger = self
+
+        class _C:
+            def commit(self) -> None:
+                ledger.committed += 1
+
+            def release(self) -> bool:
+                ledger.released += 1
+                ledger.left += 1
+                return True
+
+        return _C()
+
+
+def _worker(
+    tmp_path: Path, cloud: Cloud, *, ledger: Ledger | None = None, **sync: int
+) -> tuple[DurableQueue, ResultStore, SyncWorker, list[float]]:
+    q = DurableQueue(
+        tmp_path / "q", QueueSettings(max_items=1000, max_bytes=1 << 22, on_full="reject")
+    )
+    rs = ResultStore(tmp_path / "r", clock=lambda: NOW)
+    mon = ConnectivityMonitor(BreakerSettings(failure_threshold=1), clock=lambda: NOW)
+    ticks = [0.0]
+
+    def mono() -> float:
+        ticks[0] += 0.01  # every call of the client "takes" 10 ms
+        return ticks[0]
+
+    settings = SyncSettings(**{"batch_size": 4, "interval_ms": 10, "max_attempts": 1, **sync})
+    worker = SyncWorker(
+        q,
+        rs,
+        cloud,
+        mon,
+        settings,
+        clock=lambda: NOW,
+        reserve=ledger.reserve if ledger else None,
+        monotonic=mono,
+    )
+    return q, rs, worker, ticks
+
+
+def test_synced_items_are_charged_once(tmp_path: Path) -> None:
+    """Fresh results commit a charge; cached results and failures give it back."""
+    cloud, ledger = Cloud(), Ledger(100)
+    q, rs, worker, _ = _worker(tmp_path, cloud, ledger=ledger)
+    for rid in ("a", "b", "c", "d"):
+        q.put(_item(rid))
+    cloud.cached, cloud.fail = {"b"}, {"c"}
+    report = asyncio.run(worker.run_once())
+    assert (report.done, report.dead) == (3, 1)
+    assert (ledger.committed, ledger.released, ledger.left) == (2, 2, 98)
+    assert rs.counts()["done"] == 3 and rs.counts()["failed"] == 1
+
+
+def test_retryable_error_releases_every_charge(tmp_path: Path) -> None:
+    """A cloud outage charges nothing and leaves the items queued."""
+    cloud, ledger = Cloud(), Ledger(100)
+    q, _, worker, _ = _worker(tmp_path, cloud, ledger=ledger)
+    for rid in ("a", "b"):
+        q.put(_item(rid))
+    cloud.error = CloudUnavailable("down")
+    asyncio.run(worker.run_once())
+    assert (ledger.committed, ledger.left, q.depth) == (0, 100, 2)
+
+
+def test_exhausted_budget_keeps_items_queued(tmp_path: Path) -> None:
+    """Items beyond the budget are not sent and stay queued (never overspend)."""
+    cloud, ledger = Cloud(), Ledger(1)
+    q, _, worker, _ = _worker(tmp_path, cloud, ledger=ledger)
+    for rid in ("a", "b", "c"):
+        q.put(_item(rid))
+    report = asyncio.run(worker.run_once())
+    assert cloud.calls == [["a"]] and report.over_budget == 2
+    assert q.depth == 2 and ledger.committed == 1
+
+
+def test_oldest_first_in_batches(tmp_path: Path) -> None:
+    """Items leave in enqueue order, batch_size at a time."""
+    cloud = Cloud()
+    q, _, worker, _ = _worker(tmp_path, cloud)
+    ids = [f"r{i}" for i in range(10)]
+    for i, rid in enumerate(ids):
+        q.put(_item(rid, at=NOW - 100 + i))
+    for _ in range(3):
+        asyncio.run(worker.run_once())
+    assert cloud.calls == [ids[0:4], ids[4:8], ids[8:10]]
+
+
+def test_pacing_bounds_the_drain_rate(tmp_path: Path) -> None:
+    """With max_bytes_per_s, a round's pause makes bytes / (call time + pause) <= the rate."""
+    cloud = Cloud()
+    q, _, worker, _ = _worker(tmp_path, cloud, max_bytes_per_s=2048)
+    for i in range(4):
+        q.put(_item(f"p{i}"))
+    report = asyncio.run(worker.run_once())
+    assert report.bytes_sent > 1000
+    assert report.pace_s > 0
+    assert abs(report.bytes_sent / (report.pace_s + 0.01) - 2048) < 1.0
+
+
+def test_unpaced_by_default(tmp_path: Path) -> None:
+    """Without max_bytes_per_s no pause is asked for."""
+    cloud = Cloud()
+    q, _, worker, _ = _worker(tmp_path, cloud)
+    q.put(_item("x"))
+    assert asyncio.run(worker.run_once()).pace_s == 0.0

@@ -168,7 +168,7 @@ def bench_http(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[dict[s
                     b["summary"]["p50"],
                     "report only",
                     "ms",
-                    True,
+                    None,
                 )
             )
 

@@ -38,10 +38,11 @@ def write(records: list[dict[str, Any]]) -> None:
     (HERE / "RESULTS.json").write_text(json.dumps({"meta": meta, "records": records}, indent=2))
     rows = ["| " + " | ".join(FIELDS) + " |", "|" + "---|" * len(FIELDS)]
     rows += ["| " + " | ".join(str(r.get(f)) for f in FIELDS) + " |" for r in records]
-    met = sum(1 for r in records if r.get("met"))
+    goals = [r for r in records if r.get("met") is not None]  # "report only" rows have None
+    met = sum(1 for r in goals if r["met"])
     (HERE / "RESULTS.md").write_text(
         f"# Benchmark results\n\n{meta['when']}, Python {meta['python']}, {meta['machine']}, "
-        f"{meta['cpus']} CPUs. {met}/{len(records)} goals met.\n\n" + "\n".join(rows) + "\n"
+        f"{meta['cpus']} CPUs. {met}/{len(goals)} goals met.\n\n" + "\n".join(rows) + "\n"
     )
 
 

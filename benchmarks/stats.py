@@ -26,13 +26,14 @@ def record(
     baseline: float,
     goal: str,
     unit: str,
-    met: bool,
+    met: bool | None,
     ratio: float | None = None,
 ) -> dict[str, object]:
     """A comparison record (ratio = ours / baseline unless given), printed as it is made."""
     r = ratio if ratio is not None else (ours / baseline if baseline else float("inf"))
     rec = {"name": name, "ours": round(ours, 4), "baseline": round(baseline, 4),
-           "ratio": round(r, 3), "goal": goal, "unit": unit, "met": bool(met)}  # fmt: skip
+           "ratio": round(r, 3), "goal": goal, "unit": unit,
+           "met": None if met is None else bool(met)}  # fmt: skip
     print(f"  -> {name}: ours {ours:.4f} vs baseline {baseline:.4f} {unit}, ratio {r:.3f}, "
-          f"goal {goal}: {'MET' if met else 'NOT MET'}")  # fmt: skip
+          f"goal {goal}: {'-' if met is None else 'MET' if met else 'NOT MET'}")  # fmt: skip
     return rec

@@ -26,7 +26,14 @@ from router.manifest import (
     check_graph_io,
     parse_manifest,
 )
-from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
+from router.wire import (
+    INPUTS_REQUIRED,
+    RerankFailure,
+    RerankItem,
+    RerankResult,
+    WireCandidate,
+    WireError,
+)
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -90,7 +97,7 @@ class CloudModel:
             fault = self._check(item)
             if fault is None:
                 valid.append(i)
-                rows.append(item.inputs)
+                rows.append(item.inputs or [])
             else:
                 results[i] = RerankFailure(
                     request_id=item.request_id, task=item.task, error=WireError(**fault.to_dict())
@@ -118,6 +125,13 @@ class CloudModel:
         if item.task != self.task:
             return UnknownTask(
                 f"this model serves task {self.task!r}, not {item.task!r}", field="task"
+            )
+        if item.inputs is None:
+            return InputError(
+                f"the cloud model of task {self.task!r} needs the inputs; the edge policy "
+                "sends candidates only (send: candidates_only)",
+                field="inputs",
+                code=INPUTS_REQUIRED,
             )
         if len(item.inputs) != spec.item_size:
             return InputError(

@@ -86,7 +86,7 @@ async def answer_with_dedup(
     item (task, inputs or candidates) fails with code `request_id_conflict`; duplicates
     inside one call are computed once. Only successful results are stored.
     """
-    fingerprints = [item_fingerprint(it.task, it.inputs, it.candidates) for it in items]
+    fingerprints = [item_fingerprint(it.task, it.inputs or (), it.candidates) for it in items]
     keys: list[StoreKey] = [(node_id, it.request_id) for it in items]
     found = await lookup(list(zip(keys, fingerprints, strict=True)))
     answers: list[Answer | None] = [None] * len(items)

@@ -8,15 +8,19 @@ request is decided by exactly one whole policy.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_node.bundle import BundleTrust, load_bundle
 from edge_node.model_runner import EdgeModel
+from router.candidates import top_k
+from router.decision import LocalResult
 from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
+from router.learned_score import LearnedScore, from_json
 from router.manifest import parse_manifest
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
+from router.scores import all_scores
 from router.signing import key_id_of, public_key_from_pem
 
 
@@ -29,10 +33,45 @@ class ActivePolicy:
     source: str
     loaded_at: float
     models: dict[str, EdgeModel]
+    learned: dict[str, LearnedScore] = field(default_factory=dict)
 
     @property
     def model_versions(self) -> dict[str, str]:
         return {task: model.version for task, model in self.models.items()}
+
+    def local_result(self, task_name: str, probs: list[float]) -> LocalResult:
+        """The edge's top-k and every confidence score of one probability vector for
+        `task_name` (which must be a task of this policy), the learned score included
+        when the task has one. Pure and thread-safe."""
+        task = self.policy.tasks[task_name]
+        cands = top_k(probs, self.models[task_name].labels, task.top_k)
+        scores = all_scores(probs)
+        learned = self.learned.get(task_name)
+        if learned is not None:
+            scores["learned"] = learned.score(scores, [(c.label, c.score) for c in cands])
+        return LocalResult(cands, scores)
+
+
+def load_learned_scores(policy: Policy, policy_dir: Path) -> dict[str, LearnedScore]:
+    """Each task's learned score file (`tasks.<name>.learned_score`, relative to the
+    policy's folder). Raises PolicyError naming every file that is missing or invalid."""
+    out: dict[str, LearnedScore] = {}
+    issues: list[PolicyIssue] = []
+    for name, task in policy.tasks.items():
+        if task.learned_score is None:
+            continue
+        path = Path(resolve_bundle_path(str(policy_dir), task.learned_score))
+        try:
+            out[name] = from_json(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            msg = f"cannot read learned score {path}: {exc.strerror or exc}"
+            issues.append(PolicyIssue(f"tasks.{name}.learned_score", msg))
+        except ValueError as exc:
+            msg = f"{path} is not a learned score: {exc}"
+            issues.append(PolicyIssue(f"tasks.{name}.learned_score", msg))
+    if issues:
+        raise PolicyError(issues)
+    return out
 
 
 def bundle_exists(path: str) -> bool:
@@ -65,6 +104,7 @@ def load_policy_text(
         label_count=bundle_label_count,
         check_token_env=check_token_env,
     )
+    load_learned_scores(policy, path.parent)
     return policy, policy_revision(text)
 
 
@@ -102,7 +142,8 @@ def activate(
             models[name] = old
             continue
         models[name] = EdgeModel(load_bundle(bundle_dir, trust))
-    return ActivePolicy(policy, revision, str(path), now, models)
+    learned = load_learned_scores(policy, path.parent)
+    return ActivePolicy(policy, revision, str(path), now, models, learned)
 
 
 def bundle_trust(policy: Policy, policy_dir: Path) -> BundleTrust:

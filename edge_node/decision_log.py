@@ -271,3 +271,36 @@ def read_decision_log(directory: str | Path) -> Iterator[DecisionRecord]:
                         f"{path.name}:{number}: invalid decision record: "
                         f"{exc.error_count()} error(s)"
                     ) from exc
+
+
+def sync_record(
+    *,
+    ts: float,
+    request_id: str,
+    task: str,
+    reason: str,
+    edge_candidates: tuple[WireCandidate, ...],
+    cloud_label: str,
+    cloud_candidates: tuple[WireCandidate, ...],
+    model_version: str,
+    policy_revision: str,
+) -> DecisionRecord:
+    """The record that logs the cloud's final answer to a synced queue item (`kind="sync"`):
+    the calibration tools join it to the request's decision record by `request_id`. Holds
+    no inputs. `scores` is empty: they are in the decision record."""
+    return DecisionRecord(
+        ts=ts,
+        request_id=request_id,
+        task=task,
+        policy_revision=policy_revision,
+        model_version=model_version,
+        scores={},
+        edge_candidates=edge_candidates,
+        route="cloud",
+        reason=reason,
+        final_label=cloud_label,
+        cloud_label=cloud_label,
+        cloud_candidates=cloud_candidates,
+        latency_ms=0.0,
+        kind="sync",
+    )

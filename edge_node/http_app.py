@@ -21,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from edge_node.api_auth import BearerAuth, check_token_configured
 from edge_node.api_models import (
     MAX_BATCH_ITEMS,
     ErrorResponse,
@@ -169,6 +170,8 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     app.state.service = svc
     app.state.reloader = reloader
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    check_token_configured(svc.active.policy.api.auth)
+    app.add_middleware(BearerAuth, auth_of=lambda: svc.active.policy.api.auth)  # outermost
 
     @app.exception_handler(EdgerouteError)
     async def _edgeroute_error(_: Request, exc: EdgerouteError) -> JSONResponse:

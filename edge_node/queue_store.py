@@ -50,7 +50,7 @@ class QueuedItem(BaseModel):
     request_id: str = Field(min_length=1)
     task: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     cloud_task: str = Field(min_length=1)
-    inputs: list[float]
+    inputs: list[float] | None  # None: the task's policy sends candidates only
     candidates: list[str]
     edge_label: str
     edge_score: float

@@ -29,16 +29,17 @@ from edge_node.model_runner import EdgeModel
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from router.budget import limits_for
-from router.candidates import top_k
 from router.decision import (
     CONFIDENT,
     EDGE_ONLY_TASK,
+    PRIVACY_EDGE_ONLY,
     Connectivity,
     Decision,
     LocalResult,
     NodeState,
     decide,
     on_cloud_failure,
+    on_inputs_required,
 )
 from router.errors import (
     BudgetRejected,
@@ -54,8 +55,7 @@ from router.errors import (
 )
 from router.inputs import coerce_inputs
 from router.policy import TaskPolicy
-from router.scores import all_scores
-from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate
+from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult, WireCandidate
 
 log = structlog.get_logger("edgeroute.edge")
 
@@ -115,7 +115,7 @@ class EdgeService:
         t_inf = self._monotonic()
         probs = item.model.predict(item.x.reshape(1, -1))[0].tolist()
         self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
-        local = LocalResult(top_k(probs, item.model.labels, item.task.top_k), all_scores(probs))
+        local = active.local_result(item.task_name, probs)
         now = self._clock()
         decision = self._decide(
             local,
@@ -169,14 +169,12 @@ class EdgeService:
 
         routed: list[tuple[int, _Item, LocalResult]] = []
         for group in groups.values():
-            model, task = group[0][1].model, group[0][1].task
+            model = group[0][1].model
             t_inf = self._monotonic()
             probs = model.predict(np.stack([it.x for _, it in group]))
             self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
             for (i, it), row in zip(group, probs.tolist(), strict=True):
-                routed.append(
-                    (i, it, LocalResult(top_k(row, model.labels, task.top_k), all_scores(row)))
-                )
+                routed.append((i, it, active.local_result(it.task_name, row)))
 
         now = self._clock()
         decided = [
@@ -288,7 +286,7 @@ class EdgeService:
                     RerankItem(
                         task=it.task.cloud_task or it.task_name,
                         request_id=it.rid,
-                        inputs=it.x.tolist(),
+                        inputs=_sendable_inputs(it),
                         candidates=[c.label for c in local.candidates],
                     ),
                 )
@@ -328,7 +326,12 @@ class EdgeService:
             if isinstance(result, RerankFailure):
                 reservation.release()
                 self.metrics.cloud_errors.labels(it.task_name, result.error.code).inc()
-                out[idx] = (on_cloud_failure(decision, it.task, timed_out=False), None)
+                out[idx] = (
+                    on_inputs_required(decision)
+                    if result.error.code == INPUTS_REQUIRED
+                    else on_cloud_failure(decision, it.task, timed_out=False),
+                    None,
+                )
             else:
                 reservation.commit()
                 out[idx] = (decision, result)
@@ -341,7 +344,7 @@ class EdgeService:
             request_id=it.rid,
             task=it.task_name,
             cloud_task=it.task.cloud_task or it.task_name,
-            inputs=it.x.tolist(),
+            inputs=_sendable_inputs(it),
             candidates=[c.label for c in local.candidates],
             edge_label=local.label,
             edge_score=local.candidates[0].score,
@@ -550,7 +553,12 @@ class _Item:
 
 _CONNECTIVITIES: tuple[Connectivity, ...] = ("online", "degraded", "offline")
 _BUDGET_FREE_STATES: dict[str, NodeState] = {conn: NodeState(conn) for conn in _CONNECTIVITIES}
-_BUDGET_FREE_REASONS = frozenset({CONFIDENT, EDGE_ONLY_TASK})
+_BUDGET_FREE_REASONS = frozenset({CONFIDENT, EDGE_ONLY_TASK, PRIVACY_EDGE_ONLY})
+
+
+def _sendable_inputs(it: _Item) -> list[float] | None:
+    """The inputs that may leave the device for `it` (None: `send: candidates_only`)."""
+    return None if it.task.send == "candidates_only" else it.x.tolist()
 
 
 def _budget_rejected() -> BudgetRejected:

@@ -46,7 +46,7 @@ from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from router.errors import CloudError
 from router.policy import SyncSettings
-from router.wire import RerankFailure, RerankItem, RerankResult
+from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
 
 SYNCED = "synced"
 EXPIRED_TTL = "ttl_expired"
@@ -244,7 +244,11 @@ class SyncWorker:
                 if charge is not None:
                     charge.release()
                 failed += 1
-                dead += self._attempt_failed(item, f"{res.error.code}: {res.error.message}")
+                dead += self._attempt_failed(
+                    item,
+                    f"{res.error.code}: {res.error.message}",
+                    force_dead=res.error.code == INPUTS_REQUIRED,  # a retry cannot succeed
+                )
         self._queue.remove(done_ids)
         return SyncReport(
             sent=len(sendable),

@@ -124,10 +124,13 @@ _LABELS = click.option(
 
 
 def _requests(log: Path, labels: Path | None) -> list[LoggedRequest]:
+    """The logged requests; cloud answers to synced queue items are taken from the node's
+    result store next to the log (`<data-dir>/results`) when it is there."""
     from edgeroute.policy_log import load_requests
 
+    results = log.parent / "results" if log.is_dir() else None
     try:
-        return load_requests(log, labels)
+        return load_requests(log, labels, results)
     except EdgerouteError as exc:
         click.echo(f"error: {exc.message}", err=True)
         sys.exit(1)
@@ -249,6 +252,8 @@ def policy_calibrate(
         if (only_task is not None and name != only_task) or task.placement != "hybrid":
             continue
         mine = [r for r in reqs if r.task == name]
+        if task.score == "learned" and any("learned" not in r.scores for r in mine):
+            mine = _add_learned(mine, pol, policy_file, name)
         if not mine:
             click.echo(f"{name}: no logged requests; threshold left at {task.threshold}")
             continue
@@ -287,3 +292,58 @@ def policy_calibrate(
             text = replace_task_threshold(text, name, choice.threshold)
         write_policy.write_text(text, encoding="utf-8")
         click.echo(f"policy written to {write_policy} (check it: edgeroute policy check)")
+
+
+def _add_learned(
+    reqs: list[LoggedRequest], pol: Policy, policy_file: Path, task: str
+) -> list[LoggedRequest]:
+    """The requests with the task's learned score computed from its learned_score file
+    (for logs written while the node used another score)."""
+    from edge_node.active_policy import load_learned_scores
+    from router.calibration import with_score
+
+    model = load_learned_scores(pol, policy_file.parent)[task]
+    values = model.score_many([(dict(r.scores), list(r.edge_top)) for r in reqs])
+    return with_score(reqs, "learned", values.tolist())
+
+
+@policy.command("learn-score")
+@_LOG
+@click.option("--labels", required=True, type=click.Path(path_type=Path), help="True labels.")
+@click.option("--task", "task_name", required=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+def policy_learn_score(log: Path, labels: Path, task_name: str, out: Path) -> None:
+    """Train a learned escalation score for TASK from a decision log with true labels,
+    compare it held-out (2-fold) with the fixed scores, and write it to OUT (use it with
+    `score: learned` and `learned_score: OUT` in the task's policy)."""
+    import numpy as np
+
+    from router.calibration import choose, threshold_curve, with_score
+    from router.learned_score import fit_learned_score, to_json
+
+    reqs = [r for r in _requests(log, labels) if r.task == task_name and r.true_label]
+    rows = [(dict(r.scores), list(r.edge_top)) for r in reqs]
+    right = [r.edge_label == r.true_label for r in reqs]
+    try:
+        model = fit_learned_score(rows, right)
+        held_out = np.zeros(len(reqs))
+        idx = np.arange(len(reqs))
+        for fold in (0, 1):
+            train = idx % 2 != fold
+            half = fit_learned_score([rows[i] for i in idx[train]], np.array(right)[train])
+            held_out[~train] = half.score_many([rows[i] for i in idx[~train]])
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    scored = with_score(reqs, "learned", held_out.tolist())
+    click.echo(f"{task_name}: {len(reqs)} labelled requests; expected accuracy (held out)")
+    click.echo(f"  {'score':<10} {'@10%':>8} {'@20%':>8} {'@30%':>8}")
+    for name in ("max_prob", "margin", "entropy", "learned"):
+        curve = threshold_curve(scored, name, 0.0)
+        accs = [choose(curve, task_name, name, target_escalation=r).accuracy for r in RATES]
+        click.echo(f"  {name:<10} " + " ".join(f"{a:8.2%}" for a in accs))
+    out.write_text(to_json(model), encoding="utf-8")
+    click.echo(f"learned score written to {out} (trained on all {len(reqs)} requests)")
+
+
+RATES = (0.1, 0.2, 0.3)

@@ -42,6 +42,7 @@ from router.errors import (
     QueueFull,
     RequestTooLarge,
     RetryableRejection,
+    Unauthorized,
     UnknownTask,
 )
 
@@ -114,11 +115,17 @@ def error_from_response(resp: httpx.Response) -> EdgerouteError:
         return cls(message, retry_after_s=after, field=field, code=code)
     if status == 404:
         return NotFound(message, field=field, code=code)
+    if status == 401:
+        return Unauthorized(message, field=field, code=code)
     if 400 <= status < 500:
         err = _BY_CODE.get(code, InputError)(message, field=field, code=code)
         err.status = status
         return err
     return EdgeUnavailable(f"edge node answered {status}: {message}", code=code)
+
+
+def _auth(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 def retry_after_of(resp: httpx.Response) -> float | None:
@@ -181,9 +188,13 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.BaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
-        """`timeout_s` bounds each HTTP call; `sleep`/`clock`/`transport` are injectable."""
-        self._http = httpx.Client(base_url=base_url, timeout=timeout_s, transport=transport)
+        """`timeout_s` bounds each HTTP call; `sleep`/`clock`/`transport` are injectable;
+        `token` is sent as `Authorization: Bearer <token>` (the node's `api.auth`)."""
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout_s, transport=transport, headers=_auth(token)
+        )
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
@@ -266,9 +277,13 @@ class AsyncClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
+        token: str | None = None,
     ) -> None:
-        """`timeout_s` bounds each HTTP call; `sleep`/`clock`/`transport` are injectable."""
-        self._http = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, transport=transport)
+        """`timeout_s` bounds each HTTP call; `sleep`/`clock`/`transport` are injectable;
+        `token` is sent as `Authorization: Bearer <token>` (the node's `api.auth`)."""
+        self._http = httpx.AsyncClient(
+            base_url=base_url, timeout=timeout_s, transport=transport, headers=_auth(token)
+        )
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._clock = clock

@@ -16,12 +16,15 @@ class LogInputError(EdgerouteError):
     code = "invalid_log"
 
 
-def load_requests(log: Path, labels: Path | None = None) -> list[LoggedRequest]:
+def load_requests(
+    log: Path, labels: Path | None = None, results: Path | None = None
+) -> list[LoggedRequest]:
     """Every request of the decision log at `log` (a data dir's `decisions/` folder or one
     `.jsonl` file), oldest first, with its true label from `labels` (JSON
-    `{request_id: label}`) when given. `sync` records add the cloud's final answer to the
-    request they verify. Raises LogInputError if there is no log or the labels file is bad.
-    """
+    `{request_id: label}`) when given. The cloud's final answer to a queued request comes
+    from a `sync` record, or else from the node's result store at `results` (a data dir's
+    `results/` folder; read only). Raises LogInputError if there is no log or the labels
+    file is bad."""
     from edge_node.decision_log import DecisionRecord, read_decision_log
 
     if log.is_file():
@@ -36,6 +39,9 @@ def load_requests(log: Path, labels: Path | None = None) -> list[LoggedRequest]:
         raise LogInputError(f"{log}: no decision log (a decisions/ folder or a .jsonl file)")
     truth = _read_labels(labels) if labels is not None else {}
     synced = {r.request_id: r.cloud_label for r in records if r.kind == "sync" and r.cloud_label}
+    if results is not None and results.is_dir():
+        wanted = {r.request_id for r in records if r.kind == "decision" and not r.cloud_label}
+        synced = {**synced_answers(results, wanted - set(synced)), **synced}
     out = []
     for r in records:
         if r.kind != "decision" or not r.edge_candidates:
@@ -47,6 +53,7 @@ def load_requests(log: Path, labels: Path | None = None) -> list[LoggedRequest]:
                 ts=r.ts,
                 scores=dict(r.scores),
                 edge_label=r.edge_candidates[0].label,
+                edge_top=tuple((c.label, c.score) for c in r.edge_candidates),
                 cloud_label=r.cloud_label or synced.get(r.request_id),
                 true_label=truth.get(r.request_id, r.true_label),
             )
@@ -54,6 +61,24 @@ def load_requests(log: Path, labels: Path | None = None) -> list[LoggedRequest]:
     if not out:
         raise LogInputError(f"{log}: the decision log has no records")
     return out
+
+
+def synced_answers(results: Path, request_ids: set[str]) -> dict[str, str]:
+    """request_id -> the cloud's label, for the ids the node's result store has as `done`
+    (queued requests the sync worker got a cloud answer for)."""
+    from edge_node.result_store import ResultStore
+
+    store = ResultStore(results, retention_s=float("inf"))
+    try:
+        out: dict[str, str] = {}
+        for rid in request_ids:
+            rec = store.get(rid)
+            final = rec.get("result") if rec is not None and rec.get("status") == "done" else None
+            if isinstance(final, dict) and isinstance(final.get("label"), str):
+                out[rid] = final["label"]
+        return out
+    finally:
+        store.close()
 
 
 def _read_labels(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ replayed in log order with `router.budget`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ class LoggedRequest:
     edge_label: str
     cloud_label: str | None = None
     true_label: str | None = None
+    edge_top: tuple[tuple[str, float], ...] = ()  # the edge's top-k (label, probability)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,16 @@ class SimResult:
     def escalation_rate(self) -> float:
         """Share of requests sent (or queued) to the cloud."""
         return self.escalated / self.requests if self.requests else 0.0
+
+
+def with_score(
+    reqs: Sequence[LoggedRequest], name: str, values: Sequence[float]
+) -> list[LoggedRequest]:
+    """Copies of `reqs` with score `name` set to `values` (e.g. a learned score)."""
+    return [
+        dataclasses.replace(r, scores={**r.scores, name: float(v)})
+        for r, v in zip(reqs, values, strict=True)
+    ]
 
 
 def cloud_accuracy(reqs: Iterable[LoggedRequest]) -> float | None:

@@ -19,6 +19,8 @@ Connectivity = Literal["online", "degraded", "offline"]
 # Reasons (machine-readable, stable).
 CONFIDENT = "confident"
 EDGE_ONLY_TASK = "edge_only_task"
+PRIVACY_EDGE_ONLY = "privacy_edge_only"  # the task's policy says `send: nothing`
+CLOUD_NEEDS_INPUTS = "cloud_needs_inputs"  # `send: candidates_only`, the cloud needs inputs
 BELOW_THRESHOLD = "below_threshold"
 CLOUD_FIRST = "cloud_first"
 CLOUD_UNREACHABLE = "cloud_unreachable"
@@ -96,12 +98,16 @@ def decide(
 ) -> Decision:
     """Route one request. Pure and total: always returns a Decision, never raises.
 
-    Order of rules: edge-only placement; confidence (hybrid only); budget; connectivity;
-    deadline. `now` is a UNIX time in seconds (for budget periods); `deadline_left_ms` is
-    the time left for this request (defaults to the task's `deadline_ms`); `task_name`
-    selects the task's own budgets (`tasks.<name>.budgets`) in `state.budget`.
+    Order of rules: `send: nothing` (privacy, before everything: such a task is never
+    escalated nor queued, online or offline); edge-only placement; confidence (hybrid
+    only); budget; connectivity; deadline. `now` is a UNIX time in seconds (for budget
+    periods); `deadline_left_ms` is the time left for this request (defaults to the
+    task's `deadline_ms`); `task_name` selects the task's own budgets
+    (`tasks.<name>.budgets`) in `state.budget`.
     """
     conf, thr = local.scores.get(task.score, 0.0), task.threshold
+    if task.send == "nothing":
+        return Decision("edge", PRIVACY_EDGE_ONLY, conf, thr)
     if task.placement == "edge_only":
         return Decision("edge", EDGE_ONLY_TASK, conf, thr)
     if task.placement == "hybrid" and conf >= thr:
@@ -147,4 +153,16 @@ def on_cloud_failure(decision: Decision, task: TaskPolicy, *, timed_out: bool) -
         confidence=decision.confidence,
         threshold=decision.threshold,
         enqueue=task.verify_on_cloud_failure,
+    )
+
+
+def on_inputs_required(decision: Decision) -> Decision:
+    """The decision after the cloud refused an item of a `send: candidates_only` task
+    because its model needs the inputs: the local answer, final, never queued (a retry
+    would be refused the same way). Pure."""
+    return Decision(
+        "edge",
+        CLOUD_NEEDS_INPUTS,
+        confidence=decision.confidence,
+        threshold=decision.threshold,
     )

@@ -12,13 +12,14 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-ScoreName = Literal["max_prob", "margin", "entropy"]
+ScoreName = Literal["max_prob", "margin", "entropy", "learned"]
 Placement = Literal["edge_only", "hybrid", "cloud_first"]
 OfflineAction = Literal["answer_and_queue", "queue_only", "answer_only"]
 BudgetAction = Literal["answer_locally", "queue", "reject"]
 OnFull = Literal["reject", "drop_oldest"]
 BudgetPeriod = Literal["hour", "day"]
 Durability = Literal["os_crash_safe", "per_write"]
+SendPolicy = Literal["inputs", "candidates_only", "nothing"]
 
 
 def _check_task_name(name: str) -> str:
@@ -211,7 +212,17 @@ class TaskPolicy(_Model):
     cloud_task: str | None = Field(
         default=None, description="Task name on the cloud; defaults to this task's name."
     )
-    score: ScoreName = "margin"
+    score: ScoreName = Field(
+        default="margin",
+        description="Confidence score: max_prob, margin, entropy, or learned (needs "
+        "learned_score).",
+    )
+    learned_score: str | None = Field(
+        default=None,
+        min_length=1,
+        description="JSON file of a learned score (edgeroute policy learn-score), relative "
+        "to the policy file; required when score is learned.",
+    )
     threshold: float = Field(ge=0.0, le=1.0, description="Escalate when score < threshold.")
     top_k: int = Field(default=3, ge=1, le=1000, description="Candidates sent to the cloud.")
     placement: Placement = "hybrid"
@@ -233,6 +244,17 @@ class TaskPolicy(_Model):
         default_factory=list,
         description="This task's own budgets per hour/day (on top of the node's).",
     )
+    send: SendPolicy = Field(
+        default="inputs",
+        description="What may leave the device: inputs (and candidates), candidates_only "
+        "(no inputs), or nothing (the task is edge-only: never escalated nor queued).",
+    )
+
+    @model_validator(mode="after")
+    def _learned_needs_file(self) -> TaskPolicy:
+        if self.score == "learned" and self.learned_score is None:
+            raise ValueError("score: learned needs learned_score (a file from learn-score)")
+        return self
 
 
 class TrustSettings(_Model):
@@ -247,6 +269,24 @@ class TrustSettings(_Model):
     )
 
 
+class ApiAuthSettings(_Model):
+    """Bearer-token auth of the edge node's `/v1/*` API (health and metrics stay open)."""
+
+    token_env: str = Field(
+        pattern=r"^[A-Z_][A-Z0-9_]*$",
+        description="Environment variable holding the token clients must send as "
+        "`Authorization: Bearer <token>`; the node refuses to start if it is unset or empty.",
+    )
+
+
+class ApiSettings(_Model):
+    """The edge node's own HTTP API."""
+
+    auth: ApiAuthSettings | None = Field(
+        default=None, description="Require a bearer token on /v1/* (null: open)."
+    )
+
+
 class Policy(_Model):
     """A whole policy file."""
 
@@ -257,6 +297,7 @@ class Policy(_Model):
     sync: SyncSettings = SyncSettings()
     cost: CostSettings = CostSettings()
     trust: TrustSettings = TrustSettings()
+    api: ApiSettings = ApiSettings()
     tasks: dict[TaskName, TaskPolicy] = Field(min_length=1)
 
     def task(self, name: str) -> TaskPolicy:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NODE_HEADER = "X-Edgeroute-Node"
 REQUEST_ID_HEADER = "X-Request-ID"
+INPUTS_REQUIRED = "inputs_required"  # RerankFailure code: the model needs the inputs
 
 
 class _Wire(BaseModel):
@@ -27,11 +28,13 @@ class WireCandidate(_Wire):
 
 class RerankItem(_Wire):
     """One input to re-rank. `inputs` is the flat feature vector (row-major) of the task's
-    input; `candidates` are the edge's top-k labels (None: score all labels)."""
+    input, or None when the edge's policy sends candidates only (`send: candidates_only`;
+    a model that needs the inputs answers a RerankFailure with code `inputs_required`);
+    `candidates` are the edge's top-k labels (None: score all labels)."""
 
     task: str = Field(min_length=1, max_length=64)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN)
-    inputs: list[float] = Field(min_length=1, max_length=1_000_000)
+    inputs: list[float] | None = Field(default=None, min_length=1, max_length=1_000_000)
     candidates: list[str] | None = Field(default=None, max_length=10_000)
 
 

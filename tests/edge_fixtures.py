@@ -97,7 +97,13 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
     started: list[EdgeNode] = []
 
     def _start(
-        policy: str, cloud_url: str, data_dir: Path | None = None, name: str = "edge"
+        policy: str,
+        cloud_url: str,
+        data_dir: Path | None = None,
+        name: str = "edge",
+        *,
+        log_args: tuple[str, ...] = ("--log-level", "warning"),
+        env: dict[str, str] | None = None,
     ) -> EdgeNode:
         policy_path = tmp_path / f"{name}-policy.yaml"
         policy_path.write_text(policy)
@@ -116,11 +122,10 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
                 str(port),
                 "--cloud-url",
                 cloud_url,
-                "--log-level",
-                "warning",
+                *log_args,
             ),
             log_path,
-            env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN},
+            env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN, **(env or {})},
         )
         node = EdgeNode(proc, f"http://127.0.0.1:{port}", data, log_path, policy_path)
         started.append(node)

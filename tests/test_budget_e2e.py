@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edge_node.decision_log import read_decision_log
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
 
@@ -61,6 +62,15 @@ def test_64_concurrent_requests_spend_exactly_a_budget_of_10_calls(
     # Restart on the same data dir: the ledger survives, the 11th call is still refused.
     node.proc.terminate()
     node.proc.wait(30)
+    records = list(read_decision_log(node.data_dir / "decisions"))
+    assert len(records) == 64
+    for rec in records:  # privacy-safe and complete: scores, top-k, decision, cloud answer
+        assert set(rec.scores) == {"max_prob", "margin", "entropy"} and rec.edge_candidates
+        if rec.route == "cloud":
+            assert rec.cloud_label and rec.cloud_candidates and rec.budget is None
+        else:
+            assert rec.cloud_label is None and rec.budget == "task/digits/hour/calls"
+    assert b"inputs" not in (node.data_dir / "decisions" / "decisions.jsonl").read_bytes()
     again = start_edge(text, url, data_dir=node.data_dir, name="edge2")
     r = again.infer({"task": "digits", "inputs": x[unsure[64]].tolist()}).json()
     assert (r["route"], r["reason"], r["budget"]) == (

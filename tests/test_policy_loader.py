@@ -111,7 +111,7 @@ BROKEN = [
         "bad_score_name",
         ("threshold: 0.5", "threshold: 0.5\n    score: entropyy"),
         12,
-        "'max_prob', 'margin' or 'entropy'",
+        "'max_prob', 'margin', 'entropy' or 'learned'",
     ),
     ("bad_cloud_url", ("node:", "cloud:\n  url: ftp://x\nnode:"), 3, "should match pattern"),
     ("bad_task_name", ("  digits:", "  'digits v2':"), 9, "may only contain"),

@@ -18,14 +18,16 @@ which diskcache does not fsync), and the cache never evicts (`eviction_policy="n
 items leave only through `remove`, `take_expired` or `on_full: drop_oldest`.
 
 Concurrency: one process per directory (not checked). Within the process every method is
-thread-safe (one lock around the index and the diskcache transaction).
+thread-safe (one lock around the index and the diskcache transaction). Concurrent `put`s
+are group-committed (`edge_node.group_commit`): one transaction for all the items that
+arrived while the previous commit ran, each `put` returning once its transaction is durable.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +35,7 @@ import diskcache
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_node.group_commit import GroupCommitter
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
@@ -122,6 +125,9 @@ class DurableQueue:
             raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
         self._entries: dict[str, _Entry] = {}  # request_id -> entry, in seq order
         self._bytes = 0
+        self._group: GroupCommitter[tuple[QueuedItem, bytes], list[str]] = GroupCommitter(
+            self._commit_group
+        )
         self._load()
 
     def _load(self) -> None:
@@ -145,6 +151,10 @@ class DurableQueue:
         `retry_after_s`) and `on_full: drop_oldest` removes the oldest items (any task) in
         the same transaction and returns their request_ids, which the caller must record as
         expired. An item bigger than `max_bytes` by itself raises `RequestTooLarge`.
+
+        Group commit: puts from other threads that arrive while a commit runs are written
+        together in the next transaction (one commit, one fsync under `per_write`); each
+        returns only after the transaction holding its item committed. Thread-safe.
         """
         payload = orjson.dumps(item.model_dump(mode="json"))
         size = len(payload)
@@ -154,27 +164,68 @@ class DurableQueue:
                 f"({self._settings.max_bytes})",
                 field="inputs",
             )
+        return self._group.submit((item, payload))
+
+    def _commit_group(
+        self, group: Sequence[tuple[QueuedItem, bytes]]
+    ) -> list[list[str] | BaseException]:
+        """Write every item of `group` in ONE SQLite transaction (group commit); one outcome
+        per item: the dropped ids, or the error its `put` raises. On a storage error the
+        in-memory index is restored and every item not refused otherwise fails."""
+        out: list[list[str] | BaseException] = []
         with self._lock:
-            if item.request_id in self._entries:
-                return []
-            victims = self._victims_for(size)
+            added: list[_Entry] = []
+            forgotten: list[_Entry] = []
             try:
                 with self._cache.transact():
                     seq = int(self._cache.get(_SEQ_KEY, default=0))
-                    key = _make_key(seq, size, item.enqueued_at, item.task, item.request_id)
-                    for v in victims:
-                        self._cache.delete(v.key)
-                    self._cache.set(_SEQ_KEY, seq + 1)
-                    self._cache.set(key, payload)
+                    for item, payload in group:
+                        if item.request_id in self._entries:
+                            out.append([])
+                            continue
+                        try:
+                            victims = self._victims_for(len(payload))
+                        except QueueFull as exc:
+                            out.append(exc)
+                            continue
+                        key = _make_key(
+                            seq, len(payload), item.enqueued_at, item.task, item.request_id
+                        )
+                        for v in victims:
+                            self._cache.delete(v.key)
+                            self._forget(v)
+                            forgotten.append(v)
+                        self._cache.set(key, payload)
+                        entry = _Entry(
+                            key, seq, len(payload), item.enqueued_at, item.task, item.request_id
+                        )
+                        self._entries[item.request_id] = entry
+                        self._bytes += entry.size
+                        added.append(entry)
+                        seq += 1
+                        out.append([v.request_id for v in victims])
+                    if added:
+                        self._cache.set(_SEQ_KEY, seq)
             except Exception as exc:
-                raise QueueStoreError(f"cannot write queue item: {exc}") from exc
-            for v in victims:
-                self._forget(v)
-            self._entries[item.request_id] = _Entry(
-                key, seq, size, item.enqueued_at, item.task, item.request_id
-            )
-            self._bytes += size
-            return [v.request_id for v in victims]
+                self._restore(added, forgotten)
+                err = QueueStoreError(f"cannot write queue item: {exc}")
+                err.__cause__ = exc
+                failed: list[list[str] | BaseException] = [
+                    o if isinstance(o, QueueFull) else err for o in out
+                ]
+                return failed + [err] * (len(group) - len(out))
+            return out
+
+    def _restore(self, added: list[_Entry], forgotten: list[_Entry]) -> None:
+        """Undo a failed group's index changes (lock held), keeping seq order."""
+        keep = {e.request_id: e for e in self._entries.values()}
+        for e in added:
+            keep.pop(e.request_id, None)
+        for e in forgotten:
+            if e not in added:
+                keep[e.request_id] = e
+        self._entries = dict(sorted(keep.items(), key=lambda kv: kv[1].seq))
+        self._bytes = sum(e.size for e in self._entries.values())
 
     def _victims_for(self, size: int) -> list[_Entry]:
         """The oldest entries to drop so that one more item of `size` fits (lock held)."""

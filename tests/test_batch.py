@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
 
 pytestmark = pytest.mark.ray
+
+P = f"batch-{uuid.uuid4().hex[:8]}-"  # ids unique per run: the session cloud dedups by id
 
 
 def test_batch_answers_in_order_with_per_item_errors(
@@ -31,19 +34,21 @@ def test_batch_answers_in_order_with_per_item_errors(
     order = np.argsort(edge_margins)
     unsure, sure = [int(i) for i in order[:2]], [int(i) for i in order[-2:]]
     items: list[dict[str, object]] = [
-        {"task": "digits", "inputs": x[sure[0]].tolist(), "request_id": "b-0"},
-        {"task": "digits", "inputs": x[unsure[0]].tolist(), "request_id": "b-1"},
-        {"task": "nope", "inputs": [1.0], "request_id": "b-2"},
-        {"task": "digits", "inputs": [1.0, 2.0], "request_id": "b-3"},
-        {"task": "digits", "inputs": x[unsure[1]].tolist(), "request_id": "b-4"},
-        {"task": "digits", "inputs": x[sure[1]].tolist(), "request_id": "b-0"},
+        {"task": "digits", "inputs": x[sure[0]].tolist(), "request_id": P + "b-0"},
+        {"task": "digits", "inputs": x[unsure[0]].tolist(), "request_id": P + "b-1"},
+        {"task": "nope", "inputs": [1.0], "request_id": P + "b-2"},
+        {"task": "digits", "inputs": [1.0, 2.0], "request_id": P + "b-3"},
+        {"task": "digits", "inputs": x[unsure[1]].tolist(), "request_id": P + "b-4"},
+        {"task": "digits", "inputs": x[sure[1]].tolist(), "request_id": P + "b-0"},
         {"task": "digits", "inputs": x[sure[1]].tolist(), "surprise": 1},
     ]
     calls_before = node.status()["cloud"]["calls"]  # type: ignore[index]
     r = httpx.post(f"{node.url}/v1/infer", json={"items": items}, timeout=10)
     assert r.status_code == 200
     res = r.json()["results"]
-    assert [e.get("request_id") for e in res[:6]] == ["b-0", "b-1", "b-2", "b-3", "b-4", "b-0"]
+    assert [e.get("request_id") for e in res[:6]] == [
+        P + i for i in ("b-0", "b-1", "b-2", "b-3", "b-4", "b-0")
+    ]
     assert (res[0]["route"], res[0]["reason"]) == ("edge", "confident")
     assert (res[1]["route"], res[4]["route"]) == ("cloud", "cloud")
     assert res[1]["model_version"].startswith("digits-cloud")

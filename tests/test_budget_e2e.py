@@ -4,6 +4,7 @@ requests never overspend, the exhausted budget is named, and spending survives a
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,8 @@ from tests.edge_fixtures import EdgeNode, policy_text
 pytestmark = pytest.mark.ray
 
 TASK_BUDGET = "    budgets:\n      - {period: hour, calls: 10}\n"
+
+RUN = uuid.uuid4().hex[:8]  # ids unique per run: the session cloud dedups by id
 
 
 async def _fire(url: str, bodies: list[dict[str, object]]) -> list[httpx.Response]:
@@ -44,7 +47,8 @@ def test_64_concurrent_requests_spend_exactly_a_budget_of_10_calls(
     unsure = np.flatnonzero(edge_margins < 0.99)[:65]
     assert len(unsure) == 65
     bodies = [
-        {"task": "digits", "inputs": x[i].tolist(), "request_id": f"b-{i}"} for i in unsure[:64]
+        {"task": "digits", "inputs": x[i].tolist(), "request_id": f"budget-{RUN}-{i}"}
+        for i in unsure[:64]
     ]
     responses = asyncio.run(_fire(node.url, bodies))
     assert all(r.status_code == 200 for r in responses)

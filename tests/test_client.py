@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +27,8 @@ LATER = """\
     when_offline: queue_only
 """
 
+RUN = uuid.uuid4().hex[:8]  # ids unique per run: the session cloud dedups by id
+
 
 def test_client_local_cloud_queued_and_errors(
     start_edge: Callable[..., EdgeNode],
@@ -46,8 +49,8 @@ def test_client_local_cloud_queued_and_errors(
     with Client(node.url, timeout_s=10) as edge:
         a = edge.infer("digits", x[sure].tolist())
         assert (a.route, a.reason, a.status, a.final) == ("edge", "confident", "answered", True)
-        b = edge.infer("digits", x[unsure].tolist(), request_id="c-1")
-        assert (b.route, b.request_id) == ("cloud", "c-1")
+        b = edge.infer("digits", x[unsure].tolist(), request_id=f"c-1-{RUN}")
+        assert (b.route, b.request_id) == ("cloud", f"c-1-{RUN}")
         many = edge.infer_many(
             [{"task": "digits", "inputs": x[sure].tolist()}, {"task": "nope", "inputs": [1]}]
         )
@@ -63,7 +66,7 @@ def test_client_local_cloud_queued_and_errors(
         proxy.set_mode("down")
         for _ in range(3):  # open the breaker
             edge.infer("digits", x[unsure].tolist())
-        q = edge.infer("later", x[sure].tolist(), request_id="c-q")
+        q = edge.infer("later", x[sure].tolist(), request_id=f"c-q-{RUN}")
         assert (q.route, q.status) == ("queued", "accepted")
         assert edge.result("c-q").status == "pending"
         proxy.set_mode("pass")

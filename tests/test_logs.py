@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import httpx
@@ -17,6 +18,8 @@ pytestmark = pytest.mark.ray
 
 FIXED = {"request_id", "task", "route", "reason", "latency_ms", "model_version", "policy_revision"}
 MARKER = 13.371337  # a value no log line may contain
+
+RUN = uuid.uuid4().hex[:8]  # ids unique per run: the session cloud dedups by id
 
 
 def _serve(tmp_path: Path, policy: str, cloud_url: str, rate: str) -> tuple[object, str, Path]:
@@ -51,10 +54,12 @@ def test_request_lines_carry_fixed_fields_and_no_inputs(
         for n, i in enumerate((sure, unsure)):
             inputs = x[i].tolist()
             inputs[-1] = MARKER if x[i][-1] == 0 else inputs[-1]  # keep the item valid
-            body = {"task": "digits", "inputs": inputs, "request_id": f"log-{n}"}
+            body = {"task": "digits", "inputs": inputs, "request_id": f"log-{RUN}-{n}"}
             assert httpx.post(f"{url}/v1/infer", json=body, timeout=10).status_code == 200
             ids.append(f"log-{n}")
-        batch = {"items": [{"task": "digits", "inputs": x[sure].tolist(), "request_id": "log-b"}]}
+        batch = {
+            "items": [{"task": "digits", "inputs": x[sure].tolist(), "request_id": f"log-{RUN}-b"}]
+        }
         assert httpx.post(f"{url}/v1/infer", json=batch, timeout=10).status_code == 200
         ids.append("log-b")
     finally:

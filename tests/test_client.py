@@ -68,9 +68,9 @@ def test_client_local_cloud_queued_and_errors(
             edge.infer("digits", x[unsure].tolist())
         q = edge.infer("later", x[sure].tolist(), request_id=f"c-q-{RUN}")
         assert (q.route, q.status) == ("queued", "accepted")
-        assert edge.result("c-q").status == "pending"
+        assert edge.result(f"c-q-{RUN}").status == "pending"
         proxy.set_mode("pass")
-        done = edge.wait_for_result("c-q", timeout_s=30)
+        done = edge.wait_for_result(f"c-q-{RUN}", timeout_s=30)
         assert done.status == "done" and done.label is not None
 
 

@@ -56,12 +56,12 @@ def test_request_lines_carry_fixed_fields_and_no_inputs(
             inputs[-1] = MARKER if x[i][-1] == 0 else inputs[-1]  # keep the item valid
             body = {"task": "digits", "inputs": inputs, "request_id": f"log-{RUN}-{n}"}
             assert httpx.post(f"{url}/v1/infer", json=body, timeout=10).status_code == 200
-            ids.append(f"log-{n}")
+            ids.append(f"log-{RUN}-{n}")
         batch = {
             "items": [{"task": "digits", "inputs": x[sure].tolist(), "request_id": f"log-{RUN}-b"}]
         }
         assert httpx.post(f"{url}/v1/infer", json=batch, timeout=10).status_code == 200
-        ids.append("log-b")
+        ids.append(f"log-{RUN}-b")
     finally:
         processes.stop(proc)  # type: ignore[arg-type]
     text = log_path.read_text()

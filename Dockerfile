@@ -9,9 +9,10 @@ COPY edge_node ./edge_node
 COPY cloud_service ./cloud_service
 COPY edgeroute ./edgeroute
 COPY deploy/cloud-entrypoint.sh ./deploy/cloud-entrypoint.sh
-COPY models ./models
 COPY policies ./policies
 RUN pip install --no-cache-dir --no-deps -e .
+# The demo bundles are built from scikit-learn's bundled digits data (no download).
+RUN edgeroute model build-demo /app/models
 RUN useradd --create-home edgeroute && mkdir -p /data && chown edgeroute /data
 USER edgeroute
 EXPOSE 8000 8080

@@ -64,7 +64,7 @@ def test_cloud_service_runs_the_serve_config_on_a_ray_head() -> None:
     assert app["import_path"] == "cloud_service.app:app_builder"
     args = app["args"]
     assert Path(args["bundles_dir"]).relative_to(APP_DIR).parts[:2] == ("models", "cloud")
-    assert (ROOT / Path(args["bundles_dir"]).relative_to(APP_DIR)).is_dir()
+    assert f"edgeroute model build-demo {APP_DIR}/models" in (ROOT / "Dockerfile").read_text()
     mounts = [v.split(":") for v in cloud["volumes"]]
     assert [m[1] for m in mounts] == [args["tokens_file"]]
     assert all(m[0].startswith("./secrets/") and m[2] == "ro" for m in mounts)
@@ -79,7 +79,7 @@ def test_cloud_service_runs_the_serve_config_on_a_ray_head() -> None:
     assert f"cloud:{metrics_port}" in targets
 
 
-def test_edge_service_command_resolves_and_matches_ports_and_paths() -> None:
+def test_edge_service_command_resolves_and_matches_ports_and_paths(demo_bundles_dir: Path) -> None:
     """The edge command parses with the real CLI; it reaches the cloud on the config's
     port, listens where Prometheus scrapes it, keeps data on a volume and mounts a valid
     policy read-only that takes its token from the environment."""
@@ -101,7 +101,7 @@ def test_edge_service_command_resolves_and_matches_ports_and_paths() -> None:
     assert volumes["edge-data"] == opts["--data-dir"] and "edge-data" in compose()["volumes"]
     [policy_src] = [src for src, dst in volumes.items() if dst == f"{opts['--policy']}:ro"]
     policy_file = ROOT / policy_src
-    env = {"EDGEROUTE_MODELS": str(ROOT / "models"), "EDGEROUTE_CLOUD_TOKEN": "x"}
+    env = {"EDGEROUTE_MODELS": str(demo_bundles_dir), "EDGEROUTE_CLOUD_TOKEN": "x"}
     assert edge["environment"]["EDGEROUTE_MODELS"] == f"{APP_DIR}/models"
     policy, _ = load_policy_file(policy_file, env)
     assert policy.cloud.token_env == "EDGEROUTE_CLOUD_TOKEN"

@@ -68,11 +68,15 @@ def test_schema_rejects_a_misspelled_key() -> None:
         jsonschema.validate(data, policy_schema())
 
 
-def test_check_reports_every_problem_and_exits_1(tmp_path: Path) -> None:
+def test_check_reports_every_problem_and_exits_1(tmp_path: Path, demo_bundles_dir: Path) -> None:
     """`policy check` prints all problems with file:line:col and exits 1; a good file exits 0."""
     bad = tmp_path / "bad.yaml"
     bad.write_text(BROKEN)
-    out = CliRunner().invoke(policy, ["check", str(bad), str(POLICIES / "default.yaml")])
+    out = CliRunner().invoke(
+        policy,
+        ["check", str(bad), str(POLICIES / "default.yaml")],
+        env={"EDGEROUTE_MODELS": str(demo_bundles_dir)},  # a clean clone has no models/
+    )
     assert out.exit_code == 1
     text = out.output
     assert f"{bad}:3:3: node.idd: unknown key 'idd'; did you mean 'id'?" in text

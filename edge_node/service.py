@@ -9,6 +9,7 @@ All methods run on one asyncio event loop; disk writes that must precede a respo
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -30,10 +31,6 @@ from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from router.budget import limits_for
 from router.decision import (
-    CONFIDENT,
-    EDGE_ONLY_TASK,
-    PRIVACY_EDGE_ONLY,
-    Connectivity,
     Decision,
     LocalResult,
     NodeState,
@@ -118,6 +115,7 @@ class EdgeService:
         local = active.local_result(item.task_name, probs)
         now = self._clock()
         decision = self._decide(
+            active,
             local,
             item.task,
             now,
@@ -126,7 +124,7 @@ class EdgeService:
         )
         cloud: RerankResult | None = None
         if decision.escalate:
-            decision, cloud = (await self._escalate([(item, local, decision)], t0, now))[0]
+            decision, cloud = (await self._escalate(active, [(item, local, decision)], t0, now))[0]
         if decision.reject:
             raise _budget_rejected()
         if decision.enqueue:
@@ -183,6 +181,7 @@ class EdgeService:
                 it,
                 local,
                 self._decide(
+                    active,
                     local,
                     it.task,
                     now,
@@ -193,7 +192,7 @@ class EdgeService:
             for i, it, local in routed
         ]
         escalating = [(it, local, d) for _, it, local, d in decided if d.escalate]
-        escalated = iter(await self._escalate(escalating, t0, now) if escalating else [])
+        escalated = iter(await self._escalate(active, escalating, t0, now) if escalating else [])
         for i, it, local, decision in decided:
             cloud: RerankResult | None = None
             if decision.escalate:
@@ -234,6 +233,7 @@ class EdgeService:
 
     def _decide(
         self,
+        active: ActivePolicy,
         local: LocalResult,
         task: TaskPolicy,
         now: float,
@@ -244,18 +244,16 @@ class EdgeService:
     ) -> Decision:
         t = self._monotonic()
         conn = "offline" if offline else self.monitor.state
-        cost = self.active.policy.cost
-        # The budget is read from disk only when it can matter: the edge-only and
-        # confident rules come before the budget rule in `decide`.
-        decision = decide(local, _BUDGET_FREE_STATES[conn], task, cost, now, left_ms)
-        if decision.reason not in _BUDGET_FREE_REASONS:
-            state = NodeState(conn, self.budget.ledger(now))
-            decision = decide(local, state, task, cost, now, left_ms, task_name=task_name)
+        # The ledger is read from disk only if `decide` reaches its budget rule.
+        state = NodeState(conn, functools.partial(self.budget.ledger, now))
+        cost = active.policy.cost
+        decision = decide(local, state, task, cost, now, left_ms, task_name=task_name)
         self.metrics.decision_seconds.observe(self._monotonic() - t)
         return decision
 
     async def _escalate(
         self,
+        active: ActivePolicy,
         batch: list[tuple[_Item, LocalResult, Decision]],
         t0: float,
         now: float,
@@ -265,19 +263,25 @@ class EdgeService:
         out: list[tuple[Decision, RerankResult | None]] = []
         if not self.monitor.allow_request():
             return [
-                (self._decide(lo, it.task, now, 0.0, offline=True, task_name=it.task_name), None)
+                (
+                    self._decide(
+                        active, lo, it.task, now, 0.0, offline=True, task_name=it.task_name
+                    ),
+                    None,
+                )
                 for it, lo, _ in batch
             ]
         calls: list[tuple[int, Reservation, RerankItem]] = []
         left_ms = float("inf")
+        cost = active.policy.cost
         for it, local, decision in batch:
-            cost = self.active.policy.cost
             reservation = self.budget.reserve(
                 now, limits=limits_for(cost, it.task, it.task_name), price=cost.price_per_call
             )
             if reservation is None:  # lost the race for the last unit of budget
                 left = it.deadline_ms - self._elapsed_ms(t0)
-                out.append((self._decide(local, it.task, now, left, task_name=it.task_name), None))
+                redecided = self._decide(active, local, it.task, now, left, task_name=it.task_name)
+                out.append((redecided, None))
                 continue
             calls.append(
                 (
@@ -549,11 +553,6 @@ class _Item:
     model: EdgeModel
     x: np.ndarray
     deadline_ms: float
-
-
-_CONNECTIVITIES: tuple[Connectivity, ...] = ("online", "degraded", "offline")
-_BUDGET_FREE_STATES: dict[str, NodeState] = {conn: NodeState(conn) for conn in _CONNECTIVITIES}
-_BUDGET_FREE_REASONS = frozenset({CONFIDENT, EDGE_ONLY_TASK, PRIVACY_EDGE_ONLY})
 
 
 def _sendable_inputs(it: _Item) -> list[float] | None:

@@ -7,6 +7,7 @@ every request (a handful of comparisons). Every decision carries a machine-reada
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -53,10 +54,18 @@ class LocalResult:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """The edge node's state at decision time (a snapshot; the caller owns the live state)."""
+    """The edge node's state at decision time (a snapshot; the caller owns the live state).
+
+    `budget` is the ledger, or a zero-argument function returning it: `decide` calls it only
+    when it reaches the budget rule, so confident and edge-only requests never read it.
+    """
 
     connectivity: Connectivity = "online"
-    budget: BudgetLedger = field(default_factory=BudgetLedger)
+    budget: BudgetLedger | Callable[[], BudgetLedger] = field(default_factory=BudgetLedger)
+
+    def ledger(self) -> BudgetLedger:
+        """The budget ledger (calling the provider if one was given)."""
+        return self.budget if isinstance(self.budget, BudgetLedger) else self.budget()
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +112,7 @@ def decide(
     only); budget; connectivity; deadline. `now` is a UNIX time in seconds (for budget
     periods); `deadline_left_ms` is the time left for this request (defaults to the
     task's `deadline_ms`); `task_name` selects the task's own budgets
-    (`tasks.<name>.budgets`) in `state.budget`.
+    (`tasks.<name>.budgets`) in the ledger.
     """
     conf, thr = local.scores.get(task.score, 0.0), task.threshold
     if task.send == "nothing":
@@ -114,7 +123,7 @@ def decide(
         return Decision("edge", CONFIDENT, conf, thr)
     wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
 
-    spent = state.budget.exhausted(limits_for(cost, task, task_name), cost.price_per_call, now)
+    spent = state.ledger().exhausted(limits_for(cost, task, task_name), cost.price_per_call, now)
     if spent is not None:
         action = cost.on_budget_exhausted
         if action == "queue":

@@ -151,3 +151,20 @@ def test_decide_is_total_and_consistent(
         assert d.route == "edge"
     if d.escalate:
         assert conn != "offline" and calls < 10 and left >= t.min_cloud_ms
+
+
+def test_budget_ledger_is_read_only_when_the_budget_rule_is_reached() -> None:
+    """A ledger provider is not called for confident or edge-only requests, and is called
+    (once) for a request that needs the cloud."""
+    reads: list[int] = []
+
+    def ledger() -> BudgetLedger:
+        reads.append(1)
+        return BudgetLedger()
+
+    state = NodeState("online", ledger)
+    decide(local(0.9), state, task(), CostSettings(), NOW)
+    decide(local(0.0), state, task(placement="edge_only"), CostSettings(), NOW)
+    assert reads == []
+    assert decide(local(0.1), state, task(), CostSettings(), NOW).route == "cloud"
+    assert reads == [1]

@@ -93,7 +93,12 @@ def test_cloud_cut_queues_then_syncs(
     """With the link cut, unsure requests are answered provisionally and queued; when it is
     restored the queue drains and every queued id has a final cloud answer."""
     x, _ = digits_split
-    node = start_edge(_policy(demo_bundles_dir), f"http://127.0.0.1:{proxy.port}")
+    # The breaker stays open longer than the 30 requests take, even on a loaded machine.
+    policy = _policy(demo_bundles_dir).replace(
+        "open_ms: 300, open_max_ms: 1000", "open_ms: 3000, open_max_ms: 3000"
+    )
+    assert "open_ms: 3000" in policy
+    node = start_edge(policy, f"http://127.0.0.1:{proxy.port}")
     unsure = [int(i) for i in np.argsort(edge_margins)[:30]]
     proxy.set_mode("down")
     answers = [node.infer(_body(x, i, rid=f"cut-{i}")).json() for i in unsure]

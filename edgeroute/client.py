@@ -31,8 +31,10 @@ from typing import Any
 import httpx
 import orjson
 from pydantic import TypeAdapter
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
 from edge_node.api_models import InferResponse, ItemError, ResultResponse
+from edge_node.cloud_client import parse_retry_after
 from router.errors import (
     BudgetRejected,
     EdgerouteError,
@@ -91,6 +93,23 @@ class RetryPolicy:
         backoff = self.backoff_initial_s * float(2**attempt)
         return min(self.max_wait_s, max(backoff, retry_after_s or 0.0))
 
+    def tenacity_args(self) -> dict[str, Any]:
+        """The strategy as tenacity arguments: retry 429/503 answers up to `max_retries`
+        times, waiting `wait_s` (Retry-After honoured); when tries run out the last
+        response is returned, not raised. Exceptions are never retried."""
+
+        def wait(state: RetryCallState) -> float:
+            resp = state.outcome.result() if state.outcome is not None else None
+            after = parse_retry_after(resp.headers.get("retry-after")) if resp else None
+            return self.wait_s(state.attempt_number - 1, after)
+
+        return {
+            "retry": retry_if_result(lambda r: r.status_code in _RETRY_STATUSES),
+            "stop": stop_after_attempt(self.max_retries + 1),
+            "wait": wait,
+            "retry_error_callback": lambda state: state.outcome.result(),
+        }
+
 
 _BY_CODE: dict[str, type[InputError]] = {
     "unknown_task": UnknownTask,
@@ -110,7 +129,7 @@ def error_from_response(resp: httpx.Response) -> EdgerouteError:
     field = detail.get("field")
     status = resp.status_code
     if status == 429:
-        after = retry_after_of(resp) or 1.0
+        after = parse_retry_after(resp.headers.get("retry-after")) or 1.0
         cls: type[RetryableRejection] = BudgetRejected if code == "budget_exhausted" else QueueFull
         return cls(message, retry_after_s=after, field=field, code=code)
     if status == 404:
@@ -126,15 +145,6 @@ def error_from_response(resp: httpx.Response) -> EdgerouteError:
 
 def _auth(token: str | None) -> dict[str, str]:
     return {} if token is None else {"Authorization": f"Bearer {token}"}
-
-
-def retry_after_of(resp: httpx.Response) -> float | None:
-    """The response's `Retry-After` in seconds (delta-seconds form), or None."""
-    value = resp.headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
 
 
 def _infer_body(
@@ -242,16 +252,15 @@ class Client:
     def _send(self, method: str, path: str, body: Any) -> httpx.Response:
         content = orjson.dumps(body) if body is not None else None
         headers = {"content-type": "application/json"} if body is not None else None
-        attempt = 0
-        while True:
+
+        def attempt() -> httpx.Response:
             try:
-                resp = self._http.request(method, path, content=content, headers=headers)
+                return self._http.request(method, path, content=content, headers=headers)
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, path) from None
-            if resp.status_code not in _RETRY_STATUSES or attempt >= self._retry.max_retries:
-                return resp
-            self._sleep(self._retry.wait_s(attempt, retry_after_of(resp)))
-            attempt += 1
+
+        resp: httpx.Response = Retrying(sleep=self._sleep, **self._retry.tenacity_args())(attempt)
+        return resp
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -330,16 +339,16 @@ class AsyncClient:
     async def _send(self, method: str, path: str, body: Any) -> httpx.Response:
         content = orjson.dumps(body) if body is not None else None
         headers = {"content-type": "application/json"} if body is not None else None
-        attempt = 0
-        while True:
+
+        async def attempt() -> httpx.Response:
             try:
-                resp = await self._http.request(method, path, content=content, headers=headers)
+                return await self._http.request(method, path, content=content, headers=headers)
             except httpx.HTTPError as exc:
                 raise _transport_error(exc, path) from None
-            if resp.status_code not in _RETRY_STATUSES or attempt >= self._retry.max_retries:
-                return resp
-            await self._sleep(self._retry.wait_s(attempt, retry_after_of(resp)))
-            attempt += 1
+
+        retrying = AsyncRetrying(sleep=self._sleep, **self._retry.tenacity_args())
+        resp: httpx.Response = await retrying(attempt)
+        return resp
 
     async def aclose(self) -> None:
         """Close the connection pool."""

@@ -18,6 +18,43 @@ CLOUD_TOKEN = "test-token"
 CLOUD_NODE = "test-node"
 
 
+RETRY = "{max_attempts: 2, backoff_initial_ms: 10, backoff_max_ms: 50}"
+BREAKER = "{failure_threshold: 2, open_ms: 300, open_max_ms: 1000, probe_interval_ms: 100}"
+
+
+def policy_head(
+    *,
+    queue: str = "max_items: 10000\n  max_bytes: 67108864\n  on_full: reject",
+    sync: str = "batch_size: 32\n  interval_ms: 50",
+    cost: str = "price_per_call: 0.01",
+    retry: str = RETRY,
+    breaker: str = BREAKER,
+    connect_timeout_ms: int = 200,
+    request_timeout_ms: int = 2000,
+) -> str:
+    """Every section of a test policy but `tasks`: this node (`CLOUD_NODE`, token from
+    EDGEROUTE_TEST_TOKEN), the cloud settings, and the `queue`/`sync`/`cost` bodies (YAML
+    lines indented by 2 after the first). The caller appends `tasks:`."""
+    return f"""\
+version: 1
+node:
+  id: {CLOUD_NODE}
+cloud:
+  url: http://127.0.0.1:9
+  token_env: EDGEROUTE_TEST_TOKEN
+  connect_timeout_ms: {connect_timeout_ms}
+  request_timeout_ms: {request_timeout_ms}
+  retry: {retry}
+  breaker: {breaker}
+queue:
+  {queue}
+sync:
+  {sync}
+cost:
+  {cost}
+"""
+
+
 def policy_text(
     edge_bundle: Path,
     *,
@@ -28,30 +65,15 @@ def policy_text(
     cost: str = "",
     threshold: float = 0.6,
 ) -> str:
-    """A policy for tests: task `digits` (hybrid) plus optional extra task blocks."""
+    """A policy for tests: task `digits` (hybrid) plus optional extra task blocks; `sync` and
+    `cost` are extra lines (indented by 2) of those sections."""
+    head = policy_head(
+        queue=f"max_items: {max_items}\n  max_bytes: 67108864\n  on_full: {on_full}",
+        sync="batch_size: 32\n  interval_ms: 50\n" + sync.rstrip("\n"),
+        cost="price_per_call: 0.01\n" + cost.rstrip("\n"),
+    )
     return f"""\
-version: 1
-node:
-  id: {CLOUD_NODE}
-cloud:
-  url: http://127.0.0.1:9
-  token_env: EDGEROUTE_TEST_TOKEN
-  connect_timeout_ms: 200
-  request_timeout_ms: 2000
-  retry: {{max_attempts: 2, backoff_initial_ms: 10, backoff_max_ms: 50}}
-  breaker: {{failure_threshold: 2, open_ms: 300, open_max_ms: 1000, probe_interval_ms: 100}}
-queue:
-  max_items: {max_items}
-  max_bytes: 67108864
-  on_full: {on_full}
-sync:
-  batch_size: 32
-  interval_ms: 50
-{sync}
-cost:
-  price_per_call: 0.01
-{cost}
-tasks:
+{head}tasks:
   digits:
     edge_bundle: {edge_bundle}
     threshold: {threshold}

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN
+from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, policy_head
 
 
 def offline_policy(
@@ -26,22 +26,16 @@ def offline_policy(
 ) -> str:
     """A policy with task `later` (cloud_first, answer_and_queue: every request needs the
     cloud) plus `tasks` (extra YAML task blocks, indented by 2)."""
+    head = policy_head(
+        queue=queue,
+        sync=sync,
+        retry=retry,
+        breaker=breaker,
+        request_timeout_ms=request_timeout_ms,
+        cost="price_per_call: 0.0",
+    )
     return f"""\
-version: 1
-node:
-  id: {CLOUD_NODE}
-cloud:
-  url: http://127.0.0.1:9
-  token_env: EDGEROUTE_TEST_TOKEN
-  connect_timeout_ms: 200
-  request_timeout_ms: {request_timeout_ms}
-  retry: {retry}
-  breaker: {breaker}
-queue:
-  {queue}
-sync:
-  {sync}
-tasks:
+{head}tasks:
   later:
     edge_bundle: {edge_bundle}
     cloud_task: digits

@@ -20,7 +20,7 @@ import orjson
 import pytest
 
 from edgeroute.netproxy import ThreadedFaultProxy
-from tests.edge_fixtures import CLOUD_NODE, EdgeNode
+from tests.edge_fixtures import EdgeNode, policy_head
 from tests.offline_support import wait_until
 
 DEADLINE_MS = 300
@@ -34,30 +34,18 @@ PROBE_MS = 100
 def _policy(edge_bundle: Path) -> str:
     """Task `live`: cloud_first (every request escalates), answered locally when the cloud
     fails or is known down, never queued (so the sync worker makes no cloud calls)."""
+    head = policy_head(
+        connect_timeout_ms=100,
+        retry=f"{{max_attempts: {MAX_ATTEMPTS}, backoff_initial_ms: 10, backoff_max_ms: 40}}",
+        breaker=(
+            f"{{failure_threshold: {FAILURES_TO_OPEN}, open_ms: {OPEN_MS}, open_max_ms: 1500, "
+            f"probe_interval_ms: {PROBE_MS}, failure_ratio: null}}"
+        ),
+        queue="max_items: 1000\n  max_bytes: 67108864\n  on_full: reject",
+        cost="price_per_call: 0.0",
+    )
     return f"""\
-version: 1
-node:
-  id: {CLOUD_NODE}
-cloud:
-  url: http://127.0.0.1:9
-  token_env: EDGEROUTE_TEST_TOKEN
-  connect_timeout_ms: 100
-  request_timeout_ms: 2000
-  retry: {{max_attempts: {MAX_ATTEMPTS}, backoff_initial_ms: 10, backoff_max_ms: 40}}
-  breaker:
-    failure_threshold: {FAILURES_TO_OPEN}
-    open_ms: {OPEN_MS}
-    open_max_ms: 1500
-    probe_interval_ms: {PROBE_MS}
-    failure_ratio: null
-queue:
-  max_items: 1000
-  max_bytes: 67108864
-  on_full: reject
-sync:
-  batch_size: 32
-  interval_ms: 50
-tasks:
+{head}tasks:
   live:
     edge_bundle: {edge_bundle}
     cloud_task: digits

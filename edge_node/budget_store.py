@@ -18,6 +18,7 @@ from typing import Literal
 
 import diskcache
 
+from edge_node.durable_cache import open_durable_cache
 from router.budget import NODE_DAY, BudgetLedger, BudgetState, Limit, limits_for
 from router.errors import EdgerouteError
 from router.policy import CostSettings
@@ -80,7 +81,7 @@ class BudgetStore:
         self._clock = clock
         self._lock = threading.Lock()
         try:
-            self._cache = diskcache.Cache(str(directory), eviction_policy="none")
+            self._cache = open_durable_cache(directory)
         except (OSError, sqlite3.Error) as exc:
             raise BudgetStoreError(f"cannot open budget store: {exc}") from exc
 

@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import diskcache
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge_node.durable_cache import open_durable_cache
 from edge_node.group_commit import GroupCommitter
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
@@ -42,7 +42,6 @@ from router.policy import QueueSettings
 _SEQ_KEY = "m:next_seq"
 _ITEM_PREFIX = "q:"
 _MAX_ERROR_CHARS = 500
-_SYNCHRONOUS = {"os_crash_safe": 1, "per_write": 2}
 
 
 class QueuedItem(BaseModel):
@@ -112,15 +111,7 @@ class DurableQueue:
         self._retry_after_s = retry_after_s
         self._lock = threading.RLock()
         try:
-            self._cache = diskcache.Cache(
-                str(directory),
-                eviction_policy="none",
-                cull_limit=0,
-                size_limit=2**62,
-                sqlite_synchronous=_SYNCHRONOUS[settings.fsync],
-                sqlite_journal_mode="wal",
-                disk_min_file_size=2**40,  # keep every payload inside SQLite
-            )
+            self._cache = open_durable_cache(directory, settings.fsync)
         except Exception as exc:  # sqlite3 / OSError, mapped at the boundary
             raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
         self._entries: dict[str, _Entry] = {}  # request_id -> entry, in seq order

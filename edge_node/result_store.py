@@ -20,9 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import diskcache
 import orjson
 
+from edge_node.durable_cache import open_durable_cache
 from router.errors import EdgerouteError
 from router.policy import Durability
 
@@ -57,15 +57,7 @@ class ResultStore:
         self._clock = clock
         self._lock = threading.RLock()
         try:
-            self._cache = diskcache.Cache(
-                str(directory),
-                eviction_policy="none",
-                cull_limit=0,
-                size_limit=2**62,
-                sqlite_synchronous=2 if fsync == "per_write" else 1,
-                sqlite_journal_mode="wal",
-                disk_min_file_size=2**40,
-            )
+            self._cache = open_durable_cache(directory, fsync)
         except Exception as exc:
             raise ResultStoreError(f"cannot open result store at {directory}: {exc}") from exc
         # request_id -> (status, updated_at), ordered by updated_at (re-inserted on update)

@@ -87,7 +87,7 @@ def parse_policy(
     data = _to_python(root, (), marks, issues, env if env is not None else {}, source)
     if not isinstance(data, dict):
         raise PolicyError(
-            [PolicyIssue("", "the top level must be a mapping of keys", source, 1, 1)]
+            [*issues, PolicyIssue("", "the top level must be a mapping of keys", source, 1, 1)]
         )
     policy: Policy | None = None
     try:
@@ -209,9 +209,15 @@ def _to_python(
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader("").construct_object(key_node)
-            sub = (*path, key)
             line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
+            if not isinstance(key_node, yaml.ScalarNode):
+                msg = "a key must be a plain name, not a list or mapping"
+                issues.append(PolicyIssue(_dotted(path), msg, source, line, col))
+                continue
+            key = _construct(key_node, path, issues, source)
+            if key is None:
+                continue
+            sub = (*path, key)
             if key in out:
                 first = marks.get(sub, (None, None))[0]
                 issues.append(
@@ -232,10 +238,23 @@ def _to_python(
         return [
             _to_python(v, (*path, i), marks, issues, env, source) for i, v in enumerate(node.value)
         ]
-    value = yaml.SafeLoader("").construct_object(node)
+    value = _construct(node, path, issues, source)
     if isinstance(value, str) and "${" in value:
         value = _substitute(value, path, marks, issues, env, source)
     return value
+
+
+def _construct(node: yaml.Node, path: Path, issues: list[PolicyIssue], source: str) -> Any:
+    """A scalar node's value, or None with an issue when the safe loader cannot build it
+    (a custom tag such as `!secret`)."""
+    try:
+        return yaml.SafeLoader("").construct_object(node)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        msg = f"cannot read this value: {problem} (custom YAML tags are not allowed)"
+        mark = node.start_mark
+        issues.append(PolicyIssue(_dotted(path), msg, source, mark.line + 1, mark.column + 1))
+        return None
 
 
 def _substitute(

@@ -89,6 +89,8 @@ BROKEN = [
         10,
         "environment variable NOPE_UNSET is referenced but not set",
     ),
+    ("unknown_yaml_tag", ("id: n1", "id: !secret n1"), 3, "custom YAML tags are not allowed"),
+    ("non_scalar_key", ("  id: n1", "  id: n1\n  [a, b]: 1"), 4, "a key must be a plain name"),
     ("bad_yaml", ("  id: n1", "  id: [n1"), 4, "not valid YAML"),
     ("bad_node_id", ("id: n1", "id: 'has space'"), 3, "should match pattern"),
     ("unknown_version", ("version: 1", "version: 2"), 1, "allowed: 1"),

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_node.bundle import LoadedBundle, load_bundle
+from edge_node.ort_call import Runner, direct_runner
 from router.errors import BundleError, InputError
 from router.manifest import InputSpec
 
@@ -30,6 +31,7 @@ class EdgeModel:
         "_item_size",
         "_labels",
         "_output_names",
+        "_runner",
     )
 
     def __init__(self, bundle: LoadedBundle) -> None:
@@ -42,6 +44,7 @@ class EdgeModel:
         self._dtype = np.dtype(spec.dtype)
         self._output_names = [bundle.manifest.output.name]
         self._labels = tuple(bundle.manifest.labels)
+        self._runner: Runner = direct_runner(bundle.session)
 
     @classmethod
     def load(cls, path: str | Path) -> EdgeModel:
@@ -105,10 +108,14 @@ class EdgeModel:
 
     def _run(self, arr: npt.NDArray[np.generic]) -> FloatArray:
         try:
-            out = self._bundle.session.run(self._output_names, {self._input_name: arr})[0]
+            out = self._runner(self._output_names, {self._input_name: arr})[0]
         except Exception as exc:  # onnxruntime's own exception types
             raise BundleError(f"model {self.task}@{self.version} failed to run: {exc}") from None
-        probs: FloatArray = np.asarray(out, dtype=np.float32)
+        probs: FloatArray = (
+            out
+            if isinstance(out, np.ndarray) and out.dtype == np.float32
+            else np.asarray(out, dtype=np.float32)
+        )
         if probs.shape != (arr.shape[0], len(self._labels)):
             raise BundleError(
                 f"model {self.task}@{self.version} returned shape {list(probs.shape)}, "

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,7 @@ from router.errors import (
     UnknownTask,
 )
 from router.inputs import coerce_inputs
+from router.local_result import complete_scores, local_result
 from router.policy import TaskPolicy
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult, WireCandidate
 
@@ -81,7 +83,7 @@ class EdgeService:
         metrics: EdgeMetrics,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.perf_counter,
-        new_id: Callable[[], str] = lambda: uuid.uuid4().hex,
+        new_id: Callable[[], str] | None = None,
         sample: Callable[[], bool] = lambda: False,
     ) -> None:
         """Wire the node's parts. `sample()` says whether to write this request's log line
@@ -96,7 +98,7 @@ class EdgeService:
         self.metrics = metrics
         self._clock = clock
         self._monotonic = monotonic
-        self._new_id = new_id
+        self._new_id = new_id or request_ids()
         self._sample = sample
         self.cloud_calls = 0
         metrics.watch(self.levels)
@@ -112,7 +114,9 @@ class EdgeService:
         t_inf = self._monotonic()
         probs = item.model.predict(item.x.reshape(1, -1))[0].tolist()
         self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
-        local = active.local_result(item.task_name, probs)
+        local = local_result(
+            probs, item.model.labels, item.task, active.learned.get(item.task_name)
+        )
         now = self._clock()
         decision = self._decide(
             active,
@@ -129,7 +133,7 @@ class EdgeService:
             raise _budget_rejected()
         if decision.enqueue:
             decision = await self._enqueue(item, local, decision, now)
-        return self._answer(active, item, decision, local, cloud, t0)
+        return self._answer(active, item, decision, local, probs, cloud, t0)
 
     async def infer_batch(self, items: Sequence[InferRequest | EdgerouteError]) -> Answer:
         """Answer a batch: `{"results": [...]}` in item order, always status 200.
@@ -165,14 +169,14 @@ class EdgeService:
             seen.add(item.rid)
             groups.setdefault(item.task_name, []).append((i, item))
 
-        routed: list[tuple[int, _Item, LocalResult]] = []
-        for group in groups.values():
-            model = group[0][1].model
+        routed: list[tuple[int, _Item, LocalResult, list[float]]] = []
+        for name, group in groups.items():
+            model, task, learned = group[0][1].model, group[0][1].task, active.learned.get(name)
             t_inf = self._monotonic()
             probs = model.predict(np.stack([it.x for _, it in group]))
             self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
             for (i, it), row in zip(group, probs.tolist(), strict=True):
-                routed.append((i, it, active.local_result(it.task_name, row)))
+                routed.append((i, it, local_result(row, model.labels, task, learned), row))
 
         now = self._clock()
         decided = [
@@ -180,6 +184,7 @@ class EdgeService:
                 i,
                 it,
                 local,
+                row,
                 self._decide(
                     active,
                     local,
@@ -189,11 +194,11 @@ class EdgeService:
                     task_name=it.task_name,
                 ),
             )
-            for i, it, local in routed
+            for i, it, local, row in routed
         ]
-        escalating = [(it, local, d) for _, it, local, d in decided if d.escalate]
+        escalating = [(it, local, d) for _, it, local, _, d in decided if d.escalate]
         escalated = iter(await self._escalate(active, escalating, t0, now) if escalating else [])
-        for i, it, local, decision in decided:
+        for i, it, local, row, decision in decided:
             cloud: RerankResult | None = None
             if decision.escalate:
                 decision, cloud = next(escalated)
@@ -205,7 +210,7 @@ class EdgeService:
             except EdgerouteError as exc:
                 out[i] = item_error(exc, it.rid)
                 continue
-            out[i] = self._answer(active, it, decision, local, cloud, t0).body
+            out[i] = self._answer(active, it, decision, local, row, cloud, t0).body
         return Answer(200, {"results": out})
 
     def batch_limit(self, task_names: Iterable[str]) -> int:
@@ -378,6 +383,7 @@ class EdgeService:
         it: _Item,
         decision: Decision,
         local: LocalResult,
+        probs: list[float],
         cloud: RerankResult | None,
         t0: float,
     ) -> Answer:
@@ -394,26 +400,20 @@ class EdgeService:
         else:
             label, score, cands = None, None, []
         self.metrics.request_done(it.task_name, decision.route, decision.reason, latency_ms / 1e3)
+        # The record is built (validated, all scores computed) by the log's writer thread.
         self.decisions.write(
-            DecisionRecord(
-                ts=self._clock(),
-                request_id=it.rid,
-                task=it.task_name,
-                policy_revision=active.revision,
-                model_version=version,
-                scores=local.scores,
-                edge_candidates=[{"label": c.label, "score": c.score} for c in local.candidates],
-                route=decision.route,
-                reason=decision.reason,
-                final_label=label,
-                cloud_label=cloud.label if cloud is not None else None,
-                cloud_candidates=(
-                    tuple(WireCandidate(label=c.label, score=c.score) for c in cloud.candidates)
-                    if cloud is not None
-                    else None
-                ),
-                budget=decision.budget,
-                latency_ms=latency_ms,
+            functools.partial(
+                _decision_record,
+                self._clock(),
+                it,
+                active.revision,
+                version,
+                decision,
+                local,
+                probs,
+                label,
+                cloud,
+                latency_ms,
             )
         )
         if self._sample():
@@ -427,6 +427,7 @@ class EdgeService:
                 model_version=version,
                 policy_revision=active.revision,
             )
+        answered = decision.answer_now or cloud is not None
         body: dict[str, Any] = {
             "request_id": it.rid,
             "task": it.task_name,
@@ -438,12 +439,12 @@ class EdgeService:
             "model_version": version,
             "latency_ms": round(latency_ms, 3),
             "final": decision.final,
-            "status": "answered" if decision.answer_now or cloud is not None else "accepted",
+            "status": "answered" if answered else "accepted",
             "policy_revision": active.revision,
         }
         if decision.budget is not None:
             body["budget"] = decision.budget
-        return Answer(200 if body["status"] == "answered" else 202, body)
+        return Answer(200 if answered else 202, body)
 
     def _elapsed_ms(self, t0: float) -> float:
         return (self._monotonic() - t0) * 1000.0
@@ -553,6 +554,50 @@ class _Item:
     model: EdgeModel
     x: np.ndarray
     deadline_ms: float
+
+
+def _decision_record(
+    ts: float,
+    it: _Item,
+    revision: str,
+    version: str,
+    decision: Decision,
+    local: LocalResult,
+    probs: list[float],
+    final_label: str | None,
+    cloud: RerankResult | None,
+    latency_ms: float,
+) -> DecisionRecord:
+    """The decision-log record of one answered request (run by the log's writer thread).
+    Raises pydantic.ValidationError if a field is out of its schema."""
+    return DecisionRecord(
+        ts=ts,
+        request_id=it.rid,
+        task=it.task_name,
+        policy_revision=revision,
+        model_version=version,
+        scores=complete_scores(probs, local.scores),
+        edge_candidates=tuple(
+            WireCandidate(label=c.label, score=c.score) for c in local.candidates
+        ),
+        route=decision.route,
+        reason=decision.reason,
+        final_label=final_label,
+        cloud_label=cloud.label if cloud is not None else None,
+        cloud_candidates=cloud.candidates if cloud is not None else None,
+        budget=decision.budget,
+        latency_ms=latency_ms,
+    )
+
+
+def request_ids() -> Callable[[], str]:
+    """A generator of request ids for requests that bring none: 32 hex digits, a random
+    64-bit prefix per process then a counter, so ids are unique across restarts and
+    nodes (with the odds of a 64-bit collision) and cost a fraction of a uuid4.
+    Thread-safe (itertools.count is atomic under the GIL)."""
+    prefix = os.urandom(8).hex()
+    counter = itertools.count(1)
+    return lambda: f"{prefix}{next(counter):016x}"
 
 
 def _sendable_inputs(it: _Item) -> list[float] | None:

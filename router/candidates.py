@@ -9,7 +9,8 @@ from router.decision import Candidate
 
 def top_k(probs: Sequence[float], labels: Sequence[str], k: int) -> tuple[Candidate, ...]:
     """The `k` most probable labels, best first; ties keep label order."""
-    order = sorted(range(len(probs)), key=lambda i: -probs[i])[: max(1, k)]
+    # reverse=True keeps the sort stable: equal probabilities stay in label order
+    order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: max(1, k)]
     return tuple(Candidate(labels[i], float(probs[i])) for i in order)
 
 

@@ -7,6 +7,7 @@ without the batch axis. Every fault raises `InputError` naming the field and wha
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,30 @@ def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.nda
             f"list of shape {_shape_str(spec)}}}; got {type(raw).__name__}",
             field=field,
         )
+    if _surely_valid(arr, spec):
+        return arr
+    _check_values(arr, spec, field)
+    return arr
+
+
+def _surely_valid(arr: np.ndarray, spec: InputSpec) -> bool:
+    """A fast sufficient test (two or one C-level passes) that every value is finite where
+    required and inside the spec's range; False means "check each value" (exact)."""
+    lo, hi = spec.min_value, spec.max_value
+    if arr.size == 0:
+        return True
+    if lo is not None and hi is not None:
+        # NaN propagates through minimum/maximum and fails both comparisons.
+        return bool(lo <= np.minimum.reduce(arr) and np.maximum.reduce(arr) <= hi)
+    if lo is not None or hi is not None:
+        return False
+    # A finite sum means every value is finite (an overflowing sum only costs the slow path).
+    return spec.allow_non_finite or math.isfinite(np.add.reduce(arr, dtype=np.float64))
+
+
+def _check_values(arr: np.ndarray, spec: InputSpec, field: str) -> None:
+    """Raise InputError for the first value that is non-finite (unless allowed) or out of
+    the spec's range."""
     if not spec.allow_non_finite and not np.isfinite(arr).all():
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
@@ -63,7 +88,6 @@ def coerce_inputs(raw: Any, spec: InputSpec, *, field: str = "inputs") -> np.nda
                     f"[{spec.min_value}, {spec.max_value}]",
                     field=f"{field}[{i}]",
                 )
-    return arr
 
 
 def _flat_array(raw: list[Any], size: int, field: str) -> np.ndarray:

@@ -173,3 +173,17 @@ def test_write_is_cheap(tmp_path: Path) -> None:
             log.write(rec)
         per_write_us = (time.perf_counter() - t0) / 10_000 * 1e6
     assert per_write_us < 20.0, per_write_us
+
+
+def test_deferred_records_are_built_by_the_writer(tmp_path: Path) -> None:
+    """A record given as a builder is built at flush; one whose builder raises is dropped
+    and counted, and the others are still written in order."""
+    dlog = DecisionLog(tmp_path, background=False)
+    dlog.write(lambda: _record(1))
+    dlog.write(lambda: _record(2, latency_ms=-1.0))  # invalid: latency_ms >= 0
+    dlog.write(_record(3))
+    dlog.flush()
+    assert [r.request_id for r in read_decision_log(tmp_path)] == ["req-1", "req-3"]
+    stats = dlog.stats()
+    assert (stats.written, stats.dropped) == (2, 1)
+    dlog.close()

@@ -53,3 +53,35 @@ def test_non_finite_allowed_by_spec() -> None:
     """allow_non_finite lets NaN through (the policy opted in)."""
     spec = InputSpec(name="input", shape=[None, 2], allow_non_finite=True)
     assert len(coerce_inputs([float("nan"), 1.0], spec)) == 2
+
+
+@pytest.mark.parametrize(
+    ("spec", "raw", "field"),
+    [
+        (SPEC, [1, float("inf"), 3, 4], "inputs[1]"),
+        (SPEC, [1, 2, 3, float("-inf")], "inputs[3]"),
+        (InputSpec(name="input", shape=[None, 2]), [1.0, float("nan")], "inputs[1]"),
+        (InputSpec(name="input", shape=[None, 2], min_value=0), [float("nan"), 1.0], "inputs[0]"),
+    ],
+)
+def test_fast_value_check_never_lets_a_bad_value_through(
+    spec: InputSpec, raw: list[float], field: str
+) -> None:
+    """The one-pass value check still names the first non-finite value for every spec shape."""
+    with pytest.raises(InputError) as info:
+        coerce_inputs(raw, spec)
+    assert info.value.field == field
+
+
+def test_non_finite_allowed_inside_a_range_spec() -> None:
+    """With limits and allow_non_finite, NaN passes and in-range numbers are kept."""
+    spec = InputSpec(name="input", shape=[None, 2], min_value=0, max_value=1, allow_non_finite=True)
+    out = coerce_inputs([float("nan"), 0.5], spec)
+    assert out[1] == 0.5
+
+
+def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
+    """Finite values whose float sum overflows take the exact path and are accepted."""
+    spec = InputSpec(name="input", shape=[None, 3])
+    big = 3.0e38
+    assert coerce_inputs([big, big, big], spec).tolist() == pytest.approx([big, big, big])

@@ -10,6 +10,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+
+class Body(BaseModel):
+    """The request body: one flat input vector."""
+
+    inputs: list[float]
+
 
 def build_app(bundle: Path) -> Any:
     """The baseline app serving the bundle's model.onnx with the same session options."""
@@ -18,8 +26,6 @@ def build_app(bundle: Path) -> Any:
     import numpy as np
     import onnxruntime as ort
     from fastapi import FastAPI
-    from fastapi.responses import ORJSONResponse
-    from pydantic import BaseModel
 
     from edge_node.bundle import session_options
 
@@ -32,17 +38,14 @@ def build_app(bundle: Path) -> Any:
     )
     name = sess.get_inputs()[0].name
 
-    class Body(BaseModel):
-        inputs: list[float]
-
     app = FastAPI()
 
     @app.post("/infer")
-    async def infer(body: Body) -> ORJSONResponse:
+    async def infer(body: Body) -> dict[str, Any]:
         x = np.asarray(body.inputs, dtype=np.float32).reshape(1, -1)
-        probs = sess.run(None, {name: x})[0][0]
+        probs = sess.run(["probabilities"], {name: x})[0][0]
         i = int(np.argmax(probs))
-        return ORJSONResponse({"label": labels[i], "score": float(probs[i])})
+        return {"label": labels[i], "score": float(probs[i])}
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

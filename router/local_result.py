@@ -1,0 +1,45 @@
+"""From one probability vector to the `LocalResult` that `decide` needs (pure).
+
+Only the scores a decision reads are computed here: the task's own score, or every
+registered score when the task uses a learned score (whose features are all of them).
+The decision log fills in the rest later, off the request path (`complete_scores`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from router.candidates import top_k
+from router.decision import LocalResult
+from router.learned_score import LearnedScore
+from router.policy import TaskPolicy
+from router.scores import SCORERS, all_scores
+
+
+def local_result(
+    probs: Sequence[float],
+    labels: Sequence[str],
+    task: TaskPolicy,
+    learned: LearnedScore | None = None,
+) -> LocalResult:
+    """The edge's top-k (`task.top_k`) and the score(s) `decide` reads for `task`.
+
+    With `learned`, every registered score plus `learned`; otherwise the task's score
+    only (a name not registered, e.g. `learned` without a model, is left out and decides
+    as 0.0). Pure and thread-safe.
+    """
+    cands = top_k(probs, labels, task.top_k)
+    if learned is not None:
+        scores = all_scores(probs)
+        scores["learned"] = learned.score(scores, [(c.label, c.score) for c in cands])
+        return LocalResult(cands, scores)
+    scorer = SCORERS.get(task.score)
+    return LocalResult(cands, {} if scorer is None else {task.score: scorer(probs)})
+
+
+def complete_scores(probs: Sequence[float], scores: dict[str, float]) -> dict[str, float]:
+    """Every registered score of `probs`, with the ones already computed (`scores`, e.g.
+    a learned score) kept as they are. Pure."""
+    out = all_scores(probs)
+    out.update(scores)
+    return out

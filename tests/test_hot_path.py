@@ -1,0 +1,57 @@
+"""The local answer's hot-path parts give the same answers as the plain, slower calls."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+
+from edge_node.model_runner import EdgeModel
+from edge_node.ort_call import direct_runner
+from edge_node.service import request_ids
+
+
+def test_direct_runner_matches_session_run(demo_bundles_dir: Path) -> None:
+    """The bound-runner call returns exactly what InferenceSession.run returns."""
+    model = EdgeModel.load(demo_bundles_dir / "edge" / "digits")
+    sess = model.bundle.session
+    x = np.random.default_rng(0).uniform(0, 16, size=(5, 64)).astype(np.float32)
+    want = sess.run(["probabilities"], {"input": x})[0]
+    got = direct_runner(sess)(["probabilities"], {"input": x})[0]
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(model.predict(x), want)
+
+
+def test_direct_runner_falls_back_to_public_run() -> None:
+    """A session object without the bound runner is called through its public `run`."""
+
+    class Plain:
+        def run(self, names: list[str], feeds: dict[str, object]) -> list[object]:
+            return [names, sorted(feeds)]
+
+    assert direct_runner(Plain())(("p",), {"input": 1}) == [["p"], ["input"]]
+
+
+def test_request_ids_are_unique_hex_and_differ_between_generators() -> None:
+    """Generated ids are 32 hex digits, never repeat, and two processes' prefixes differ."""
+    gen_a, gen_b = request_ids(), request_ids()
+    ids = [gen_a() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids[:100])
+    assert gen_b()[:16] != ids[0][:16]
+
+
+def test_fastapi_baseline_answers_with_the_models_label(demo_bundles_dir: Path) -> None:
+    """The benchmark's hand-written baseline really answers (200, the model's label)."""
+    from benchmarks.baselines.fastapi_onnx import build_app
+
+    bundle = demo_bundles_dir / "edge" / "digits"
+    x = np.random.default_rng(1).uniform(0, 16, size=64).astype(np.float32)
+    model = EdgeModel.load(bundle)
+    want = model.labels[int(np.argmax(model.predict(x.reshape(1, -1))[0]))]
+    with TestClient(build_app(bundle)) as client:
+        r = client.post("/infer", json={"inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    assert r.json()["label"] == want

@@ -25,12 +25,12 @@ from edge_node.api_models import InferRequest
 from edge_node.budget_store import BudgetStore, Reservation
 from edge_node.cloud_client import CloudClient
 from edge_node.connectivity import ConnectivityMonitor
-from edge_node.decision_log import DecisionLog, DecisionRecord
+from edge_node.decision_log import DecisionLog
 from edge_node.metrics import EdgeMetrics, NodeLevels
 from edge_node.model_runner import EdgeModel
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
-from router.budget import limits_for
+from router.budget import BudgetLedger, limits_for
 from router.decision import (
     Decision,
     LocalResult,
@@ -54,7 +54,7 @@ from router.errors import (
 from router.inputs import coerce_inputs
 from router.local_result import complete_scores, local_result
 from router.policy import TaskPolicy
-from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult, WireCandidate
+from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
 
 log = structlog.get_logger("edgeroute.edge")
 
@@ -179,6 +179,7 @@ class EdgeService:
                 routed.append((i, it, local_result(row, model.labels, task, learned), row))
 
         now = self._clock()
+        ledger = functools.cache(functools.partial(self.budget.ledger, now))  # one read per batch
         decided = [
             (
                 i,
@@ -192,25 +193,36 @@ class EdgeService:
                     now,
                     it.deadline_ms - self._elapsed_ms(t0),
                     task_name=it.task_name,
+                    ledger=ledger,
                 ),
             )
             for i, it, local, row in routed
         ]
         escalating = [(it, local, d) for _, it, local, _, d in decided if d.escalate]
         escalated = iter(await self._escalate(active, escalating, t0, now) if escalating else [])
+        final: list[tuple[int, _Item, LocalResult, list[float], Decision, RerankResult | None]] = []
         for i, it, local, row, decision in decided:
             cloud: RerankResult | None = None
             if decision.escalate:
                 decision, cloud = next(escalated)
-            try:
-                if decision.reject:
-                    raise _budget_rejected()
-                if decision.enqueue:
-                    decision = await self._enqueue(it, local, decision, now)
-            except EdgerouteError as exc:
-                out[i] = item_error(exc, it.rid)
+            if decision.reject:
+                out[i] = item_error(_budget_rejected(), it.rid)
                 continue
-            out[i] = self._answer(active, it, decision, local, row, cloud, t0).body
+            final.append((i, it, local, row, decision, cloud))
+        # The items to queue are put concurrently: the queue group-commits them together.
+        queued = await asyncio.gather(
+            *(self._enqueue(it, lo, d, now) for _, it, lo, _, d, _ in final if d.enqueue),
+            return_exceptions=True,
+        )
+        outcomes = iter(queued)
+        for i, it, local, row, decision, cloud in final:
+            done: Decision | BaseException = next(outcomes) if decision.enqueue else decision
+            if isinstance(done, EdgerouteError):
+                out[i] = item_error(done, it.rid)
+            elif isinstance(done, BaseException):
+                raise done
+            else:
+                out[i] = self._answer(active, it, done, local, row, cloud, t0).body
         return Answer(200, {"results": out})
 
     def batch_limit(self, task_names: Iterable[str]) -> int:
@@ -246,11 +258,12 @@ class EdgeService:
         *,
         offline: bool = False,
         task_name: str | None = None,
+        ledger: Callable[[], BudgetLedger] | None = None,
     ) -> Decision:
         t = self._monotonic()
         conn = "offline" if offline else self.monitor.state
         # The ledger is read from disk only if `decide` reaches its budget rule.
-        state = NodeState(conn, functools.partial(self.budget.ledger, now))
+        state = NodeState(conn, ledger or functools.partial(self.budget.ledger, now))
         cost = active.policy.cost
         decision = decide(local, state, task, cost, now, left_ms, task_name=task_name)
         self.metrics.decision_seconds.observe(self._monotonic() - t)
@@ -567,27 +580,31 @@ def _decision_record(
     final_label: str | None,
     cloud: RerankResult | None,
     latency_ms: float,
-) -> DecisionRecord:
-    """The decision-log record of one answered request (run by the log's writer thread).
-    Raises pydantic.ValidationError if a field is out of its schema."""
-    return DecisionRecord(
-        ts=ts,
-        request_id=it.rid,
-        task=it.task_name,
-        policy_revision=revision,
-        model_version=version,
-        scores=complete_scores(probs, local.scores),
-        edge_candidates=tuple(
-            WireCandidate(label=c.label, score=c.score) for c in local.candidates
+) -> dict[str, Any]:
+    """The decision-log record of one answered request, in DecisionRecord's JSON shape
+    (built by the log's writer thread; tests check it validates as a DecisionRecord)."""
+    return {
+        "ts": ts,
+        "request_id": it.rid,
+        "task": it.task_name,
+        "policy_revision": revision,
+        "model_version": version,
+        "scores": complete_scores(probs, local.scores),
+        "edge_candidates": [{"label": c.label, "score": c.score} for c in local.candidates],
+        "route": decision.route,
+        "reason": decision.reason,
+        "final_label": final_label,
+        "cloud_label": cloud.label if cloud is not None else None,
+        "cloud_candidates": (
+            [{"label": c.label, "score": c.score} for c in cloud.candidates]
+            if cloud is not None
+            else None
         ),
-        route=decision.route,
-        reason=decision.reason,
-        final_label=final_label,
-        cloud_label=cloud.label if cloud is not None else None,
-        cloud_candidates=cloud.candidates if cloud is not None else None,
-        budget=decision.budget,
-        latency_ms=latency_ms,
-    )
+        "budget": decision.budget,
+        "kind": "decision",
+        "latency_ms": latency_ms,
+        "true_label": None,
+    }
 
 
 def request_ids() -> Callable[[], str]:

@@ -176,11 +176,15 @@ def test_write_is_cheap(tmp_path: Path) -> None:
 
 
 def test_deferred_records_are_built_by_the_writer(tmp_path: Path) -> None:
-    """A record given as a builder is built at flush; one whose builder raises is dropped
+    """A record given as a builder is built at flush; a builder that raises is dropped
     and counted, and the others are still written in order."""
+
+    def broken() -> dict[str, Any]:
+        raise ValueError("cannot build")
+
     dlog = DecisionLog(tmp_path, background=False)
-    dlog.write(lambda: _record(1))
-    dlog.write(lambda: _record(2, latency_ms=-1.0))  # invalid: latency_ms >= 0
+    dlog.write(lambda: _record(1).model_dump(mode="json"))
+    dlog.write(broken)
     dlog.write(_record(3))
     dlog.flush()
     assert [r.request_id for r in read_decision_log(tmp_path)] == ["req-1", "req-3"]

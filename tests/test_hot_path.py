@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from edge_node.model_runner import EdgeModel
@@ -55,3 +56,36 @@ def test_fastapi_baseline_answers_with_the_models_label(demo_bundles_dir: Path) 
         r = client.post("/infer", json={"inputs": x.tolist()})
     assert r.status_code == 200, r.text
     assert r.json()["label"] == want
+
+
+def test_service_decision_records_validate_with_every_score(
+    demo_bundles_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records built off the request path validate as DecisionRecord and carry all scores."""
+    import asyncio
+
+    from edge_node.api_models import InferRequest
+    from edge_node.decision_log import read_decision_log
+    from edge_node.factory import build_service
+    from edge_node.settings import EdgeSettings
+    from router.scores import SCORERS
+    from tests.edge_fixtures import policy_text
+
+    monkeypatch.setenv("EDGEROUTE_TEST_TOKEN", "t")
+    (tmp_path / "p.yaml").write_text(
+        policy_text(demo_bundles_dir / "edge" / "digits", threshold=0.001)
+    )
+    svc = build_service(EdgeSettings(policy_path=tmp_path / "p.yaml", data_dir=tmp_path / "d"))
+    x = np.random.default_rng(2).uniform(0, 16, size=(3, 64))
+    bodies = [
+        asyncio.run(svc.infer(InferRequest(task="digits", inputs=row.tolist()))).body for row in x
+    ]
+    svc.decisions.close()
+    records = list(read_decision_log(tmp_path / "d" / "decisions"))
+    assert [r.request_id for r in records] == [b["request_id"] for b in bodies]
+    assert all(set(r.scores) == set(SCORERS) for r in records)
+    assert [r.final_label for r in records] == [b["label"] for b in bodies]
+    assert all(
+        r.route == b["route"] and r.reason == b["reason"]
+        for r, b in zip(records, bodies, strict=True)
+    )

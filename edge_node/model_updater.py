@@ -110,7 +110,10 @@ class ModelUpdater:
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Poll now and then every `poll_interval_s` until `stop` is set. A poll that
-        fails unexpectedly is logged and the next one runs as usual."""
+        fails unexpectedly is logged and the next one runs as usual. Creates the drop-in
+        folder, so operators find it."""
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._store.incoming.mkdir, parents=True, exist_ok=True)
         while not stop.is_set():
             try:
                 await self.poll()
@@ -242,10 +245,10 @@ class ModelUpdater:
             except (EdgerouteError, OSError) as exc:
                 error = f"{entry.name}: {_describe(exc)}"
                 version = await asyncio.to_thread(_version_of, entry)
-                await asyncio.to_thread(self._reject, entry, error)
                 known = task is not None and task in active.models
                 label = task if task is not None and known else "unknown"
                 await self._failed(label, version, error, now, persist=known)
+                await asyncio.to_thread(self._reject, entry, error)
                 return
             log.info("model_drop_in_installed", task=task, model_version=version)
 

@@ -3,6 +3,11 @@
 An `ActivePolicy` is immutable; the service swaps the whole object atomically (one
 attribute assignment) on reload, and each request reads it exactly once, so every
 request is decided by exactly one whole policy.
+
+A task's edge model is the policy's `edge_bundle` unless the node's model store
+(`edge_node.model_store`, `DATA/models`) has installed another version for it: then that
+version serves (and wins over the policy across restarts and policy reloads), wrapped in a
+`CanaryModel` while a canary or shadow run is in progress.
 """
 
 from __future__ import annotations
@@ -11,17 +16,24 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import structlog
+
 from edge_node.bundle import BundleTrust, load_bundle
+from edge_node.canary import CanaryModel
 from edge_node.model_runner import EdgeModel
+from edge_node.model_store import ModelStore
 from router.candidates import top_k
 from router.decision import LocalResult
 from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
 from router.learned_score import LearnedScore, from_json
 from router.manifest import parse_manifest
+from router.model_updates import POLICY_BUNDLE, TaskModelState, check_compatible
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
 from router.scores import all_scores
 from router.signing import key_id_of, public_key_from_pem
+
+log = structlog.get_logger("edgeroute.edge")
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,9 @@ class ActivePolicy:
     loaded_at: float
     models: dict[str, EdgeModel]
     learned: dict[str, LearnedScore] = field(default_factory=dict)
+    model_errors: dict[str, str] = field(default_factory=dict)
+    """Tasks whose installed version failed to load at activation (they serve the
+    policy's bundle instead) -> why."""
 
     @property
     def model_versions(self) -> dict[str, str]:
@@ -124,26 +139,95 @@ def load_policy_file(
 
 
 def activate(
-    path: Path, now: float, reuse: ActivePolicy | None = None, text: str | None = None
+    path: Path,
+    now: float,
+    reuse: ActivePolicy | None = None,
+    text: str | None = None,
+    store: ModelStore | None = None,
 ) -> ActivePolicy:
     """Validate the policy at `path` (or `text`, already read from it) and load every
-    task's edge bundle.
+    task's edge model: the version `store` has installed for it, else its `edge_bundle`.
 
-    Bundles already loaded by `reuse` at the same path and version are kept (no reload).
-    Raises PolicyError or BundleError; nothing is swapped on failure (the caller decides).
+    Models already loaded by `reuse` from the same folder are kept (no reload; a canary
+    in progress keeps its counters). An installed version that fails to load is skipped:
+    the task serves its policy bundle and `model_errors` says why. Raises PolicyError or
+    BundleError (policy bundles); nothing is swapped on failure (the caller decides).
     """
     policy, revision = load_policy_file(path) if text is None else load_policy_text(path, text)
     trust = bundle_trust(policy, path.parent)
+    known = _loaded_models(reuse)
     models: dict[str, EdgeModel] = {}
+    errors: dict[str, str] = {}
     for name, task in policy.tasks.items():
-        bundle_dir = resolve_bundle_path(str(path.parent), task.edge_bundle)
+        bundle_dir = Path(resolve_bundle_path(str(path.parent), task.edge_bundle))
         old = reuse.models.get(name) if reuse is not None else None
-        if old is not None and old.bundle.path == Path(bundle_dir):
-            models[name] = old
-            continue
-        models[name] = EdgeModel(load_bundle(bundle_dir, trust))
+        if store is not None and store.can_hold(name):
+            try:
+                state = store.read_state(name)
+                if state.current != POLICY_BUNDLE or state.canary is not None:
+                    models[name] = installed_model(
+                        name, state, bundle_dir, store, trust, known, old
+                    )
+                    continue
+            except BundleError as exc:
+                errors[name] = exc.message
+                log.warning("installed_model_failed", task=name, error=exc.message)
+        models[name] = _load_or_reuse(bundle_dir, trust, known)
     learned = load_learned_scores(policy, path.parent)
-    return ActivePolicy(policy, revision, str(path), now, models, learned)
+    return ActivePolicy(policy, revision, str(path), now, models, learned, errors)
+
+
+def installed_model(
+    task: str,
+    state: TaskModelState,
+    policy_bundle: Path,
+    store: ModelStore,
+    trust: BundleTrust,
+    known: dict[Path, EdgeModel],
+    old: EdgeModel | None,
+) -> EdgeModel:
+    """The model `state` says serves `task`: its `current` version (POLICY_BUNDLE:
+    `policy_bundle`), wrapped in a CanaryModel with the candidate while `state.canary` is
+    set. Reuses `old` (a canary with the same versions and settings) or any model in
+    `known` (folder -> model) instead of loading again. Raises BundleError."""
+
+    def folder(version: str) -> Path:
+        return policy_bundle if version == POLICY_BUNDLE else store.version_dir(task, version)
+
+    current_dir = folder(state.current)
+    canary = state.canary
+    if canary is None:
+        return _load_or_reuse(current_dir, trust, known)
+    cand_dir = folder(canary.version)
+    if (
+        isinstance(old, CanaryModel)
+        and old.current.bundle.path == current_dir
+        and old.candidate.bundle.path == cand_dir
+        and old.mode == canary.mode
+        and old.fraction == (canary.fraction if canary.mode == "fraction" else 0.0)
+    ):
+        return old
+    current = _load_or_reuse(current_dir, trust, known)
+    candidate = _load_or_reuse(cand_dir, trust, known)
+    check_compatible(candidate.bundle.manifest, current.bundle.manifest, task)
+    return CanaryModel(current, candidate, canary.mode, canary.fraction)
+
+
+def _loaded_models(reuse: ActivePolicy | None) -> dict[Path, EdgeModel]:
+    """Every plain model `reuse` holds (canary parts included), by bundle folder."""
+    out: dict[Path, EdgeModel] = {}
+    for model in reuse.models.values() if reuse is not None else ():
+        parts = (model.current, model.candidate) if isinstance(model, CanaryModel) else (model,)
+        for part in parts:
+            out[part.bundle.path] = part
+    return out
+
+
+def _load_or_reuse(folder: Path, trust: BundleTrust, known: dict[Path, EdgeModel]) -> EdgeModel:
+    model = known.get(folder)
+    if model is None:
+        model = known[folder] = EdgeModel(load_bundle(folder, trust))
+    return model
 
 
 def bundle_trust(policy: Policy, policy_dir: Path) -> BundleTrust:

@@ -13,6 +13,7 @@ from edge_node.cloud_client import CloudClient
 from edge_node.connectivity import ConnectivityMonitor
 from edge_node.decision_log import DecisionLog
 from edge_node.metrics import EdgeMetrics
+from edge_node.model_store import ModelStore
 from edge_node.queue_store import DurableQueue
 from edge_node.result_store import ResultStore
 from edge_node.service import EdgeService
@@ -20,12 +21,18 @@ from edge_node.settings import EdgeSettings
 from router.log_setup import sampler
 
 
+def model_store(settings: EdgeSettings) -> ModelStore:
+    """The node's model store (`DATA/models`: installed versions, update state, drop-ins)."""
+    return ModelStore(settings.data_dir / "models")
+
+
 def build_service(settings: EdgeSettings) -> EdgeService:
-    """Validate the policy, load bundles, open the stores in the data dir.
+    """Validate the policy, load bundles (a version installed in the model store wins over
+    the policy's bundle), open the stores in the data dir.
 
     Raises PolicyError / BundleError before anything is opened if the policy is invalid.
     """
-    active = activate(settings.policy_path, time.time())
+    active = activate(settings.policy_path, time.time(), store=model_store(settings))
     policy = active.policy
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
@@ -38,6 +45,8 @@ def build_service(settings: EdgeSettings) -> EdgeService:
     metrics.policy_reloads.labels("ok").inc()
     for task in active.models:
         metrics.model_loads.labels(task, "ok").inc()
+    for task in active.model_errors:  # an installed version failed; its policy bundle serves
+        metrics.model_loads.labels(task, "error").inc()
     return EdgeService(
         active=active,
         queue=DurableQueue(data / "queue", policy.queue, clock=time.time),

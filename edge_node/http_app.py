@@ -31,7 +31,8 @@ from edge_node.api_models import (
     InferResponse,
     ResultResponse,
 )
-from edge_node.factory import build_service
+from edge_node.factory import build_service, model_store
+from edge_node.model_updater import ModelUpdater
 from edge_node.policy_reloader import PolicyReloader
 from edge_node.service import EdgeService
 from edge_node.settings import EdgeSettings
@@ -118,12 +119,15 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     """Build the edge node app. Validates the policy and loads bundles now (raises
     PolicyError/BundleError); the sync worker starts with the app and stops with it."""
     svc = service or build_service(settings)
-    reloader = PolicyReloader(svc, settings.policy_path)
+    store = model_store(settings)
+    reloader = PolicyReloader(svc, settings.policy_path, store=store)
+    updater = ModelUpdater(svc, store, settings.policy_path, reloader.lock)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stop = asyncio.Event()
         watch = asyncio.create_task(reloader.watch(stop))
+        model_watch = asyncio.create_task(updater.watch(stop))
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(
                 signal.SIGHUP, lambda: asyncio.ensure_future(reloader.reload("sighup"))
@@ -152,6 +156,9 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(watch, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(model_watch, timeout=5)
+            updater.close()
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=5)
@@ -169,6 +176,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     )
     app.state.service = svc
     app.state.reloader = reloader
+    app.state.model_updater = updater
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     check_token_configured(svc.active.policy.api.auth)
     app.add_middleware(BearerAuth, auth_of=lambda: svc.active.policy.api.auth)  # outermost
@@ -222,6 +230,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     async def status() -> dict[str, Any]:
         body = svc.status()
         body["policy"] = {**body.get("policy", {}), **reloader.snapshot()}
+        body["models_update"] = updater.snapshot()
         pol, now = svc.active.policy, time.time()
         body["budgets"] = budget_status(
             svc.budget.ledger(now), all_limits(pol.cost, pol.tasks), now

@@ -77,6 +77,13 @@ class EdgeMetrics:
         self.synced = Counter(
             "edgeroute_synced_total", "Queued items given a final answer", registry=r
         )
+        self.model_updates = Counter(
+            "edgeroute_model_updates_total",
+            "Model version updates by task and result (applied / failed / canary_started / "
+            "promoted / rolled_back)",
+            ["task", "result"],
+            registry=r,
+        )
 
     def request_done(self, task: str, route: str, reason: str, seconds: float) -> None:
         """Count one answered request and observe its end-to-end latency. The labelled

@@ -9,6 +9,9 @@ it once) and the budget store given the new cost settings. Only `tasks` and `cos
 effect live; a file that changes any other section (node, cloud, queue, sync, ...) is
 refused with an error naming the changed keys, because those are wired into long-lived
 components at start-up and applying them would be a half-applied reload: restart instead.
+Versions installed in the node's model store keep serving their tasks across reloads (see
+`activate`); the model updater takes the same lock (`lock`), so a reload and a model update
+never build on each other's stale `active`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import structlog
 
 from edge_node.active_policy import ActivePolicy, activate
 from edge_node.budget_store import BudgetStore
+from edge_node.model_store import ModelStore
 from router.errors import BundleError, PolicyError
 from router.policy import Policy
 from router.policy_loader import policy_revision
@@ -73,11 +77,15 @@ class PolicyReloader:
         *,
         clock: Callable[[], float] = time.time,
         poll_interval_s: float = 1.0,
+        store: ModelStore | None = None,
     ) -> None:
+        """`store`: the node's model store, whose installed versions win over the policy's
+        bundles (None: the policy's bundles only)."""
         self._svc = service
         self._path = path
         self._clock = clock
         self._interval = poll_interval_s
+        self._store = store
         self._lock = asyncio.Lock()
         self._seen = _signature(path)
         self.last_error: str | None = None
@@ -85,6 +93,12 @@ class PolicyReloader:
         self.last_outcome: ReloadOutcome | None = None
         self.reloads = 0
         self.failures = 0
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """Held while `service.active` is being rebuilt and swapped; anything else that
+        swaps it (the model updater) must hold it too."""
+        return self._lock
 
     def snapshot(self) -> dict[str, Any]:
         """Reload state for `/v1/status` (`policy.*`): the active revision and load time,
@@ -166,7 +180,7 @@ class PolicyReloader:
         text = raw.decode("utf-8")
         if policy_revision(text) == current.revision:
             return None
-        return activate(self._path, now, reuse=current, text=text)
+        return activate(self._path, now, reuse=current, text=text, store=self._store)
 
     def _failed(self, trigger: str, now: float, error: str) -> ReloadOutcome:
         self.failures += 1

@@ -96,3 +96,195 @@ def verify_cmd(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
         f"ok: {m.task} {m.version} ({m.role}), signed by {loaded.signed_by}, "
         f"{len(m.files)} file(s) verified"
     )
+
+
+# ---- installed versions on a node (DATA/models) ------------------------------------------
+
+
+@model.command("install")
+@click.argument("bundle", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option(
+    "--data-dir", required=True, type=click.Path(path_type=Path), help="The node's data dir."
+)
+@click.option(
+    "--policy",
+    "policy_path",
+    required=True,
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="The node's policy file: its `trust` section verifies the bundle and its task's "
+    "edge_bundle is what the bundle must match when nothing is installed yet.",
+)
+@click.option(
+    "--canary",
+    "fraction",
+    default=None,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Serve this share of requests with the new version until the task's canary rule "
+    "promotes or rolls it back.",
+)
+@click.option(
+    "--shadow",
+    is_flag=True,
+    help="Run the new version on every request without serving it, until the canary rule "
+    "promotes or rolls it back.",
+)
+def install_cmd(
+    bundle: Path, data_dir: Path, policy_path: Path, fraction: float | None, shadow: bool
+) -> None:
+    """Install BUNDLE as a new version of its task on the node with data dir DATA_DIR.
+
+    The bundle is copied into DATA_DIR/models/<task>/<version>/ and checked there exactly
+    as the node loads bundles (signature and sha256 with the policy's trust settings,
+    onnxruntime, graph against manifest), against the serving version (same task, labels
+    and input spec) and with a smoke inference; then it is requested. The running node
+    (or the next one started on DATA_DIR) loads and checks it again and swaps it in
+    atomically, or starts the canary/shadow run. Exit 1 with the reason if the bundle is
+    refused (nothing changes), 2 for an invalid policy.
+    """
+    import time
+
+    from edge_node.active_policy import bundle_trust, load_policy_file
+    from edge_node.model_store import ModelStore, read_manifest
+    from edgeroute.cli_common import fail
+    from router.errors import BundleError, EdgerouteError
+    from router.model_updates import InstallRequest, UpdateMode
+    from router.policy_loader import resolve_bundle_path
+
+    if fraction is not None and shadow:
+        raise click.UsageError("--canary and --shadow exclude each other")
+    mode: UpdateMode = "shadow" if shadow else "fraction" if fraction is not None else "replace"
+    try:
+        policy, _ = load_policy_file(policy_path, check_token_env=False)
+        trust = bundle_trust(policy, policy_path.parent)
+        task = read_manifest(bundle).task
+        if task not in policy.tasks:
+            raise BundleError(
+                f"{bundle}: the bundle is for task {task!r}, which {policy_path} does not define",
+                code="model_mismatch",
+            )
+        store = ModelStore(data_dir / "models")
+        edge_bundle = resolve_bundle_path(str(policy_path.parent), policy.tasks[task].edge_bundle)
+        reference = store.reference_manifest(task, Path(edge_bundle))
+        if mode != "replace" and reference.version == read_manifest(bundle).version:
+            raise BundleError(
+                f"version {reference.version!r} already serves task {task!r}; a canary or "
+                "shadow run needs another version",
+                code="model_mismatch",
+            )
+        version, fresh = store.install(bundle, task, trust, reference)
+        req = InstallRequest(
+            version=version, mode=mode, fraction=fraction or 0.0, requested_at=time.time()
+        )
+        store.request(task, req)
+    except BundleError as exc:
+        click.echo(f"REJECTED ({exc.code}): {exc.message}", err=True)
+        sys.exit(1)
+    except EdgerouteError as exc:
+        fail(exc)
+    how = {
+        "replace": "as the new version",
+        "fraction": f"as a canary ({req.fraction:g} of requests)",
+        "shadow": "in shadow mode",
+    }[mode]
+    click.echo(
+        f"{'installed' if fresh else 'already installed'}: {task} {version}; requested {how}. "
+        "A running node applies it within a second (see `edgeroute model list` or "
+        "/v1/status models_update)."
+    )
+
+
+@model.command("rollback")
+@click.option(
+    "--data-dir", required=True, type=click.Path(path_type=Path), help="The node's data dir."
+)
+@click.option("--task", required=True, help="The task to roll back.")
+@click.option(
+    "--to",
+    "to_version",
+    default=None,
+    help="Return to this installed version (or @policy: the policy's edge_bundle) instead "
+    "of the previous one.",
+)
+def rollback_cmd(data_dir: Path, task: str, to_version: str | None) -> None:
+    """Return TASK to its previous version (a canary or shadow run in progress is ended
+    instead, keeping the current version). The node applies it like an install (loaded,
+    verified and smoke-tested before the swap); a second rollback undoes the first."""
+    import time
+
+    from edge_node.model_store import ModelStore
+    from edgeroute.cli_common import fail
+    from router.errors import EdgerouteError
+    from router.model_updates import InstallRequest
+
+    store = ModelStore(data_dir / "models")
+    try:
+        state = store.read_state(task)
+        if to_version is not None:
+            target = to_version
+        elif state.canary is not None:
+            target = state.current
+        elif state.previous is not None:
+            target = state.previous
+        else:
+            raise click.ClickException(
+                f"task {task!r} has no previous version to roll back to in {store.root}"
+            )
+        store.request(
+            task, InstallRequest(version=target, reason="rollback", requested_at=time.time())
+        )
+    except EdgerouteError as exc:
+        fail(exc)
+    what = f"end the canary of {state.canary.version}" if state.canary and not to_version else ""
+    click.echo(f"requested rollback of {task} to {target}{'; ' + what if what else ''}")
+
+
+@model.command("list")
+@click.option(
+    "--data-dir", required=True, type=click.Path(path_type=Path), help="The node's data dir."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the states as JSON.")
+def list_cmd(data_dir: Path, as_json: bool) -> None:
+    """Installed versions and update state of every task of the node (current, previous,
+    canary, pending request, last event)."""
+    import json
+
+    from edge_node.model_store import ModelStore
+    from edgeroute.cli_common import fail
+    from router.errors import EdgerouteError
+
+    store = ModelStore(data_dir / "models")
+    out = {}
+    try:
+        for task in store.tasks():
+            out[task] = {
+                **store.read_state(task).model_dump(mode="json"),
+                "installed": store.versions(task),
+            }
+    except EdgerouteError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(out, indent=2, sort_keys=True))
+        return
+    if not out:
+        click.echo(f"no installed versions in {store.root}")
+    for task, st in out.items():
+        canary, pending, last = st["canary"], st["pending"], st["last"]
+        click.echo(f"{task}")
+        click.echo(f"  current:   {st['current']}")
+        click.echo(f"  previous:  {st['previous'] or '-'}")
+        click.echo(
+            f"  canary:    {canary['version']} ({canary['mode']} {canary['fraction']:g})"
+            if canary
+            else "  canary:    -"
+        )
+        click.echo(
+            f"  pending:   {pending['reason']} {pending['version']} ({pending['mode']})"
+            if pending
+            else "  pending:   -"
+        )
+        click.echo(
+            f"  last:      {last['result']} {last['version']}: {last['detail'] or ''}"
+            if last
+            else "  last:      -"
+        )
+        click.echo(f"  installed: {', '.join(st['installed']) or '-'}")

@@ -202,6 +202,38 @@ class CostSettings(_Model):
     )
 
 
+class CanaryRule(_Model):
+    """When a canary or shadow model (`edgeroute model install --canary F | --shadow`)
+    is promoted or rolled back, decided by the node on its own.
+
+    After `min_requests` items the candidate ran on (compared with the current model, or
+    failed), it is promoted if its top-1 label agreed with the current model's on at
+    least `min_agreement` of the compared items and at most `max_error_rate` of its runs
+    failed; otherwise it is rolled back.
+    """
+
+    min_requests: int = Field(
+        default=200,
+        ge=1,
+        le=10_000_000,
+        description="Items the candidate must run on (compared or failed) before the rule decides.",
+    )
+    min_agreement: float = Field(
+        default=0.95,
+        ge=0.0,
+        le=1.0,
+        description="Promote only if the candidate's top-1 label equals the current model's "
+        "on at least this share of the compared items.",
+    )
+    max_error_rate: float = Field(
+        default=0.01,
+        ge=0.0,
+        le=1.0,
+        description="Roll back if more than this share of the candidate's runs failed "
+        "(onnxruntime error or non-finite output); the current model answers those.",
+    )
+
+
 class TaskPolicy(_Model):
     """How one task is routed."""
 
@@ -248,6 +280,11 @@ class TaskPolicy(_Model):
         default="inputs",
         description="What may leave the device: inputs (and candidates), candidates_only "
         "(no inputs), or nothing (the task is edge-only: never escalated nor queued).",
+    )
+
+    canary: CanaryRule = Field(
+        default=CanaryRule(),
+        description="Rule promoting or rolling back a canary/shadow model of this task.",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,152 @@
+"""Helpers for the model update tests: new bundle versions of the demo edge model (same,
+disagreeing, NaN-producing, broken), a trusted policy, and concurrent HTTP traffic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from edgeroute.bundle_tools import pack
+from tests.edge_fixtures import policy_head
+
+CoefEdit = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
+
+
+def edit_coefficients(model_bytes: bytes, edit: CoefEdit) -> bytes:
+    """The demo edge model (one LinearClassifier) with its [classes, features] coefficient
+    matrix replaced by `edit(coefficients)`."""
+    import onnx
+
+    m = onnx.load_from_string(model_bytes)
+    node = next(n for n in m.graph.node if n.op_type == "LinearClassifier")
+    attr = next(a for a in node.attribute if a.name == "coefficients")
+    coefs = np.array(attr.floats, dtype=np.float64).reshape(10, -1)
+    del attr.floats[:]
+    attr.floats.extend(edit(coefs).ravel().tolist())
+    data: bytes = m.SerializeToString()
+    return data
+
+
+def rolled(coefs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Class i gets the weights of class i-1: the model answers a shifted label."""
+    return np.roll(coefs, 1, axis=0)
+
+
+def nan(coefs: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Every weight NaN: the model loads and runs but returns NaN probabilities."""
+    return np.full_like(coefs, np.nan)
+
+
+def make_version(
+    src: Path,
+    out: Path,
+    version: str,
+    key: Path | None,
+    *,
+    model: bytes | None = None,
+    labels: list[str] | None = None,
+) -> Path:
+    """A new bundle `out` from the bundle `src` with `version`, optionally another
+    `model.onnx` and `labels`; signed with `key` (hashes recomputed), unsigned if None."""
+    stage = out.parent / f"src-{out.name}"
+    shutil.copytree(src, stage)
+    if model is not None:
+        (stage / "model.onnx").write_bytes(model)
+    manifest = json.loads((stage / "manifest.json").read_text())
+    if labels is not None:
+        manifest["labels"] = labels
+    if key is not None:
+        (stage / "manifest.json").write_text(json.dumps(manifest))
+        pack(stage, out, key.read_bytes(), version=version)
+    else:
+        manifest["version"] = version
+        (stage / "manifest.json").write_text(json.dumps(manifest))
+        shutil.copytree(stage, out)
+    shutil.rmtree(stage)
+    return out
+
+
+def trusted_policy(bundle: Path, pub: Path, canary: str = "") -> str:
+    """An edge-only `digits` task on `bundle` (every answer comes from the edge model, no
+    cloud needed) that requires bundles signed by `pub`; `canary` is the rule's flow map."""
+    rule = f"    canary: {canary}\n" if canary else ""
+    return (
+        policy_head()
+        + f"trust:\n  require_signed: true\n  trusted_keys: [{pub}]\n"
+        + f"tasks:\n  digits:\n    edge_bundle: {bundle}\n    threshold: 0.5\n"
+        + "    placement: edge_only\n    deadline_ms: 5000\n"
+        + rule
+    )
+
+
+class Traffic:
+    """`clients` threads posting `/v1/infer` for the digits inputs `xs` in a loop until the
+    block ends; `seen[i]` is client i's list of (status, model_version, label)."""
+
+    def __init__(self, url: str, xs: npt.NDArray[np.float32], clients: int = 3) -> None:
+        self._url = url
+        self._xs = [x.tolist() for x in xs]
+        self._stop = threading.Event()
+        self.seen: list[list[tuple[int, str | None, str | None]]] = [[] for _ in range(clients)]
+        self._threads = [
+            threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)
+        ]
+
+    def _run(self, i: int) -> None:
+        with httpx.Client(base_url=self._url, timeout=30) as http:
+            n = i
+            while not self._stop.is_set():
+                x = self._xs[n % len(self._xs)]
+                n += 1
+                try:
+                    r = http.post("/v1/infer", json={"task": "digits", "inputs": x})
+                    body = r.json()
+                    self.seen[i].append(
+                        (r.status_code, body.get("model_version"), body.get("label"))
+                    )
+                except httpx.HTTPError as exc:
+                    self.seen[i].append((0, type(exc).__name__, None))
+
+    def mark(self) -> list[int]:
+        """How many answers each client has so far (for `wait_each`)."""
+        return [len(client) for client in self.seen]
+
+    def wait_each(self, version: str, mark: list[int], timeout_s: float = 20.0) -> bool:
+        """Wait until every client got an answer from `version` after `mark`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if all(
+                any(v == version for _, v, _ in client[n:])
+                for client, n in zip(self.seen, mark, strict=True)
+            ):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def all(self) -> list[tuple[int, str | None, str | None]]:
+        """Every answer so far, all clients."""
+        return [a for client in self.seen for a in list(client)]
+
+    def __enter__(self) -> Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(30)

@@ -34,6 +34,7 @@ from cloud_service.rerank_flow import (
 )
 from cloud_service.result_store import StoredResult, StoreKey, get_or_create_result_store
 from cloud_service.settings import CloudServiceSettings
+from cloud_service.store_client import CoalescingStore
 from router.errors import (
     EdgerouteError,
     InputError,
@@ -52,6 +53,11 @@ from router.wire import (
 )
 
 _log = structlog.get_logger("cloud_service.deployment")
+
+INLINE_COMPUTE_S = 0.0005
+"""A model call expected to take less than this runs on the replica's event loop: handing
+it to a thread costs more CPU than the call itself. Longer ones run in a worker thread so
+the loop keeps serving. The expectation is a moving average of seconds per item."""
 
 api = FastAPI(title="edgeroute cloud re-ranker", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -101,16 +107,40 @@ class CloudReranker:
             ttl_s=cfg.dedup_ttl_s,
             max_entries=cfg.dedup_max_entries,
         )
+        self._store_client = CoalescingStore(self._exchange)
         self._auth = token_sources(cfg.tokens_file, cfg.tokens_env)
         self._metrics = ReplicaMetrics()
         self._batches = 0
         self._batched_items = 0
         self._max_batch_seen = 0
+        self._item_cost_s = self._measure_item_cost()
         batched: Any = self.rerank_one
         batched.set_max_batch_size(cfg.max_batch_size)
         batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
     # --- computing ---------------------------------------------------------------------
+
+    def _measure_item_cost(self) -> float:
+        """Seconds per item of the slowest local model (best of 3 one-item runs)."""
+        cost = 0.0
+        for model in self._models.values():
+            check = getattr(model, "self_check", None)
+            if check is None:
+                continue
+            runs = []
+            for _ in range(3):
+                started = time.perf_counter()
+                check()
+                runs.append(time.perf_counter() - started)
+            cost = max(cost, min(runs))
+        return cost
+
+    def _timed_rerank(self, items: list[RerankItem]) -> list[Answer]:
+        started = time.perf_counter()
+        answers = rerank_by_task(self._models, items)
+        per_item = (time.perf_counter() - started) / max(1, len(items))
+        self._item_cost_s = 0.8 * self._item_cost_s + 0.2 * per_item
+        return answers
 
     async def _run_local(self, items: list[RerankItem]) -> list[Answer]:
         if self._cfg.slow_model_s > 0:
@@ -120,19 +150,35 @@ class CloudReranker:
         self._max_batch_seen = max(self._max_batch_seen, len(items))
         for task in {it.task for it in items}:
             self._metrics.batch(task, sum(1 for it in items if it.task == task))
-        return await asyncio.to_thread(rerank_by_task, self._models, items)
+        if self._item_cost_s * len(items) < INLINE_COMPUTE_S:
+            return self._timed_rerank(items)
+        return await asyncio.to_thread(self._timed_rerank, items)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def rerank_one(self, items: list[RerankItem]) -> list[Answer]:
-        """Re-rank items of concurrent single-item calls in one model run per task."""
-        return await self._run_local(items)
+    async def rerank_one(self, calls: list[tuple[str, RerankItem]]) -> list[Answer]:
+        """Answer the `(node_id, item)` of concurrent single-item calls together: one store
+        lookup, one model run per task and one store write for the whole batch."""
+        return await answer_with_dedup(
+            [item for _, item in calls],
+            [node for node, _ in calls],
+            lookup=self._lookup,
+            store=self._put,
+            compute=self._compute,
+        )
 
     async def _compute(self, items: list[RerankItem]) -> list[Answer]:
         if self._handles:
             return await self._compute_remote(items)
-        if len(items) == 1 and self._cfg.batching:
-            return [await self.rerank_one(items[0])]
         return await self._run_local(items)
+
+    async def _answer(self, items: list[RerankItem], node_id: str) -> list[Answer]:
+        """Answers in item order; a single item joins the `@serve.batch` when batching is
+        on and the models are local, anything else is deduplicated and computed here."""
+        if len(items) == 1 and self._cfg.batching and not self._handles:
+            return [await self.rerank_one((node_id, items[0]))]
+        return await answer_with_dedup(
+            items, node_id, lookup=self._lookup, store=self._put, compute=self._compute
+        )
 
     async def _compute_remote(self, items: list[RerankItem]) -> list[Answer]:
         answers: list[Answer | None] = [None] * len(items)
@@ -164,9 +210,19 @@ class CloudReranker:
 
     # --- the shared store ----------------------------------------------------------------
 
+    async def _exchange(
+        self, puts: list[tuple[StoreKey, StoredResult]], lookups: list[tuple[StoreKey, str]]
+    ) -> list[StoredResult | None]:
+        if not hasattr(self._store, "exchange"):  # a store actor started by an older version
+            if puts:
+                await self._store.put_many.remote(puts)
+            return await self._store.get_many.remote(lookups) if lookups else []
+        found: list[StoredResult | None] = await self._store.exchange.remote(puts, lookups)
+        return found
+
     async def _lookup(self, lookups: list[tuple[StoreKey, str]]) -> list[StoredResult | None]:
         try:
-            found: list[StoredResult | None] = await self._store.get_many.remote(lookups)
+            found = await self._store_client.lookup(lookups)
         except RayError as exc:
             _log.warning("result_store_unavailable", reason=type(exc).__name__)
             return [None] * len(lookups)
@@ -174,7 +230,7 @@ class CloudReranker:
 
     async def _put(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
         try:
-            await self._store.put_many.remote(entries)
+            await self._store_client.put(entries)
         except RayError as exc:
             _log.warning("result_store_unavailable", reason=type(exc).__name__)
 
@@ -212,13 +268,7 @@ class CloudReranker:
             if length is not None and length.isdigit() and (int(length) > self._cfg.max_body_bytes):
                 raise RequestTooLarge(f"body exceeds {self._cfg.max_body_bytes} bytes")
             items = parse_rerank_body(await request.body(), self._cfg.max_body_bytes)
-            answers = await answer_with_dedup(
-                items,
-                node_id,
-                lookup=self._lookup,
-                store=self._put,
-                compute=self._compute,
-            )
+            answers = await self._answer(items, node_id)
         except EdgerouteError as err:
             _log.info(
                 "rerank_rejected",
@@ -283,6 +333,7 @@ class CloudReranker:
                 "batches": self._batches,
                 "batched_items": self._batched_items,
                 "max_batch_size_seen": self._max_batch_seen,
+                "store_calls": self._store_client.calls,
             },
             "metrics": self._metrics.snapshot(),
         }

@@ -231,9 +231,10 @@ def _read(file: Path) -> bytes:
         raise BundleError(f"{file}: cannot be read ({exc.strerror or exc})") from None
 
 
-def _open_session(
-    model_bytes: bytes, source: Path, intra_op_threads: int
-) -> onnxruntime.InferenceSession:
+def session_options(intra_op_threads: int = 1) -> onnxruntime.SessionOptions:
+    """The onnxruntime options every cloud model session uses (sequential execution,
+    `intra_op_threads` threads, full graph optimisation, warnings silenced). Public so
+    benchmarks' baselines can open the same session."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -242,6 +243,15 @@ def _open_session(
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    return opts
+
+
+def _open_session(
+    model_bytes: bytes, source: Path, intra_op_threads: int
+) -> onnxruntime.InferenceSession:
+    import onnxruntime as ort
+
+    opts = session_options(intra_op_threads)
     try:
         return ort.InferenceSession(
             model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]

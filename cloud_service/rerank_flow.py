@@ -78,16 +78,27 @@ def rerank_by_task(models: Mapping[str, RerankModel], items: Sequence[RerankItem
 
 
 async def answer_with_dedup(
-    items: Sequence[RerankItem], node_id: str, *, lookup: Lookup, store: Store, compute: Compute
+    items: Sequence[RerankItem],
+    node_id: str | Sequence[str],
+    *,
+    lookup: Lookup,
+    store: Store,
+    compute: Compute,
 ) -> list[Answer]:
-    """Answers for `items` in order, computing only those not already answered for `node_id`.
+    """Answers for `items` in order, computing only those not already answered for their node
+    (`node_id`: one node for every item, or one per item, e.g. a `@serve.batch` gathering
+    the single-item calls of several nodes).
 
     Cached answers come back with `cached=True`. A request_id seen before with a different
     item (task, inputs or candidates) fails with code `request_id_conflict`; duplicates
-    inside one call are computed once. Only successful results are stored.
+    inside one call are computed once. Only successful results are stored, and `store` has
+    returned before this does. Raises ValueError if a node list's length differs from items'.
     """
+    nodes = [node_id] * len(items) if isinstance(node_id, str) else list(node_id)
+    if len(nodes) != len(items):
+        raise ValueError(f"{len(nodes)} node ids for {len(items)} items")
     fingerprints = [item_fingerprint(it.task, it.inputs or (), it.candidates) for it in items]
-    keys: list[StoreKey] = [(node_id, it.request_id) for it in items]
+    keys: list[StoreKey] = [(node, it.request_id) for node, it in zip(nodes, items, strict=True)]
     found = await lookup(list(zip(keys, fingerprints, strict=True)))
     answers: list[Answer | None] = [None] * len(items)
     first_miss: dict[StoreKey, int] = {}

@@ -152,6 +152,17 @@ class ResultStoreActor:
         """See `TtlResultMap.put_many`."""
         self._map.put_many(entries)
 
+    def exchange(
+        self,
+        puts: Sequence[tuple[StoreKey, StoredResult]],
+        lookups: Sequence[tuple[StoreKey, str]],
+    ) -> list[StoredResult | None]:
+        """`put_many(puts)` then `get_many(lookups)` in one call (one round trip for the
+        merged store traffic of a replica's concurrent requests)."""
+        if puts:
+            self._map.put_many(puts)
+        return self._map.get_many(lookups) if lookups else []
+
     def computed_counts(self, keys: Sequence[StoreKey]) -> list[int]:
         """See `TtlResultMap.computed_counts`."""
         return self._map.computed_counts(keys)

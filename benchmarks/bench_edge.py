@@ -275,6 +275,59 @@ def bench_escalation(tmp: Path, x: np.ndarray, unsure: int, bundle: Path) -> lis
         processes.stop(cloud, timeout_s=60)
 
 
+def bench_escalation_fast_cloud(
+    tmp: Path, x: np.ndarray, unsure: int, bundle: Path
+) -> list[dict[str, Any]]:
+    """The same comparison against a trivial re-ranker (bench_queue's fake, its own process):
+    the edge's own cost of an escalation, without Ray's processes competing for the cores.
+    Report only: the goal is stated against the real cloud service."""
+    fp, ep = processes.free_port(), processes.free_port()
+    fake = _serve([sys.executable, "-m", "benchmarks.bench_queue", "--serve", str(fp)],
+                  tmp / "fake.log", f"http://127.0.0.1:{fp}/healthz", 60)  # fmt: skip
+    edge = None
+    try:
+        (tmp / "fast.yaml").write_text(_policy(bundle.resolve(), 1.0))
+        edge = _serve(processes.edgeroute_cmd("edge", "serve", "--policy", str(tmp / "fast.yaml"),
+                      "--data-dir", str(tmp / "fast"), "--port", str(ep), "--cloud-url",
+                      f"http://127.0.0.1:{fp}", "--log-level", "warning", "--log-sample-rate",
+                      "0"), tmp / "edge-fast.log", f"http://127.0.0.1:{ep}/readyz")  # fmt: skip
+        item, n, warm = x[unsure].tolist(), 1000, 100
+        mine, direct = [], []
+        with httpx.Client(timeout=30) as c:
+            for i in range(n + warm):
+                t = time.perf_counter()
+                r = c.post(
+                    f"http://127.0.0.1:{ep}/v1/infer", json={"task": "digits", "inputs": item}
+                )
+                dt = (time.perf_counter() - t) * 1e3
+                assert r.json()["route"] == "cloud", r.text
+                body = {"items": [{"task": "digits", "request_id": f"f-{i}", "inputs": item}]}
+                t = time.perf_counter()
+                assert c.post(f"http://127.0.0.1:{fp}/v1/rerank", json=body).status_code == 200
+                if i >= warm:
+                    mine.append(dt)
+                    direct.append((time.perf_counter() - t) * 1e3)
+        sm, sd = summary(mine), summary(direct)
+        print("escalation to a trivial re-ranker: edge node vs re-ranker called directly (ms)")
+        print(line("fake /v1/rerank direct", sd, "ms"))
+        print(line("edge /v1/infer routed to it", sm, "ms"))
+        return [
+            record(
+                "escalation_added_p50_trivial_cloud",
+                sm["p50"],
+                sd["p50"],
+                "report only",
+                "ms",
+                None,
+                ratio=sm["p50"] / sd["p50"],
+            )
+        ]
+    finally:
+        if edge is not None:
+            processes.stop(edge)
+        processes.stop(fake)
+
+
 def main() -> list[dict[str, Any]]:
     """Run every comparison once; print p50/p90/p99/max and return the records."""
     x, margins, bundle = _inputs()
@@ -285,6 +338,7 @@ def main() -> list[dict[str, Any]]:
         recs += bench_in_process(tmp, x, sure, bundle)
         recs += bench_http(tmp, x, sure, bundle)
         recs += bench_escalation(tmp, x, unsure, bundle)
+        recs += bench_escalation_fast_cloud(tmp, x, unsure, bundle)
     return recs
 
 

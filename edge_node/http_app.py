@@ -32,6 +32,7 @@ from edge_node.api_models import (
     ResultResponse,
 )
 from edge_node.factory import build_service, model_store
+from edge_node.infer_route import InferEndpoint
 from edge_node.model_updater import ModelUpdater
 from edge_node.policy_reloader import PolicyReloader
 from edge_node.service import EdgeService
@@ -177,6 +178,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
     app.state.service = svc
     app.state.reloader = reloader
     app.state.model_updater = updater
+    app.add_middleware(InferEndpoint, service=svc)  # innermost: POST /v1/infer's hot path
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     check_token_configured(svc.active.policy.api.auth)
     app.add_middleware(BearerAuth, auth_of=lambda: svc.active.policy.api.auth)  # outermost
@@ -200,8 +202,9 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         openapi_extra={"requestBody": _infer_body_schema()},
     )
     async def infer(request: Request) -> Response:
-        # Fast path: orjson + one pydantic validation, not FastAPI's generic body handling
-        # (the OpenAPI schema of the body is given by `openapi_extra`).
+        # Served by `InferEndpoint` (edge_node.infer_route) in front of the router; this
+        # route documents the endpoint in the OpenAPI schema (body given by `openapi_extra`)
+        # and answers the same way if reached.
         data = parse_json_object(await request.body())
         if "items" in data:
             items = parse_batch(data, svc.batch_limit)

@@ -89,3 +89,36 @@ def test_service_decision_records_validate_with_every_score(
         r.route == b["route"] and r.reason == b["reason"]
         for r, b in zip(records, bodies, strict=True)
     )
+
+
+def test_infer_endpoint_answers_like_the_route_and_maps_bugs_to_json(
+    demo_bundles_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POST /v1/infer (served in front of the router) answers, rejects bad JSON with 400,
+    oversized bodies with 413, a bug with a JSON 500; GET falls through to FastAPI (405)."""
+    from edge_node.http_app import create_app
+    from edge_node.settings import EdgeSettings
+    from tests.edge_fixtures import policy_text
+
+    monkeypatch.setenv("EDGEROUTE_TEST_TOKEN", "t")
+    (tmp_path / "p.yaml").write_text(policy_text(demo_bundles_dir / "edge" / "digits"))
+    settings = EdgeSettings(
+        policy_path=tmp_path / "p.yaml", data_dir=tmp_path / "d", max_body_bytes=4096
+    )
+    app = create_app(settings)
+    x = [1.0] * 64
+    with TestClient(app) as client:
+        ok = client.post("/v1/infer", json={"task": "digits", "inputs": x})
+        assert ok.status_code in (200, 202) and ok.json()["task"] == "digits"
+        bad = client.post("/v1/infer", content=b"{nope", headers={"content-type": "x"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed_json"
+        big = client.post("/v1/infer", content=b" " * 5000)
+        assert big.status_code == 413
+        assert client.get("/v1/infer").status_code == 405
+
+        async def broken(_: object) -> object:
+            raise RuntimeError("bug")
+
+        monkeypatch.setattr(app.state.service, "infer", broken)
+        err = client.post("/v1/infer", json={"task": "digits", "inputs": x})
+        assert err.status_code == 500 and err.json()["error"]["message"] == "internal error"

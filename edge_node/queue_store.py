@@ -34,7 +34,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
@@ -151,7 +150,7 @@ class DurableQueue:
         together in the next transaction (one commit, one fsync under `per_write`); each
         returns only after the transaction holding its item committed. Thread-safe.
         """
-        payload = orjson.dumps(item.model_dump(mode="json"))
+        payload = item.model_dump_json().encode()
         size = len(payload)
         if size > self._settings.max_bytes:
             raise RequestTooLarge(
@@ -280,7 +279,7 @@ class DurableQueue:
                 update={"attempts": item.attempts + 1, "last_error": error[:_MAX_ERROR_CHARS]}
             )
             try:
-                self._cache.set(entry.key, orjson.dumps(updated.model_dump(mode="json")))
+                self._cache.set(entry.key, updated.model_dump_json().encode())
             except Exception as exc:
                 raise QueueStoreError(f"cannot update queue item: {exc}") from exc
             return updated.attempts

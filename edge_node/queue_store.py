@@ -258,8 +258,7 @@ class DurableQueue:
             if not gone:
                 return 0
             try:
-                with self._cache.transact():
-                    delete_many(self._cache, [e.key for e in gone])
+                delete_many(self._cache, [e.key for e in gone])  # atomic
             except Exception as exc:
                 raise QueueStoreError(f"cannot remove queue items: {exc}") from exc
             for e in gone:

@@ -118,7 +118,8 @@ class ResultStore:
         self._write_many([(request_id, status, fields)])
 
     def _write_many(self, updates: Sequence[tuple[str, Status, dict[str, Any]]]) -> None:
-        """Write these records in one transaction (one INSERT), then update the index."""
+        """Write these records atomically (`put_many`: one multi-row INSERT per 1,000
+        records, in one transaction), then update the index."""
         now = self._clock()
         with self._lock:
             live = self._get_live_many([rid for rid, _, _ in updates], now)
@@ -133,14 +134,14 @@ class ResultStore:
                 }
                 if "provisional" in previous:
                     record["provisional"] = previous["provisional"]
-                record.update((k, v) for k, v in fields.items() if k != "task")
+                for k, v in fields.items():
+                    if k != "task":
+                        record[k] = v
                 built.pop(request_id, None)  # re-inserted last: the write order is kept
                 built[request_id] = record
             try:
-                with self._cache.transact():
-                    put_many(
-                        self._cache, [(_PREFIX + r, orjson.dumps(v)) for r, v in built.items()]
-                    )
+                rows = [(_PREFIX + r, orjson.dumps(v)) for r, v in built.items()]
+                put_many(self._cache, rows)  # atomic: one statement, or its own transaction
             except Exception as exc:
                 raise ResultStoreError(f"cannot write result: {exc}") from exc
             for request_id, record in built.items():
@@ -163,8 +164,7 @@ class ResultStore:
             if not stale:
                 return 0
             try:
-                with self._cache.transact():
-                    delete_many(self._cache, [_PREFIX + rid for rid, _ in stale])
+                delete_many(self._cache, [_PREFIX + rid for rid, _ in stale])
             except Exception as exc:
                 raise ResultStoreError(f"cannot purge results: {exc}") from exc
             for rid, status in stale:

@@ -84,7 +84,9 @@ Reserve = Callable[[QueuedItem], Charge | None]
 class SyncReport:
     """What one round did. `sent`: items sent to the cloud; `done`: results stored;
     `failed`: items that got an attempt counted; `dead`: items dead-lettered;
-    `expired`: items expired by ttl; `skipped_offline`: the monitor refused the call."""
+    `expired`: items expired by ttl; `skipped_offline`: the monitor refused the call;
+    `bytes_sent`: the items' JSON bytes, counted only when `sync.max_bytes_per_s` paces
+    the drain (else 0); `pace_s`: the pause asked for after this round."""
 
     sent: int = 0
     done: int = 0
@@ -164,8 +166,7 @@ class SyncWorker:
         Every disk step (expiry, reading the batch, reserving budget, storing results)
         runs in a worker thread, so the event loop keeps answering live requests while
         SQLite commits or checkpoints; the cloud call and the monitor stay on the loop."""
-        expired = await asyncio.to_thread(self._expire)
-        items = await asyncio.to_thread(self._queue.oldest, self._sync.batch_size)
+        expired, items = await asyncio.to_thread(self._expire_and_read)
         if not items:
             return SyncReport(expired=expired)
         if not self._monitor.allow_request():
@@ -220,6 +221,11 @@ class SyncWorker:
             over_budget=batch.over,
         )
 
+    def _expire_and_read(self) -> tuple[int, list[QueuedItem]]:
+        """Expire items past their ttl, then read the next batch (worker thread)."""
+        expired = self._expire()
+        return expired, self._queue.oldest(self._sync.batch_size)
+
     def _prepare(self, items: list[QueuedItem]) -> _Batch:
         """The wire items of a round, each with its budget reserved (worker thread).
         Items that fail the wire schema are dead-lettered; over-budget items stay queued."""
@@ -245,7 +251,8 @@ class SyncWorker:
             batch.wire.append(w)
             batch.sendable.append(item)
             batch.charges.append(charge)
-        batch.nbytes = sum(len(orjson.dumps(w.model_dump(mode="json"))) for w in batch.wire)
+        if self._sync.max_bytes_per_s is not None:  # serializing costs; only pacing needs it
+            batch.nbytes = sum(len(orjson.dumps(w.model_dump(mode="json"))) for w in batch.wire)
         return batch
 
     def _fail_all(self, items: list[QueuedItem], error: str) -> int:

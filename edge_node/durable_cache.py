@@ -1,4 +1,5 @@
-"""One way to open the node's on-disk stores (queue, results, budget) with diskcache.
+"""One way to open the node's on-disk stores (queue, results, budget) with diskcache, and
+batched row writes for the stores that write many items per transaction.
 
 The guarantees, the same for every store: nothing is ever evicted (a plain
 `diskcache.Cache` evicts by default), SQLite runs in WAL mode, every value stays inside
@@ -6,17 +7,47 @@ SQLite (diskcache does not fsync the side files it uses for large values), and t
 durability is the policy's `queue.fsync`: `os_crash_safe` (synchronous=NORMAL: a committed
 write survives a crash of the process) or `per_write` (synchronous=FULL: it also survives
 power loss, at several times the cost per commit).
+
+Batched access (`put_many`, `delete_many`, `get_many`): `Cache.set` costs several SQL
+statements per key (a SELECT, the INSERT or UPDATE, the cull query) plus its own BEGIN and
+COMMIT, and every statement releases and retakes the GIL, which under concurrent threads
+means waiting for it again. These helpers handle a whole batch with one multi-row statement
+(per 1,000 rows) on the calling thread's diskcache connection; a single statement outside a
+transaction is atomic and committed by itself (SQLite autocommit), larger or combined writes
+run inside `cache.transact()`. Rows are encoded by the cache's own `Disk` exactly as
+`Cache.set` stores them (same columns, no expiry, no tag), so `get`, `iterkeys` and `len`
+see them, and diskcache's own triggers keep its `count`/`size` settings in step row by row.
+They rely on diskcache's `Cache` table schema (unchanged since diskcache 4; the pinned
+version is checked by `tests/test_durable_cache.py`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import diskcache
 
 from router.policy import Durability
 
+Value = bytes | int
+"""What the batched writes store: bytes (payloads, records) or int (counters)."""
+
 _SYNCHRONOUS: dict[str, int] = {"os_crash_safe": 1, "per_write": 2}
+_COLUMNS = (
+    "key, raw, store_time, expire_time, access_time, access_count, tag, size, mode, filename, value"
+)
+_ROW_MARKS = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_ON_CONFLICT = (
+    " ON CONFLICT(key, raw) DO UPDATE SET store_time = excluded.store_time,"
+    " expire_time = NULL, access_time = excluded.access_time, access_count = 0, tag = NULL,"
+    " size = excluded.size, mode = excluded.mode, filename = NULL, value = excluded.value"
+)
+_CHUNK = 1000  # rows (or keys) per statement: 11,000 parameters, under SQLite's 32,766
 
 
 def open_durable_cache(
@@ -36,3 +67,78 @@ def open_durable_cache(
         sqlite_journal_mode="wal",
         disk_min_file_size=2**40,
     )
+
+
+def _atomic(cache: diskcache.Cache, statements: int) -> contextlib.AbstractContextManager[Any]:
+    """What makes `statements` writes atomic: nothing for one statement (SQLite runs a
+    statement outside a transaction as its own transaction: one commit, one GIL release),
+    else a diskcache transaction (joined if this thread is already in one)."""
+    in_txn = cache._txn_id == threading.get_ident()
+    return contextlib.nullcontext() if statements <= 1 or in_txn else cache.transact()
+
+
+def _rows(cache: diskcache.Cache, items: Iterable[tuple[str, Value]]) -> list[tuple[Any, ...]]:
+    now = time.time()
+    disk = cache.disk
+    out: list[tuple[Any, ...]] = []
+    for key, value in items:
+        if not isinstance(key, str) or not isinstance(value, bytes | int):
+            raise TypeError("batched cache writes take str keys and bytes or int values")
+        db_key, raw = disk.put(key)
+        size, mode, filename, db_value = disk.store(value, False, key=key)
+        if filename is not None:  # never with disk_min_file_size=2**40; kept in SQLite
+            raise ValueError("value too large to be kept inside SQLite")
+        out.append((db_key, raw, now, None, now, 0, None, size, mode, None, db_value))
+    return out
+
+
+def put_many(cache: diskcache.Cache, items: Iterable[tuple[str, Value]]) -> None:
+    """Insert or overwrite `(key, value)` rows (of duplicate keys in `items` the last
+    wins), one statement per 1,000 rows. Atomic and committed when it returns: all rows or
+    none; inside a `cache.transact()` of this thread it joins that transaction instead.
+    Thread-safe like the cache. Raises sqlite3.Error / diskcache.Timeout as the cache does."""
+    rows = _rows(cache, items)
+    chunks = [rows[i : i + _CHUNK] for i in range(0, len(rows), _CHUNK)]
+    with _atomic(cache, len(chunks)):
+        con = cache._con
+        for chunk in chunks:
+            marks = ", ".join([_ROW_MARKS] * len(chunk))
+            con.execute(
+                f"INSERT INTO Cache({_COLUMNS}) VALUES {marks}{_ON_CONFLICT}",
+                [v for row in chunk for v in row],
+            )
+
+
+def delete_many(cache: diskcache.Cache, keys: Iterable[str]) -> int:
+    """Delete these keys (missing ones ignored), one statement per 1,000 keys; returns how
+    many rows went. Atomic like `put_many` (joins this thread's `cache.transact()`)."""
+    ks = list(dict.fromkeys(keys))
+    chunks = [ks[i : i + _CHUNK] for i in range(0, len(ks), _CHUNK)]
+    gone = 0
+    with _atomic(cache, len(chunks)):
+        con = cache._con
+        for chunk in chunks:
+            marks = ", ".join("?" * len(chunk))
+            cursor = con.execute(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
+            gone += int(cursor.rowcount)
+    return gone
+
+
+def get_many(cache: diskcache.Cache, keys: Sequence[str]) -> dict[str, bytes]:
+    """The bytes values of those `keys` that exist (one SELECT per 1,000 keys), key -> value.
+    Reads only: may run in or outside a transaction (WAL readers never block writers)."""
+    out: dict[str, bytes] = {}
+    sql = cache._sql
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = sql(
+            f"SELECT key, mode, filename, value FROM Cache WHERE raw = 1 AND key IN ({marks})"
+            " AND (expire_time IS NULL OR expire_time > ?)",
+            [*chunk, time.time()],
+        ).fetchall()
+        for key, mode, filename, value in rows:
+            data = cache.disk.fetch(mode, filename, value, False)
+            if isinstance(data, bytes):
+                out[key] = data
+    return out

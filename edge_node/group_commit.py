@@ -2,10 +2,11 @@
 
 A caller of `GroupCommitter.submit` either becomes the leader (no commit is running: it
 commits everything pending, its own value included, in one call of `commit`, then wakes
-the others; one of those still pending leads the next group) or waits for a leader to
-pick its value up. Each caller returns only after the commit holding its
-value has finished, with that value's own outcome, so a durable `commit` gives durable
-returns. Thread-safe; no thread is started.
+the callers of that group and hands leadership to the oldest caller still pending) or
+waits for a leader to pick its value up. Each caller returns only after the commit holding
+its value has finished, with that value's own outcome, so a durable `commit` gives durable
+returns. Only the threads that have something to do are woken (no thundering herd).
+Thread-safe; no thread is started.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ R = TypeVar("R")
 
 
 class _Slot(Generic[T, R]):
-    __slots__ = ("done", "error", "result", "value")
+    __slots__ = ("done", "error", "result", "value", "wake")
 
-    def __init__(self, value: T) -> None:
+    def __init__(self, value: T, wake: threading.Condition) -> None:
         self.value = value
+        self.wake = wake  # shares the committer's lock; notified when done or to lead
         self.done = False
         self.result: R | None = None
         self.error: BaseException | None = None
@@ -44,40 +46,46 @@ class GroupCommitter(Generic[T, R]):
     ) -> None:
         self._commit = commit
         self._max_group = max_group
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._pending: list[_Slot[T, R]] = []
         self._leading = False
 
     def submit(self, value: T) -> R:
         """Commit `value` (alone or with others); returns its result once its commit has
         finished, or raises its error."""
-        slot: _Slot[T, R] = _Slot(value)
-        with self._cond:
+        slot: _Slot[T, R] = _Slot(value, threading.Condition(self._lock))
+        with self._lock:
             self._pending.append(slot)
             while not slot.done:
                 if self._leading:
-                    self._cond.wait()
+                    slot.wake.wait()
                     continue
-                self._leading = True
-                group = self._pending[: self._max_group]
-                del self._pending[: self._max_group]
-                self._cond.release()
-                try:
-                    outcomes: Sequence[R | BaseException] = self._commit([s.value for s in group])
-                    if len(outcomes) != len(group):
-                        raise RuntimeError("commit returned a wrong number of outcomes")
-                except BaseException as exc:
-                    outcomes = [exc] * len(group)
-                finally:
-                    self._cond.acquire()
-                for s, out in zip(group, outcomes, strict=True):
-                    s.done = True
-                    if isinstance(out, BaseException):
-                        s.error = out
-                    else:
-                        s.result = out
-                self._leading = False
-                self._cond.notify_all()
+                self._lead()
         if slot.error is not None:
             raise slot.error
         return slot.result  # type: ignore[return-value]
+
+    def _lead(self) -> None:
+        """Commit the pending values (lock held on entry and exit, released meanwhile)."""
+        self._leading = True
+        group = self._pending[: self._max_group]
+        del self._pending[: self._max_group]
+        self._lock.release()
+        try:
+            outcomes: Sequence[R | BaseException] = self._commit([s.value for s in group])
+            if len(outcomes) != len(group):
+                raise RuntimeError("commit returned a wrong number of outcomes")
+        except BaseException as exc:
+            outcomes = [exc] * len(group)
+        finally:
+            self._lock.acquire()
+        for s, out in zip(group, outcomes, strict=True):
+            s.done = True
+            if isinstance(out, BaseException):
+                s.error = out
+            else:
+                s.result = out
+            s.wake.notify()
+        self._leading = False
+        if self._pending:
+            self._pending[0].wake.notify()  # the oldest waiter leads the next group

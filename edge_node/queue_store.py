@@ -7,8 +7,9 @@ its position, size, age, task and request_id:
 
 so reopening the queue rebuilds its in-memory index (order, byte count, ages) from the keys
 without reading a single payload, and the order and byte accounting survive restarts by
-construction: there is no separate counter to drift. `seq` comes from a counter persisted
-in the same cache and written in the same transaction as the item.
+construction: there is no separate counter to drift. `seq` is one more than the highest
+`seq` on disk when the queue is opened, then counts up in memory (an emptied queue may
+start again from 0 after a restart: seqs are only ever compared between queued items).
 
 Durability: `put` returns only after the SQLite transaction committed. With
 `fsync: os_crash_safe` (`PRAGMA synchronous=NORMAL` in WAL mode) an acknowledged item
@@ -17,10 +18,12 @@ survives an OS crash or power loss. Payloads are kept inside SQLite (never in si
 which diskcache does not fsync), and the cache never evicts (`eviction_policy="none"`):
 items leave only through `remove`, `take_expired` or `on_full: drop_oldest`.
 
-Concurrency: one process per directory (not checked). Within the process every method is
-thread-safe (one lock around the index and the diskcache transaction). Concurrent `put`s
-are group-committed (`edge_node.group_commit`): one transaction for all the items that
-arrived while the previous commit ran, each `put` returning once its transaction is durable.
+Concurrency: one process per directory (this class does not check it; an edge node's data
+dir is guarded by `edge_node.data_dir_lock`). Within the process every method is
+thread-safe (one lock around the index and the SQLite writes). Concurrent `put`s are
+group-committed (`edge_node.group_commit`): one transaction (one multi-row INSERT) for all
+the items that arrived while the previous commit ran, each `put` returning once its
+transaction is durable.
 """
 
 from __future__ import annotations
@@ -31,15 +34,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_node.durable_cache import open_durable_cache
+from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
 from edge_node.group_commit import GroupCommitter
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
-_SEQ_KEY = "m:next_seq"
 _ITEM_PREFIX = "q:"
 _MAX_ERROR_CHARS = 500
 
@@ -116,6 +117,7 @@ class DurableQueue:
             raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
         self._entries: dict[str, _Entry] = {}  # request_id -> entry, in seq order
         self._bytes = 0
+        self._next_seq = 0  # the seq of the next item: one more than the highest queued
         self._group: GroupCommitter[tuple[QueuedItem, bytes], list[str]] = GroupCommitter(
             self._commit_group
         )
@@ -128,6 +130,7 @@ class DurableQueue:
             if isinstance(k, str) and k.startswith(_ITEM_PREFIX)
         ]
         entries.sort(key=lambda e: e.seq)
+        self._next_seq = entries[-1].seq + 1 if entries else 0
         for e in entries:
             self._entries[e.request_id] = e
             self._bytes += e.size
@@ -147,7 +150,7 @@ class DurableQueue:
         together in the next transaction (one commit, one fsync under `per_write`); each
         returns only after the transaction holding its item committed. Thread-safe.
         """
-        payload = orjson.dumps(item.model_dump(mode="json"))
+        payload = item.model_dump_json().encode()
         size = len(payload)
         if size > self._settings.max_bytes:
             raise RequestTooLarge(
@@ -160,51 +163,57 @@ class DurableQueue:
     def _commit_group(
         self, group: Sequence[tuple[QueuedItem, bytes]]
     ) -> list[list[str] | BaseException]:
-        """Write every item of `group` in ONE SQLite transaction (group commit); one outcome
-        per item: the dropped ids, or the error its `put` raises. On a storage error the
-        in-memory index is restored and every item not refused otherwise fails."""
-        out: list[list[str] | BaseException] = []
+        """Write every item of `group` atomically in ONE SQLite transaction (group commit):
+        the new items as one multi-row INSERT (at most 512 rows, so one statement, which
+        SQLite commits as its own transaction), preceded by one DELETE of `drop_oldest`
+        victims in the same explicit transaction when there are any. One outcome per item:
+        the dropped ids, or the error its `put` raises. On a storage error the in-memory
+        index is restored and every item not refused otherwise fails."""
         with self._lock:
+            seq = self._next_seq
+            out: list[list[str] | BaseException] = []
+            rows: dict[str, bytes] = {}  # key -> payload, in seq order
+            doomed: list[str] = []  # keys already on disk to delete
             added: list[_Entry] = []
             forgotten: list[_Entry] = []
+            for item, payload in group:
+                if item.request_id in self._entries:
+                    out.append([])
+                    continue
+                try:
+                    victims = self._victims_for(len(payload))
+                except QueueFull as exc:
+                    out.append(exc)
+                    continue
+                for v in victims:
+                    if rows.pop(v.key, None) is None:  # not one of this group's own items
+                        doomed.append(v.key)
+                    self._forget(v)
+                    forgotten.append(v)
+                size = len(payload)
+                key = _make_key(seq, size, item.enqueued_at, item.task, item.request_id)
+                entry = _Entry(key, seq, size, item.enqueued_at, item.task, item.request_id)
+                rows[key] = payload
+                self._entries[item.request_id] = entry
+                self._bytes += size
+                added.append(entry)
+                seq += 1
+                out.append([v.request_id for v in victims])
+            if not added:
+                return out
             try:
-                with self._cache.transact():
-                    seq = int(self._cache.get(_SEQ_KEY, default=0))
-                    for item, payload in group:
-                        if item.request_id in self._entries:
-                            out.append([])
-                            continue
-                        try:
-                            victims = self._victims_for(len(payload))
-                        except QueueFull as exc:
-                            out.append(exc)
-                            continue
-                        key = _make_key(
-                            seq, len(payload), item.enqueued_at, item.task, item.request_id
-                        )
-                        for v in victims:
-                            self._cache.delete(v.key)
-                            self._forget(v)
-                            forgotten.append(v)
-                        self._cache.set(key, payload)
-                        entry = _Entry(
-                            key, seq, len(payload), item.enqueued_at, item.task, item.request_id
-                        )
-                        self._entries[item.request_id] = entry
-                        self._bytes += entry.size
-                        added.append(entry)
-                        seq += 1
-                        out.append([v.request_id for v in victims])
-                    if added:
-                        self._cache.set(_SEQ_KEY, seq)
+                if doomed:
+                    with self._cache.transact():
+                        delete_many(self._cache, doomed)
+                        put_many(self._cache, rows.items())
+                else:
+                    put_many(self._cache, rows.items())
             except Exception as exc:
                 self._restore(added, forgotten)
                 err = QueueStoreError(f"cannot write queue item: {exc}")
                 err.__cause__ = exc
-                failed: list[list[str] | BaseException] = [
-                    o if isinstance(o, QueueFull) else err for o in out
-                ]
-                return failed + [err] * (len(group) - len(out))
+                return [o if isinstance(o, QueueFull) else err for o in out]
+            self._next_seq = seq
             return out
 
     def _restore(self, added: list[_Entry], forgotten: list[_Entry]) -> None:
@@ -241,16 +250,15 @@ class DurableQueue:
         self._bytes -= entry.size
 
     def remove(self, request_ids: Iterable[str]) -> int:
-        """Delete these items in one transaction (unknown ids are ignored); returns how
-        many were removed. Durable when it returns."""
+        """Delete these items in one transaction and one DELETE statement (unknown ids are
+        ignored); returns how many were removed. Durable when it returns: either every
+        listed item is gone or, on `QueueStoreError`, none is."""
         with self._lock:
             gone = [self._entries[r] for r in dict.fromkeys(request_ids) if r in self._entries]
             if not gone:
                 return 0
             try:
-                with self._cache.transact():
-                    for e in gone:
-                        self._cache.delete(e.key)
+                delete_many(self._cache, [e.key for e in gone])  # atomic
             except Exception as exc:
                 raise QueueStoreError(f"cannot remove queue items: {exc}") from exc
             for e in gone:
@@ -270,7 +278,7 @@ class DurableQueue:
                 update={"attempts": item.attempts + 1, "last_error": error[:_MAX_ERROR_CHARS]}
             )
             try:
-                self._cache.set(entry.key, orjson.dumps(updated.model_dump(mode="json")))
+                self._cache.set(entry.key, updated.model_dump_json().encode())
             except Exception as exc:
                 raise QueueStoreError(f"cannot update queue item: {exc}") from exc
             return updated.attempts
@@ -290,7 +298,7 @@ class DurableQueue:
         limit = now - self._settings.ttl_s
         with self._lock:
             old = [e for e in self._entries.values() if e.enqueued_at < limit]
-            return [self._read(e) for e in old]
+            return self._read_many(old)
 
     def oldest(self, n: int, task: str | None = None) -> list[QueuedItem]:
         """Up to `n` items (of `task`, or any), oldest first; nothing is removed."""
@@ -301,16 +309,29 @@ class DurableQueue:
                     break
                 if task is None or e.task == task:
                     picked.append(e)
-            return [self._read(e) for e in picked]
+            return self._read_many(picked)
 
     def _read(self, entry: _Entry) -> QueuedItem:
-        raw = self._cache.get(entry.key)
-        if not isinstance(raw, bytes):
-            raise QueueStoreError(f"queue item {entry.seq} is missing from disk")
+        return self._read_many([entry])[0]
+
+    def _read_many(self, entries: Sequence[_Entry]) -> list[QueuedItem]:
+        """The items of `entries` (lock held), read with one SELECT per 500 keys."""
+        if not entries:
+            return []
         try:
-            return QueuedItem.model_validate_json(raw)
-        except ValidationError as exc:
-            raise QueueStoreError(f"queue item {entry.seq} is corrupt: {exc}") from exc
+            raws = get_many(self._cache, [e.key for e in entries])
+        except Exception as exc:
+            raise QueueStoreError(f"cannot read queue items: {exc}") from exc
+        out: list[QueuedItem] = []
+        for e in entries:
+            raw = raws.get(e.key)
+            if raw is None:
+                raise QueueStoreError(f"queue item {e.seq} is missing from disk")
+            try:
+                out.append(QueuedItem.model_validate_json(raw))
+            except ValidationError as exc:
+                raise QueueStoreError(f"queue item {e.seq} is corrupt: {exc}") from exc
+        return out
 
     def get(self, request_id: str) -> QueuedItem | None:
         """The queued item with this request_id, or None if it is not queued."""

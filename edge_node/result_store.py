@@ -16,13 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from edge_node.durable_cache import open_durable_cache
+from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
 from router.errors import EdgerouteError
 from router.policy import Durability
 
@@ -96,7 +96,15 @@ class ResultStore:
     def put_done(self, request_id: str, result: dict[str, Any]) -> None:
         """Record the final (cloud) result. Keeps the task and provisional answer of an
         earlier pending record; `result["task"]` is used when there was none."""
-        self._write(request_id, "done", {"result": result, "task": result.get("task")})
+        self.put_done_many([(request_id, result)])
+
+    def put_done_many(self, results: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """`put_done` for every `(request_id, result)` in ONE transaction: when this
+        returns every record is durable; on `ResultStoreError` none was written (and the
+        counts are unchanged). A request_id listed twice ends with its last result."""
+        self._write_many(
+            [(rid, "done", {"result": r, "task": r.get("task")}) for rid, r in results]
+        )
 
     def put_expired(self, request_id: str, reason: str) -> None:
         """Record that the request will never get a cloud result (ttl, dropped...)."""
@@ -107,28 +115,41 @@ class ResultStore:
         self._write(request_id, "failed", {"error": error})
 
     def _write(self, request_id: str, status: Status, fields: dict[str, Any]) -> None:
+        self._write_many([(request_id, status, fields)])
+
+    def _write_many(self, updates: Sequence[tuple[str, Status, dict[str, Any]]]) -> None:
+        """Write these records atomically (`put_many`: one multi-row INSERT per 1,000
+        records, in one transaction), then update the index."""
         now = self._clock()
-        key = _PREFIX + request_id
         with self._lock:
-            previous = self._get_live(request_id, now) or {}
-            record: dict[str, Any] = {
-                "request_id": request_id,
-                "task": fields.pop("task", None) or previous.get("task"),
-                "status": status,
-                "updated_at": now,
-            }
-            if "provisional" in previous:
-                record["provisional"] = previous["provisional"]
-            record.update(fields)
+            live = self._get_live_many([rid for rid, _, _ in updates], now)
+            built: dict[str, dict[str, Any]] = {}  # request_id -> new record, last wins
+            for request_id, status, fields in updates:
+                previous = built.get(request_id) or live.get(request_id) or {}
+                record: dict[str, Any] = {
+                    "request_id": request_id,
+                    "task": fields.get("task") or previous.get("task"),
+                    "status": status,
+                    "updated_at": now,
+                }
+                if "provisional" in previous:
+                    record["provisional"] = previous["provisional"]
+                for k, v in fields.items():
+                    if k != "task":
+                        record[k] = v
+                built.pop(request_id, None)  # re-inserted last: the write order is kept
+                built[request_id] = record
             try:
-                self._cache.set(key, orjson.dumps(record))
+                rows = [(_PREFIX + r, orjson.dumps(v)) for r, v in built.items()]
+                put_many(self._cache, rows)  # atomic: one statement, or its own transaction
             except Exception as exc:
                 raise ResultStoreError(f"cannot write result: {exc}") from exc
-            old = self._index.pop(request_id, None)
-            if old is not None:
-                self._counts[old[0]] -= 1
-            self._index[request_id] = (status, now)
-            self._counts[status] += 1
+            for request_id, record in built.items():
+                old = self._index.pop(request_id, None)
+                if old is not None:
+                    self._counts[old[0]] -= 1
+                self._index[request_id] = (record["status"], now)
+                self._counts[record["status"]] += 1
 
     def purge_expired(self, now: float | None = None) -> int:
         """Delete records not updated for `retention_s`; returns how many were deleted."""
@@ -143,9 +164,7 @@ class ResultStore:
             if not stale:
                 return 0
             try:
-                with self._cache.transact():
-                    for rid, _ in stale:
-                        self._cache.delete(_PREFIX + rid)
+                delete_many(self._cache, [_PREFIX + rid for rid, _ in stale])
             except Exception as exc:
                 raise ResultStoreError(f"cannot purge results: {exc}") from exc
             for rid, status in stale:
@@ -162,10 +181,28 @@ class ResultStore:
             return self._get_live(request_id, self._clock())
 
     def _get_live(self, request_id: str, now: float) -> dict[str, Any] | None:
-        entry = self._index.get(request_id)
-        if entry is None or entry[1] < now - self._retention_s:
-            return None
-        return self._decode(self._cache.get(_PREFIX + request_id))
+        return self._get_live_many([request_id], now).get(request_id)
+
+    def _get_live_many(self, request_ids: Sequence[str], now: float) -> dict[str, dict[str, Any]]:
+        """The live records of these ids (lock held), read with one SELECT per 500 ids."""
+        limit = now - self._retention_s
+        keys = [
+            _PREFIX + rid
+            for rid in dict.fromkeys(request_ids)
+            if (e := self._index.get(rid)) is not None and e[1] >= limit
+        ]
+        if not keys:
+            return {}
+        try:
+            raws = get_many(self._cache, keys)
+        except Exception as exc:
+            raise ResultStoreError(f"cannot read results: {exc}") from exc
+        out: dict[str, dict[str, Any]] = {}
+        for key, raw in raws.items():
+            rec = self._decode(raw)
+            if rec is not None:
+                out[key[len(_PREFIX) :]] = rec
+        return out
 
     def records(self, status: Status, limit: int = 100) -> list[dict[str, Any]]:
         """Up to `limit` live records with `status`, least recently updated first."""

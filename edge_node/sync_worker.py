@@ -4,9 +4,11 @@ One round (`run_once`):
 1. items older than `queue.ttl_s` are recorded as `expired` in the result store, then
    removed from the queue;
 2. if the connectivity monitor refuses calls, nothing else happens;
-3. the oldest `sync.batch_size` items are sent in one `rerank` call; each result is stored
-   as `done` BEFORE its item leaves the queue (a crash in between re-sends it; the cloud
-   is idempotent by request_id), so no acknowledged item is ever lost;
+3. the oldest `sync.batch_size` items are sent in one `rerank` call; the batch's results
+   are stored as `done` in one transaction BEFORE its items leave the queue (in a second
+   one): a crash in between leaves results stored and items queued, which the next round
+   re-sends (the cloud is idempotent by request_id) and removes, so no acknowledged item
+   is ever lost;
 4. a per-item `RerankFailure` or a whole-call `CloudRejected` counts one attempt per item;
    after `sync.max_attempts` the item is dead-lettered (`failed`, with its last error);
 5. retryable cloud errors (unreachable, timeout, overload) leave the items untouched and
@@ -25,6 +27,10 @@ the budget exhausted waits in the queue for a later round.
 sent nothing, and sends `GET /healthz` probes while the breaker is open so the node comes
 back online without live traffic. It never dies on an exception (logged, next round).
 Logs carry request_id / task / route / reason, never inputs.
+
+Live traffic first: every disk step of a round (expiry, reading the batch, budget
+reservations, storing results) runs in a worker thread (`asyncio.to_thread`), so SQLite
+commits and WAL checkpoints never stall the event loop that answers live requests.
 """
 
 from __future__ import annotations
@@ -78,7 +84,9 @@ Reserve = Callable[[QueuedItem], Charge | None]
 class SyncReport:
     """What one round did. `sent`: items sent to the cloud; `done`: results stored;
     `failed`: items that got an attempt counted; `dead`: items dead-lettered;
-    `expired`: items expired by ttl; `skipped_offline`: the monitor refused the call."""
+    `expired`: items expired by ttl; `skipped_offline`: the monitor refused the call;
+    `bytes_sent`: the items' JSON bytes, counted only when `sync.max_bytes_per_s` paces
+    the drain (else 0); `pace_s`: the pause asked for after this round."""
 
     sent: int = 0
     done: int = 0
@@ -91,13 +99,34 @@ class SyncReport:
     over_budget: int = 0
 
 
+@dataclass(slots=True)
+class _Batch:
+    """The items of one round that go on the wire, with their reserved charges."""
+
+    wire: list[RerankItem] = dataclasses.field(default_factory=list)
+    sendable: list[QueuedItem] = dataclasses.field(default_factory=list)
+    charges: list[Charge | None] = dataclasses.field(default_factory=list)
+    failed: int = 0
+    dead: int = 0
+    over: int = 0
+    nbytes: int = 0
+
+
+def _release_all(charges: list[Charge | None]) -> None:
+    for c in charges:
+        if c is not None:
+            c.release()
+
+
 class SyncWorker:
     """Drains `queue` into `results` through `client`, guarded by `monitor`.
 
     `clock` is wall-clock seconds (the queue's `enqueued_at` scale); `sleep` awaits
     seconds; `deadline_s` bounds one rerank call including its retries;
     `probe_timeout_s` bounds one health probe. Run one worker per queue; its methods must
-    be called from one event loop.
+    be called from one event loop. `queue`, `results`, `reserve`, `clock` and `log` are
+    also used from worker threads (one at a time), so they must be thread-safe (the stores
+    and the budget ledger are); `client` and `monitor` are only used on the loop.
     """
 
     def __init__(
@@ -132,17 +161,75 @@ class SyncWorker:
     # --- one round --------------------------------------------------------------------
 
     async def run_once(self) -> SyncReport:
-        """One drain round (see module doc). Raises only storage errors."""
-        expired = self._expire()
-        items = self._queue.oldest(self._sync.batch_size)
+        """One drain round (see module doc). Raises only storage errors.
+
+        Every disk step (expiry, reading the batch, reserving budget, storing results)
+        runs in a worker thread, so the event loop keeps answering live requests while
+        SQLite commits or checkpoints; the cloud call and the monitor stay on the loop."""
+        expired, items = await asyncio.to_thread(self._expire_and_read)
         if not items:
             return SyncReport(expired=expired)
         if not self._monitor.allow_request():
             return SyncReport(expired=expired, skipped_offline=True)
-        wire: list[RerankItem] = []
-        sendable: list[QueuedItem] = []
-        charges: list[Charge | None] = []
-        failed = dead = over_budget = 0
+        batch = await asyncio.to_thread(self._prepare, items)
+        if not batch.wire:
+            return SyncReport(
+                failed=batch.failed, dead=batch.dead, expired=expired, over_budget=batch.over
+            )
+        started = self._monotonic()
+        try:
+            results = await self._client.rerank(batch.wire, deadline_s=self._deadline_s)
+        except BaseException as exc:
+            await asyncio.to_thread(_release_all, batch.charges)
+            if not isinstance(exc, CloudError):
+                if isinstance(exc, Exception):
+                    self._monitor.record_failure()  # an unexpected client bug counts too
+                raise
+            report = SyncReport(
+                sent=len(batch.wire),
+                failed=batch.failed,
+                dead=batch.dead,
+                expired=expired,
+                over_budget=batch.over,
+                bytes_sent=batch.nbytes,
+                pace_s=self._pace_s(batch.nbytes, self._monotonic() - started),
+            )
+            if exc.retryable:
+                self._monitor.record_failure(exc.retry_after_s)
+                self._log.warning(
+                    "sync_cloud_unavailable", route="cloud", reason=exc.code, items=len(batch.wire)
+                )
+                return report
+            self._monitor.record_success()  # the cloud answered; it refused the batch
+            dead = await asyncio.to_thread(
+                self._fail_all, batch.sendable, f"{exc.code}: {exc.message}"
+            )
+            return dataclasses.replace(
+                report, failed=report.failed + len(batch.sendable), dead=report.dead + dead
+            )
+        pace = self._pace_s(batch.nbytes, self._monotonic() - started)
+        self._monitor.record_success()
+        failed, dead, done = await asyncio.to_thread(self._store_results, batch, results)
+        return SyncReport(
+            sent=len(batch.sendable),
+            done=done,
+            failed=batch.failed + failed,
+            dead=batch.dead + dead,
+            expired=expired,
+            bytes_sent=batch.nbytes,
+            pace_s=pace,
+            over_budget=batch.over,
+        )
+
+    def _expire_and_read(self) -> tuple[int, list[QueuedItem]]:
+        """Expire items past their ttl, then read the next batch (worker thread)."""
+        expired = self._expire()
+        return expired, self._queue.oldest(self._sync.batch_size)
+
+    def _prepare(self, items: list[QueuedItem]) -> _Batch:
+        """The wire items of a round, each with its budget reserved (worker thread).
+        Items that fail the wire schema are dead-lettered; over-budget items stay queued."""
+        batch = _Batch()
         for item in items:
             try:
                 w = RerankItem(
@@ -152,57 +239,26 @@ class SyncWorker:
                     candidates=item.candidates or None,
                 )
             except ValidationError as exc:
-                failed += 1
-                dead += self._attempt_failed(
+                batch.failed += 1
+                batch.dead += self._attempt_failed(
                     item, f"invalid_item: {exc.error_count()} schema errors", force_dead=True
                 )
                 continue
             charge = self._reserve(item) if self._reserve is not None else None
             if self._reserve is not None and charge is None:
-                over_budget += 1  # budget exhausted: stays queued for a later round
+                batch.over += 1  # budget exhausted: stays queued for a later round
                 continue
-            wire.append(w)
-            sendable.append(item)
-            charges.append(charge)
-        if not wire:
-            return SyncReport(failed=failed, dead=dead, expired=expired, over_budget=over_budget)
-        body_bytes = sum(len(orjson.dumps(w.model_dump(mode="json"))) for w in wire)
-        started = self._monotonic()
-        try:
-            results = await self._client.rerank(wire, deadline_s=self._deadline_s)
-        except BaseException as exc:
-            for c in charges:
-                if c is not None:
-                    c.release()
-            if not isinstance(exc, CloudError):
-                if isinstance(exc, Exception):
-                    self._monitor.record_failure()  # an unexpected client bug counts too
-                raise
-            pace = self._pace_s(body_bytes, self._monotonic() - started)
-            report = SyncReport(
-                sent=len(wire),
-                failed=failed,
-                dead=dead,
-                expired=expired,
-                over_budget=over_budget,
-                bytes_sent=body_bytes,
-                pace_s=pace,
-            )
-            if exc.retryable:
-                self._monitor.record_failure(exc.retry_after_s)
-                self._log.warning(
-                    "sync_cloud_unavailable", route="cloud", reason=exc.code, items=len(wire)
-                )
-                return report
-            self._monitor.record_success()  # the cloud answered; it refused the batch
-            for item in sendable:
-                failed += 1
-                dead += self._attempt_failed(item, f"{exc.code}: {exc.message}")
-            return dataclasses.replace(report, failed=failed, dead=dead)
-        pace = self._pace_s(body_bytes, self._monotonic() - started)
-        return self._store_results(
-            sendable, results, charges, failed, dead, expired, over_budget, body_bytes, pace
-        )
+            batch.wire.append(w)
+            batch.sendable.append(item)
+            batch.charges.append(charge)
+        if self._sync.max_bytes_per_s is not None:  # serializing costs; only pacing needs it
+            batch.nbytes = sum(len(orjson.dumps(w.model_dump(mode="json"))) for w in batch.wire)
+        return batch
+
+    def _fail_all(self, items: list[QueuedItem], error: str) -> int:
+        """Count one failed attempt for each item (worker thread); returns how many were
+        dead-lettered."""
+        return sum(self._attempt_failed(item, error) for item in items)
 
     def _pace_s(self, nbytes: int, spent_s: float) -> float:
         """The pause after sending `nbytes` in `spent_s` that keeps the drain at or below
@@ -211,55 +267,42 @@ class SyncWorker:
         return 0.0 if rate is None else max(0.0, nbytes / rate - spent_s)
 
     def _store_results(
-        self,
-        sendable: list[QueuedItem],
-        results: list[RerankResult | RerankFailure],
-        charges: list[Charge | None],
-        failed: int,
-        dead: int,
-        expired: int,
-        over_budget: int,
-        body_bytes: int,
-        pace: float,
-    ) -> SyncReport:
-        """Results stored durably first, charges settled, then the items leave the queue."""
-        self._monitor.record_success()
-        done_ids: list[str] = []
-        for item, res, charge in zip(sendable, results, charges, strict=True):
+        self, batch: _Batch, results: list[RerankResult | RerankFailure]
+    ) -> tuple[int, int, int]:
+        """Charges settled, all results stored durably in one transaction, then the synced
+        items leave the queue in one transaction (worker thread); returns (failed, dead,
+        done). A crash between the two leaves a `done` result with its item still queued:
+        the next round re-sends it, the cloud answers from its dedup store (`cached`,
+        charge released), the result is stored again and the item leaves."""
+        failed = dead = 0
+        done: list[tuple[QueuedItem, RerankResult]] = []
+        for item, res, charge in zip(batch.sendable, results, batch.charges, strict=True):
             if isinstance(res, RerankResult):
-                self._results.put_done(item.request_id, _done_record(item, res))
-                done_ids.append(item.request_id)
                 if charge is not None and res.cached:
-                    charge.release()
+                    charge.release()  # the cloud had computed (and we charged) it before
                 elif charge is not None:
-                    charge.commit()
-                self._log.info(
-                    "sync_done",
-                    request_id=item.request_id,
-                    task=item.task,
-                    route="cloud",
-                    reason=SYNCED,
-                )
-            else:
-                if charge is not None:
-                    charge.release()
-                failed += 1
-                dead += self._attempt_failed(
-                    item,
-                    f"{res.error.code}: {res.error.message}",
-                    force_dead=res.error.code == INPUTS_REQUIRED,  # a retry cannot succeed
-                )
-        self._queue.remove(done_ids)
-        return SyncReport(
-            sent=len(sendable),
-            done=len(done_ids),
-            failed=failed,
-            dead=dead,
-            expired=expired,
-            bytes_sent=body_bytes,
-            pace_s=pace,
-            over_budget=over_budget,
-        )
+                    charge.commit()  # computed now: the cost is incurred whatever follows
+                done.append((item, res))
+                continue
+            if charge is not None:
+                charge.release()
+            failed += 1
+            dead += self._attempt_failed(
+                item,
+                f"{res.error.code}: {res.error.message}",
+                force_dead=res.error.code == INPUTS_REQUIRED,  # a retry cannot succeed
+            )
+        self._results.put_done_many([(i.request_id, _done_record(i, r)) for i, r in done])
+        for item, _ in done:
+            self._log.info(
+                "sync_done",
+                request_id=item.request_id,
+                task=item.task,
+                route="cloud",
+                reason=SYNCED,
+            )
+        self._queue.remove([item.request_id for item, _ in done])
+        return failed, dead, len(done)
 
     def _expire(self) -> int:
         items = self._queue.expired(self._clock())

@@ -1,8 +1,10 @@
 """`edgeroute queue stats|list|drain|purge --data-dir DIR`: inspect and operate the durable
 queue and result store of an edge node's data dir.
 
-`stats` and `list` only read and are safe while the node runs. `drain` and `purge` write:
-run them with the node stopped (the node keeps an in-memory index of its queue).
+`stats` and `list` only read and are safe while the node runs. `drain` and `purge` write,
+and the node keeps an in-memory index of its queue, so they take the data dir's writer
+lock (`edge_node.data_dir_lock`, held by a running node) and refuse with exit code 2 while
+another process holds it.
 """
 
 from __future__ import annotations
@@ -112,18 +114,24 @@ def list_items(data_dir: Path, state: str, limit: int) -> None:
 @_data_dir
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def purge(data_dir: Path, yes: bool) -> None:
-    """Delete every queued item (recorded as expired, reason `purged`). Node must be stopped."""
+    """Delete every queued item (recorded as expired, reason `purged`). Asks first unless
+    --yes; refuses while the node (or another drain/purge) runs on DATA_DIR."""
+    from edge_node.data_dir_lock import exclusive
+
     try:
-        q, rs = _open(data_dir)
-        n = q.depth
-        if n and not yes:
-            click.confirm(f"purge {n} queued items from {data_dir}?", abort=True)
-        items = q.oldest(n) if n else []
-        for item in items:
-            rs.put_expired(item.request_id, "purged")
-        removed = q.remove(i.request_id for i in items)
-        q.close()
-        rs.close()
+        with exclusive(data_dir, "edgeroute queue purge"):
+            q, rs = _open(data_dir)
+            try:
+                n = q.depth
+                if n and not yes:
+                    click.confirm(f"purge {n} queued items from {data_dir}?", abort=True)
+                items = q.oldest(n) if n else []
+                for item in items:
+                    rs.put_expired(item.request_id, "purged")
+                removed = q.remove(i.request_id for i in items)
+            finally:
+                q.close()
+                rs.close()
     except EdgerouteError as exc:
         fail(exc)
     click.echo(f"purged {removed} items")
@@ -135,19 +143,22 @@ def purge(data_dir: Path, yes: bool) -> None:
 @click.option("--cloud-url", default=None, help="Overrides the policy's cloud.url.")
 @click.option("--timeout", "timeout_s", type=float, default=300.0, show_default=True)
 def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: float) -> None:
-    """Sync the queue to the cloud now, with a progress bar. Node must be stopped."""
+    """Sync the queue to the cloud now, with a progress bar. Refuses while the node (or
+    another drain/purge) runs on DATA_DIR."""
+    from edge_node.data_dir_lock import exclusive
     from router.policy_loader import parse_policy
 
     try:
         policy = parse_policy(policy_path.read_text(), source=str(policy_path))
-        q, rs = _open(data_dir, policy.queue)
+        with exclusive(data_dir, "edgeroute queue drain"):
+            q, rs = _open(data_dir, policy.queue)
+            try:
+                left = asyncio.run(_drain(q, rs, policy, cloud_url, timeout_s))
+            finally:
+                q.close()
+                rs.close()
     except EdgerouteError as exc:
         fail(exc)
-    try:
-        left = asyncio.run(_drain(q, rs, policy, cloud_url, timeout_s))
-    finally:
-        q.close()
-        rs.close()
     if left:
         raise click.ClickException(f"{left} items still queued (cloud unreachable?)")
     click.echo("queue drained")

@@ -61,3 +61,34 @@ def test_per_value_errors_and_failing_commit() -> None:
         gc.submit(1)
     fail["all"] = False
     assert gc.submit(2) == 2
+
+
+def test_waiters_are_woken_to_lead_the_next_group() -> None:
+    """11 callers arriving while a lone first commit runs (groups capped at 2) all return:
+    each finished group wakes the next leader, even though its own callers all returned."""
+    groups: list[list[int]] = []
+    first_running = threading.Event()
+
+    def commit(values: Sequence[int]) -> list[int | BaseException]:
+        first_running.set()
+        time.sleep(0.05 if not groups else 0.002)
+        groups.append(list(values))
+        return list(values)
+
+    gc: GroupCommitter[int, int] = GroupCommitter(commit, max_group=2)
+    results: dict[int, int] = {}
+
+    def call(v: int) -> None:
+        results[v] = gc.submit(v)
+
+    threads = [threading.Thread(target=call, args=(0,), daemon=True)]
+    threads[0].start()
+    assert first_running.wait(5)
+    threads += [threading.Thread(target=call, args=(v,), daemon=True) for v in range(1, 12)]
+    for th in threads[1:]:
+        th.start()
+    deadline = time.monotonic() + 10
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+    assert results == {v: v for v in range(12)}
+    assert groups[0] == [0] and max(len(g) for g in groups) <= 2

@@ -1,30 +1,46 @@
-"""`edgeroute queue stats|list|purge` on a real data dir (click CliRunner, no processes)."""
+"""`edgeroute queue stats|list|purge|drain` on a real data dir (click CliRunner); drain
+against the session's real cloud; drain/purge refused while another process holds the
+data dir's writer lock."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
+from edgeroute import processes
 from edgeroute.cli_queue import queue
 from router.policy import QueueSettings
+from tests.edge_fixtures import CLOUD_TOKEN
+from tests.offline_support import offline_policy
+
+REPO = Path(__file__).resolve().parents[1]
 
 
-def _item(rid: str) -> QueuedItem:
+def _item(rid: str, inputs: list[float] | None = None, at: float = 1000.0) -> QueuedItem:
     return QueuedItem(
         request_id=rid,
         task="digits",
         cloud_task="digits",
-        inputs=[0.5] * 64,
+        inputs=inputs if inputs is not None else [0.5] * 64,
         candidates=["1", "7"],
         edge_label="1",
         edge_score=0.4,
         edge_candidates=[("1", 0.4), ("7", 0.3)],
         model_version="e1",
-        enqueued_at=1000.0,
+        enqueued_at=at,
         reason="cloud_unreachable",
     )
 
@@ -84,3 +100,108 @@ def test_purge_asks_then_expires(tmp_path: Path) -> None:
     assert yes.exit_code == 0 and "purged 3" in yes.output
     data = json.loads(runner.invoke(queue, ["stats", "--data-dir", d, "--json"]).output)
     assert data["depth"] == 0 and data["results"]["expired"] == 5
+
+
+def test_purge_without_confirmation_changes_nothing(tmp_path: Path) -> None:
+    """purge with no answer at all (stdin closed) aborts like a "no"; --yes never asks."""
+    d = str(_data_dir(tmp_path))
+    runner = CliRunner()
+    silent = runner.invoke(queue, ["purge", "--data-dir", d], input="")
+    assert silent.exit_code == 1 and "Aborted" in silent.output
+    assert (
+        json.loads(runner.invoke(queue, ["stats", "--data-dir", d, "--json"]).output)["depth"] == 3
+    )
+    forced = runner.invoke(queue, ["purge", "--data-dir", d, "--yes"], input="")
+    assert forced.exit_code == 0 and "?" not in forced.output and "purged 3" in forced.output
+
+
+@pytest.mark.ray
+def test_drain_syncs_every_item_to_the_real_cloud(
+    tmp_path: Path,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    cloud_url: str,
+) -> None:
+    """queue drain --cloud-url against the session cloud: every queued item ends `done`
+    with the cloud model's answer and the queue is empty."""
+    x, _ = digits_split
+    run = uuid.uuid4().hex[:8]
+    ids = [f"cli-drain-{run}-{i}" for i in range(150)]
+    q = DurableQueue(
+        tmp_path / "queue", QueueSettings(max_items=1000, max_bytes=1 << 24, on_full="reject")
+    )
+    for i, rid in enumerate(ids):
+        q.put(_item(rid, x[i % len(x)].tolist(), at=time.time()))
+    q.close()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(offline_policy(demo_bundles_dir / "edge" / "digits"))
+
+    out = CliRunner().invoke(
+        queue,
+        ["drain", "--data-dir", str(tmp_path), "--policy", str(policy), "--cloud-url", cloud_url],
+        env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN},
+    )
+    assert out.exit_code == 0, out.output
+    assert "queue drained" in out.output
+    rs = ResultStore(tmp_path / "results")
+    records = {rid: rs.get(rid) or {} for rid in ids}
+    rs.close()
+    assert {r.get("status") for r in records.values()} == {"done"}
+    assert all(
+        str(r["result"]["model_version"]).startswith("digits-cloud") for r in records.values()
+    )
+    stats = CliRunner().invoke(queue, ["stats", "--data-dir", str(tmp_path), "--json"])
+    assert json.loads(stats.output)["depth"] == 0
+
+
+_HOLD_LOCK = textwrap.dedent(
+    """
+    import sys, time
+    from edge_node.data_dir_lock import hold
+    hold(sys.argv[1], "edge node")
+    print("held", flush=True)
+    time.sleep(60)
+    """
+)
+
+
+@pytest.fixture
+def locked_data_dir(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """A data dir with 3 queued items whose writer lock another process holds (as a
+    running node does); (dir, holder pid). The holder is killed at teardown."""
+    data = _data_dir(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(data)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        yield data, proc.pid
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_drain_and_purge_refuse_while_the_data_dir_is_in_use(
+    locked_data_dir: tuple[Path, int], demo_bundles_dir: Path
+) -> None:
+    """With the data dir locked by another process, drain and purge exit 2 naming it and
+    touch nothing; stats still reads."""
+    data, pid = locked_data_dir
+    policy = data / "policy.yaml"
+    policy.write_text(offline_policy(demo_bundles_dir / "edge" / "digits"))
+    dead_cloud = f"http://127.0.0.1:{processes.free_port()}"
+    runner = CliRunner()
+    drain = runner.invoke(
+        queue,
+        ["drain", "--data-dir", str(data), "--policy", str(policy), "--cloud-url", dead_cloud],
+    )
+    purge = runner.invoke(queue, ["purge", "--data-dir", str(data), "--yes"])
+    for res in (drain, purge):
+        assert res.exit_code == 2, res.output
+        assert f"in use by edge node (pid {pid})" in res.output
+    stats = runner.invoke(queue, ["stats", "--data-dir", str(data), "--json"])
+    assert stats.exit_code == 0 and json.loads(stats.output)["depth"] == 3

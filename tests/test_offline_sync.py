@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from edge_node.connectivity import ConnectivityMonitor
@@ -14,6 +19,7 @@ from router.policy import BreakerSettings, QueueSettings, SyncSettings
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
 
 NOW = 10_000.0
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _item(rid: str, at: float = NOW) -> QueuedItem:
@@ -190,3 +196,55 @@ def test_unpaced_by_default(tmp_path: Path) -> None:
     q, _, worker, _ = _worker(tmp_path, cloud)
     q.put(_item("x"))
     assert asyncio.run(worker.run_once()).pace_s == 0.0
+
+
+_CRASH_AFTER_RESULTS = textwrap.dedent(
+    """
+    import asyncio, os, signal, sys
+    from pathlib import Path
+    from tests.test_offline_sync import Cloud, _item, _worker
+
+    q, rs, worker, _ = _worker(Path(sys.argv[1]), Cloud(), batch_size=64)
+    for i in range(int(sys.argv[2])):
+        q.put(_item(f"c{i:03d}"))
+    real_remove = q.remove
+
+    def crash_on_sync_remove(ids):
+        ids = list(ids)
+        if ids:  # the synced items: their results are committed, kill -9 before removal
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_remove(ids)
+
+    q.remove = crash_on_sync_remove
+    asyncio.run(worker.run_once())
+    """
+)
+
+
+def test_crash_between_results_and_removal_resolves_on_next_sync(tmp_path: Path) -> None:
+    """kill -9 after a batch's results are committed but before its items leave the queue:
+    every result is `done` and every item still queued; the next round re-sends them, the
+    cloud answers from its dedup store, each stays `done` once and the queue empties."""
+    n = 40
+    proc = subprocess.run(
+        [sys.executable, "-c", _CRASH_AFTER_RESULTS, str(tmp_path), str(n)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    ids = [f"c{i:03d}" for i in range(n)]
+
+    cloud, ledger = Cloud(), Ledger(100)
+    cloud.cached = set(ids)  # the cloud computed them before the crash
+    q, rs, worker, _ = _worker(tmp_path, cloud, ledger=ledger, batch_size=64)
+    assert q.depth == n and rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0}
+    first = {rid: (rs.get(rid) or {})["result"] for rid in ids}
+
+    report = asyncio.run(worker.run_once())
+    assert cloud.calls == [ids]  # at-least-once on the wire
+    assert report.done == n and q.depth == 0
+    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0}
+    assert {rid: (rs.get(rid) or {})["result"] for rid in ids} == first
+    assert (ledger.committed, ledger.released, ledger.left) == (0, n, 100)  # charged once

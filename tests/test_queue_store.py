@@ -8,12 +8,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore
+from edge_node.result_store import ResultStore, ResultStoreError
 from router.errors import QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
@@ -186,6 +188,45 @@ def test_concurrent_puts_from_threads(tmp_path: Path) -> None:
     assert DurableQueue(tmp_path, settings()).bytes == size
 
 
+def test_group_commit_drops_its_own_items_when_full(tmp_path: Path) -> None:
+    """One group of 4 puts into a drop_oldest queue of 2 (what concurrent puts make): the
+    last two survive, each dropped id is reported once, and disk agrees after reopening."""
+    s = settings(max_items=2, on_full="drop_oldest")
+    q = DurableQueue(tmp_path, s)
+    q.put(item("old"))
+    group = [(it, it.model_dump_json().encode()) for it in (item(f"g{i}") for i in range(4))]
+    outcomes = q._commit_group(group)
+    assert outcomes == [[], ["old"], ["g0"], ["g1"]]
+    assert [g.request_id for g in q.oldest(10)] == ["g2", "g3"]
+    size = q.bytes
+    q.close()
+    q2 = DurableQueue(tmp_path, s)
+    assert [g.request_id for g in q2.oldest(10)] == ["g2", "g3"] and q2.bytes == size
+    assert q2._cache.check() == [] and len(q2._cache) == 2
+    q2.close()
+
+
+def test_many_concurrent_puts_share_commits(tmp_path: Path) -> None:
+    """16 threads x 40 puts land once each, in far fewer commits than puts."""
+    q = DurableQueue(tmp_path, settings())
+    commits: list[int] = []
+    real = q._group._commit
+
+    def counting(values: Sequence[tuple[QueuedItem, bytes]]) -> Sequence[object]:
+        commits.append(len(values))
+        return real(values)
+
+    q._group._commit = counting  # type: ignore[assignment]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda i: q.put(item(f"c{i}")), range(640)))
+    assert q.depth == 640 and sum(commits) == 640
+    assert len(commits) < 640
+    q.close()
+    q2 = DurableQueue(tmp_path, settings())
+    assert sorted(g.request_id for g in q2.oldest(1000)) == sorted(f"c{i}" for i in range(640))
+    q2.close()
+
+
 _KILL_SCRIPT = textwrap.dedent(
     """
     import sys
@@ -294,3 +335,36 @@ def test_result_store_retention(tmp_path: Path) -> None:
     assert rs.counts()["pending"] == 1
     rs.close()
     assert ResultStore(tmp_path, retention_s=100, clock=clock).counts()["pending"] == 1
+
+
+def test_put_done_many_is_one_write_with_put_done_semantics(tmp_path: Path) -> None:
+    """put_done_many keeps each pending record's task and provisional answer, lets the last
+    of a duplicated id win, counts once per id, and survives reopening."""
+    rs = ResultStore(tmp_path, clock=FakeClock())
+    rs.mark_pending("a", "iris", {"label": "x"})
+    rs.put_done_many(
+        [("a", {"label": "1"}), ("b", {"task": "iris", "label": "2"}), ("a", {"label": "3"})]
+    )
+    a = rs.get("a") or {}
+    assert (a["status"], a["task"], a["provisional"], a["result"]) == (
+        "done",
+        "iris",
+        {"label": "x"},
+        {"label": "3"},
+    )
+    assert rs.counts() == {"pending": 0, "done": 2, "expired": 0, "failed": 0}
+    rs.close()
+    rs2 = ResultStore(tmp_path, clock=FakeClock())
+    assert rs2.counts()["done"] == 2 and (rs2.get("b") or {})["task"] == "iris"
+    rs2.close()
+
+
+def test_put_done_many_failure_writes_nothing(tmp_path: Path) -> None:
+    """When the batch cannot be written, no record of it is stored and counts stay."""
+    rs = ResultStore(tmp_path, clock=FakeClock())
+    rs.mark_pending("a", "iris", {})
+    with pytest.raises(ResultStoreError):
+        rs.put_done_many([("a", {"label": "1"}), ("b", {"label": object()})])
+    assert (rs.get("a") or {})["status"] == "pending" and rs.get("b") is None
+    assert rs.counts() == {"pending": 1, "done": 0, "expired": 0, "failed": 0}
+    rs.close()

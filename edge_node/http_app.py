@@ -10,20 +10,18 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
-import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from edge_node.api_auth import BearerAuth, check_token_configured
 from edge_node.api_models import (
-    MAX_BATCH_ITEMS,
     ErrorResponse,
     InferBatchRequest,
     InferBatchResponse,
@@ -32,7 +30,7 @@ from edge_node.api_models import (
     ResultResponse,
 )
 from edge_node.factory import build_service, model_store
-from edge_node.infer_route import InferEndpoint
+from edge_node.infer_route import InferEndpoint, answer_infer, error_detail_of
 from edge_node.model_updater import ModelUpdater
 from edge_node.policy_reloader import PolicyReloader
 from edge_node.service import EdgeService
@@ -42,8 +40,6 @@ from edge_node.sync_worker import SyncWorker
 from router.budget import all_limits, budget_status
 from router.errors import (
     EdgerouteError,
-    InputError,
-    MalformedRequest,
     RequestTooLarge,
     RetryableRejection,
 )
@@ -205,12 +201,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         # Served by `InferEndpoint` (edge_node.infer_route) in front of the router; this
         # route documents the endpoint in the OpenAPI schema (body given by `openapi_extra`)
         # and answers the same way if reached.
-        data = parse_json_object(await request.body())
-        if "items" in data:
-            items = parse_batch(data, svc.batch_limit)
-            answer = await svc.infer_batch(items)
-        else:
-            answer = await svc.infer(validate_request(data))
+        answer = await answer_infer(svc, await request.body())
         return ORJSONResponse(answer.body, status_code=answer.status)
 
     @app.get("/v1/results/{request_id}", response_model=ResultResponse, responses=_ERRORS)
@@ -287,66 +278,6 @@ def _openapi_with_body_models(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; raises MalformedRequest (400) otherwise."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedRequest(f"the body is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("the body must be a JSON object")
-    return data
-
-
-def validate_request(data: Any, prefix: str = "") -> InferRequest:
-    """`data` as an InferRequest; raises InputError (422) naming the first bad field."""
-    try:
-        return InferRequest.model_validate(data)
-    except ValidationError as exc:
-        raise _input_error(exc.errors(include_url=False), prefix) from None
-
-
-def parse_batch(
-    data: dict[str, Any], limit_for: Callable[[list[str]], int]
-) -> list[InferRequest | EdgerouteError]:
-    """A batch envelope's items, each validated on its own (a bad item becomes its error).
-
-    Raises InputError (422, field `items`) for unknown envelope keys, `items` that is not
-    a non-empty list, or more items than `limit_for(task names)` allows.
-    """
-    extra = sorted(set(data) - {"items"})
-    if extra:
-        raise InputError(
-            f"unknown field {extra[0]!r}; a batch body has only 'items'",
-            field=extra[0],
-            code="unknown_field",
-        )
-    raw = data["items"]
-    if not isinstance(raw, list) or not raw:
-        raise InputError("items must be a non-empty list of requests", field="items")
-    names = [str(it.get("task")) for it in raw if isinstance(it, dict)]
-    limit = min(limit_for(names), MAX_BATCH_ITEMS)
-    if len(raw) > limit:
-        raise InputError(
-            f"the batch has {len(raw)} items; at most {limit} are allowed for its tasks",
-            field="items",
-            code="batch_too_large",
-        )
-    out: list[InferRequest | EdgerouteError] = []
-    for i, item in enumerate(raw):
-        try:
-            out.append(validate_request(item, f"items.{i}."))
-        except InputError as exc:
-            out.append(exc)
-    return out
-
-
-def _input_error(errors: Sequence[Any], prefix: str = "") -> InputError:
-    d = error_detail_of(list(errors))
-    field = f"{prefix}{d['field']}" if d["field"] else prefix.rstrip(".") or None
-    return InputError(d["message"], field=field, code=d["code"])
-
-
 def _is_json_error(exc: RequestValidationError) -> bool:
     return any(e.get("type") == "json_invalid" for e in exc.errors())
 
@@ -354,33 +285,3 @@ def _is_json_error(exc: RequestValidationError) -> bool:
 def validation_error_detail(exc: RequestValidationError) -> dict[str, Any]:
     """Map FastAPI/pydantic's first error to `{"code", "message", "field"}`."""
     return error_detail_of(list(exc.errors()))
-
-
-def error_detail_of(errors: list[Any]) -> dict[str, Any]:
-    """Map pydantic's first error to `{"code", "message", "field"}` (the API's error shape)."""
-    if not errors:
-        return {"code": "invalid_input", "message": "invalid request", "field": None}
-    err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
-    field = ".".join(loc) or None
-    kind = err.get("type", "")
-    if kind == "json_invalid":
-        return {
-            "code": "malformed_json",
-            "message": "the body is not valid JSON: "
-            f"{err.get('ctx', {}).get('error', err.get('msg'))}",
-            "field": None,
-        }
-    if kind == "extra_forbidden":
-        return {
-            "code": "unknown_field",
-            "message": f"unknown field {field!r}; allowed: " + ", ".join(InferRequest.model_fields),
-            "field": field,
-        }
-    if kind == "missing":
-        return {
-            "code": "missing_field",
-            "message": f"required field {field!r} is missing",
-            "field": field,
-        }
-    return {"code": "invalid_input", "message": f"{field}: {err.get('msg')}", "field": field}

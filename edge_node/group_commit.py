@@ -65,6 +65,25 @@ class GroupCommitter(Generic[T, R]):
             raise slot.error
         return slot.result  # type: ignore[return-value]
 
+    def submit_many(self, values: Sequence[T]) -> list[R | BaseException]:
+        """Commit every value of `values` (in order, together with whatever else is
+        pending); returns one outcome per value once every commit holding them has
+        finished: its result, or the exception `submit` would have raised for it. Raises
+        nothing itself. The values of one call stay contiguous and in order, and go in one
+        commit when they fit in `max_group`. Thread-safe."""
+        if not values:
+            return []
+        wake = threading.Condition(self._lock)
+        slots: list[_Slot[T, R]] = [_Slot(v, wake) for v in values]
+        with self._lock:
+            self._pending.extend(slots)
+            while not slots[-1].done:  # groups commit in arrival order: the last is last
+                if self._leading:
+                    wake.wait()
+                    continue
+                self._lead()
+        return [s.error if s.error is not None else s.result for s in slots]  # type: ignore[misc]
+
     def _lead(self) -> None:
         """Commit the pending values (lock held on entry and exit, released meanwhile)."""
         self._leading = True

@@ -150,15 +150,43 @@ class DurableQueue:
         together in the next transaction (one commit, one fsync under `per_write`); each
         returns only after the transaction holding its item committed. Thread-safe.
         """
+        return self._group.submit((item, self._encode(item)))
+
+    def _encode(self, item: QueuedItem) -> bytes:
+        """The item's stored bytes; raises RequestTooLarge if they exceed max_bytes."""
         payload = item.model_dump_json().encode()
-        size = len(payload)
-        if size > self._settings.max_bytes:
+        if len(payload) > self._settings.max_bytes:
             raise RequestTooLarge(
-                f"queued item is {size} bytes, more than queue.max_bytes "
+                f"queued item is {len(payload)} bytes, more than queue.max_bytes "
                 f"({self._settings.max_bytes})",
                 field="inputs",
             )
-        return self._group.submit((item, payload))
+        return payload
+
+    def put_many(self, items: Sequence[QueuedItem]) -> list[list[str] | EdgerouteError]:
+        """`put` for several items at once, from one thread: one outcome per item, in order
+        (the dropped ids, or the error `put` would raise: `QueueFull`, `RequestTooLarge`,
+        `QueueStoreError`). The items go to the group committer together, so they are
+        written in one transaction (up to the group size) instead of one thread hop and
+        one wake-up each. Each item is durable when this returns, like `put`. Raises
+        nothing for per-item faults. Thread-safe."""
+        out: list[list[str] | EdgerouteError] = []
+        pending: list[tuple[int, tuple[QueuedItem, bytes]]] = []
+        for item in items:
+            try:
+                pending.append((len(out), (item, self._encode(item))))
+                out.append([])
+            except RequestTooLarge as exc:
+                out.append(exc)
+        outcomes = self._group.submit_many([value for _, value in pending])
+        for (i, _), outcome in zip(pending, outcomes, strict=True):
+            if isinstance(outcome, EdgerouteError) or not isinstance(outcome, BaseException):
+                out[i] = outcome
+            else:  # commit itself failed with a foreign error: map it at the boundary
+                err = QueueStoreError(f"cannot write queue item: {outcome}")
+                err.__cause__ = outcome
+                out[i] = err
+        return out
 
     def _commit_group(
         self, group: Sequence[tuple[QueuedItem, bytes]]

@@ -52,8 +52,8 @@ from router.errors import (
     RetryableRejection,
     UnknownTask,
 )
-from router.inputs import coerce_inputs
-from router.local_result import complete_scores, local_result
+from router.inputs import coerce_inputs, coerce_many
+from router.local_result import complete_scores, local_result, local_results_many
 from router.policy import TaskPolicy
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
 
@@ -134,7 +134,8 @@ class EdgeService:
             raise _budget_rejected()
         if decision.enqueue:
             decision = await self._enqueue(item, local, decision, now)
-        return self._answer(active, item, decision, local, probs, cloud, t0)
+        scores = complete_scores(probs, local.scores)
+        return self._answer(active, item, decision, local, scores, cloud, t0)
 
     async def infer_batch(self, items: Sequence[InferRequest | EdgerouteError]) -> Answer:
         """Answer a batch: `{"results": [...]}` in item order, always status 200.
@@ -150,34 +151,36 @@ class EdgeService:
         t0 = self._monotonic()
         active = self.active
         out: list[dict[str, Any] | None] = [None] * len(items)
+        prepared = self._prepare_many(active, items)
         groups: dict[str, list[tuple[int, _Item]]] = {}
         seen: set[str] = set()
-        for i, req in enumerate(items):
+        for i, (req, item) in enumerate(zip(items, prepared, strict=True)):
             if isinstance(req, EdgerouteError):
                 out[i] = item_error(req, None)
-                continue
-            try:
-                if req.request_id is not None and req.request_id in seen:
-                    raise InputError(
+            elif req.request_id is not None and req.request_id in seen:
+                out[i] = item_error(
+                    InputError(
                         f"request_id {req.request_id!r} appears twice in the batch",
                         field="request_id",
                         code="duplicate_request_id",
-                    )
-                item = self._prepare(active, req)
-            except EdgerouteError as exc:
-                out[i] = item_error(exc, req.request_id)
-                continue
-            seen.add(item.rid)
-            groups.setdefault(item.task_name, []).append((i, item))
+                    ),
+                    req.request_id,
+                )
+            elif not isinstance(item, _Item):
+                out[i] = item_error(item or EdgerouteError("internal error"), req.request_id)
+            else:
+                seen.add(item.rid)
+                groups.setdefault(item.task_name, []).append((i, item))
 
-        routed: list[tuple[int, _Item, LocalResult, list[float]]] = []
+        routed: list[tuple[int, _Item, LocalResult, dict[str, float]]] = []
         for name, group in groups.items():
             model, task, learned = group[0][1].model, group[0][1].task, active.learned.get(name)
             t_inf = self._monotonic()
             probs = model.predict(np.stack([it.x for _, it in group]))
             self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
-            for (i, it), row in zip(group, probs.tolist(), strict=True):
-                routed.append((i, it, local_result(row, model.labels, task, learned), row))
+            locals_, scores = local_results_many(probs, model.labels, task, learned)
+            for (i, it), local, row_scores in zip(group, locals_, scores, strict=True):
+                routed.append((i, it, local, row_scores))
 
         now = self._clock()
         ledger = functools.cache(functools.partial(self.budget.ledger, now))  # one read per batch
@@ -201,7 +204,9 @@ class EdgeService:
         ]
         escalating = [(it, local, d) for _, it, local, _, d in decided if d.escalate]
         escalated = iter(await self._escalate(active, escalating, t0, now) if escalating else [])
-        final: list[tuple[int, _Item, LocalResult, list[float], Decision, RerankResult | None]] = []
+        final: list[
+            tuple[int, _Item, LocalResult, dict[str, float], Decision, RerankResult | None]
+        ] = []
         for i, it, local, row, decision in decided:
             cloud: RerankResult | None = None
             if decision.escalate:
@@ -210,18 +215,12 @@ class EdgeService:
                 out[i] = item_error(_budget_rejected(), it.rid)
                 continue
             final.append((i, it, local, row, decision, cloud))
-        # The items to queue are put concurrently: the queue group-commits them together.
-        queued = await asyncio.gather(
-            *(self._enqueue(it, lo, d, now) for _, it, lo, _, d, _ in final if d.enqueue),
-            return_exceptions=True,
-        )
-        outcomes = iter(queued)
+        to_queue = [(it, lo, d) for _, it, lo, _, d, _ in final if d.enqueue]
+        outcomes = iter(await self._enqueue_many(to_queue, now) if to_queue else [])
         for i, it, local, row, decision, cloud in final:
-            done: Decision | BaseException = next(outcomes) if decision.enqueue else decision
+            done = next(outcomes) if decision.enqueue else decision
             if isinstance(done, EdgerouteError):
                 out[i] = item_error(done, it.rid)
-            elif isinstance(done, BaseException):
-                raise done
             else:
                 out[i] = self._answer(active, it, done, local, row, cloud, t0).body
         return Answer(200, {"results": out})
@@ -240,14 +239,40 @@ class EdgeService:
         task = active.policy.tasks.get(req.task)
         model = active.models.get(req.task)
         if task is None or model is None:
-            raise UnknownTask(
-                f"unknown task {req.task!r}; this node serves: "
-                f"{', '.join(sorted(active.policy.tasks))}",
-                field="task",
-            )
+            raise _unknown_task(active, req.task)
         x = coerce_inputs(req.inputs, model.input_spec)
         rid = req.request_id or self._new_id()
         return _Item(rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms))
+
+    def _prepare_many(
+        self, active: ActivePolicy, items: Sequence[InferRequest | EdgerouteError]
+    ) -> list[_Item | EdgerouteError | None]:
+        """`_prepare` of every request of `items` (None for the entries that are errors
+        already), each item's inputs checked with its task's others in one pass
+        (`coerce_many`); the outcome of each item is `_prepare`'s, returned, not raised."""
+        out: list[_Item | EdgerouteError | None] = [None] * len(items)
+        by_task: dict[str, list[tuple[int, InferRequest]]] = {}
+        for i, req in enumerate(items):
+            if isinstance(req, InferRequest):
+                by_task.setdefault(req.task, []).append((i, req))
+        tasks, models = active.policy.tasks, active.models
+        for name, reqs in by_task.items():
+            task, model = tasks.get(name), models.get(name)
+            if task is None or model is None:
+                for i, _ in reqs:
+                    out[i] = _unknown_task(active, name)
+                continue
+            rows, errors = coerce_many([r.inputs for _, r in reqs], model.input_spec)
+            for (i, req), x, err in zip(reqs, rows, errors, strict=True):
+                out[i] = err or _Item(
+                    req.request_id or self._new_id(),
+                    name,
+                    task,
+                    model,
+                    x,
+                    float(req.deadline_ms or task.deadline_ms),
+                )
+        return out
 
     def _decide(
         self,
@@ -363,33 +388,61 @@ class EdgeService:
     async def _enqueue(
         self, it: _Item, local: LocalResult, decision: Decision, now: float
     ) -> Decision:
-        item = QueuedItem(
-            request_id=it.rid,
-            task=it.task_name,
-            cloud_task=it.task.cloud_task or it.task_name,
-            inputs=_sendable_inputs(it),
-            candidates=[c.label for c in local.candidates],
-            edge_label=local.label,
-            edge_score=local.candidates[0].score,
-            edge_candidates=[(c.label, c.score) for c in local.candidates],
-            model_version=it.model.version,
-            enqueued_at=now,
-            reason=decision.reason,
-        )
-        try:
-            dropped = await asyncio.to_thread(self.queue.put, item)
-        except QueueFull:
-            if decision.route == "queued":
-                raise
-            # A failed escalation answers locally; verification is best-effort when full.
-            log.warning(
-                "verify_not_queued", request_id=it.rid, task=it.task_name, reason="queue_full"
+        """Queue one item durably (see `_enqueue_many`); raises its error (QueueFull...)."""
+        done = (await self._enqueue_many([(it, local, decision)], now))[0]
+        if isinstance(done, EdgerouteError):
+            raise done
+        return done
+
+    async def _enqueue_many(
+        self, batch: Sequence[tuple[_Item, LocalResult, Decision]], now: float
+    ) -> list[Decision | EdgerouteError]:
+        """Queue every item of `batch` durably in one worker-thread call (the queue
+        group-commits them together); one outcome per item, in order: the final decision,
+        or the error that refuses the item (a `queued` route refused when full). A failed
+        escalation being queued only for verification is answered locally instead when
+        the queue refuses it. Ids dropped by `drop_oldest` are recorded as expired."""
+        items = [
+            QueuedItem(
+                request_id=it.rid,
+                task=it.task_name,
+                cloud_task=it.task.cloud_task or it.task_name,
+                inputs=_sendable_inputs(it),
+                candidates=[c.label for c in local.candidates],
+                edge_label=local.label,
+                edge_score=local.candidates[0].score,
+                edge_candidates=[(c.label, c.score) for c in local.candidates],
+                model_version=it.model.version,
+                enqueued_at=now,
+                reason=decision.reason,
             )
-            return Decision("edge", decision.reason, decision.confidence, decision.threshold)
-        for dropped_id in dropped:
-            await asyncio.to_thread(self.results.put_expired, dropped_id, "queue_full")
-        self.metrics.dropped.inc(len(dropped))
-        return decision
+            for it, local, decision in batch
+        ]
+        outcomes = await asyncio.to_thread(self.queue.put_many, items)
+        out: list[Decision | EdgerouteError] = []
+        dropped: list[str] = []
+        for (it, _, decision), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, list):
+                dropped += outcome
+                out.append(decision)
+            elif isinstance(outcome, QueueFull) and decision.route != "queued":
+                # A failed escalation answers locally; verification is best-effort when full.
+                log.warning(
+                    "verify_not_queued", request_id=it.rid, task=it.task_name, reason="queue_full"
+                )
+                out.append(
+                    Decision("edge", decision.reason, decision.confidence, decision.threshold)
+                )
+            else:
+                out.append(outcome)
+        if dropped:
+            await asyncio.to_thread(self._expire_dropped, dropped)
+        return out
+
+    def _expire_dropped(self, request_ids: list[str]) -> None:
+        for rid in request_ids:
+            self.results.put_expired(rid, "queue_full")
+        self.metrics.dropped.inc(len(request_ids))
 
     def _answer(
         self,
@@ -397,10 +450,12 @@ class EdgeService:
         it: _Item,
         decision: Decision,
         local: LocalResult,
-        probs: list[float],
+        scores: dict[str, float],
         cloud: RerankResult | None,
         t0: float,
     ) -> Answer:
+        """The body of one answered or accepted item, its metrics and decision record;
+        `scores` is every registered score of the item (for the record)."""
         latency_ms = self._elapsed_ms(t0)
         version = it.model.version
         if cloud is not None:
@@ -425,7 +480,7 @@ class EdgeService:
                     version,
                     decision,
                     local,
-                    probs,
+                    scores,
                     label,
                     cloud,
                     latency_ms,
@@ -581,7 +636,7 @@ def _decision_record(
     version: str,
     decision: Decision,
     local: LocalResult,
-    probs: list[float],
+    scores: dict[str, float],
     final_label: str | None,
     cloud: RerankResult | None,
     latency_ms: float,
@@ -595,7 +650,7 @@ def _decision_record(
         "task": it.task_name,
         "policy_revision": revision,
         "model_version": version,
-        "scores": complete_scores(probs, local.scores),
+        "scores": scores,
         "edge_candidates": [{"label": c.label, "score": c.score} for c in local.candidates],
         "route": decision.route,
         "reason": decision.reason,
@@ -626,6 +681,13 @@ def request_ids() -> Callable[[], str]:
 def _sendable_inputs(it: _Item) -> list[float] | None:
     """The inputs that may leave the device for `it` (None: `send: candidates_only`)."""
     return None if it.task.send == "candidates_only" else it.x.tolist()
+
+
+def _unknown_task(active: ActivePolicy, name: str) -> UnknownTask:
+    return UnknownTask(
+        f"unknown task {name!r}; this node serves: {', '.join(sorted(active.policy.tasks))}",
+        field="task",
+    )
 
 
 def _budget_rejected() -> BudgetRejected:

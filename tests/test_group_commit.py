@@ -92,3 +92,39 @@ def test_waiters_are_woken_to_lead_the_next_group() -> None:
         th.join(max(0.0, deadline - time.monotonic()))
     assert results == {v: v for v in range(12)}
     assert groups[0] == [0] and max(len(g) for g in groups) <= 2
+
+
+def test_submit_many_returns_each_outcome_in_order_while_others_submit() -> None:
+    """submit_many's values commit in order with their own outcomes (errors returned, not
+    raised), contiguously, alongside single submits from other threads."""
+    groups: list[list[int]] = []
+
+    def commit(values: Sequence[int]) -> list[int | BaseException]:
+        time.sleep(0.005)
+        groups.append(list(values))
+        return [ValueError(v) if v < 0 else v * 10 for v in values]
+
+    gc: GroupCommitter[int, int] = GroupCommitter(commit, max_group=8)
+    with ThreadPoolExecutor(4) as pool:
+        singles = [pool.submit(gc.submit, 1000 + i) for i in range(12)]
+        out = gc.submit_many([1, -2, 3, 4, 5])
+        assert [f.result() for f in singles] == [(1000 + i) * 10 for i in range(12)]
+    assert out[0] == 10 and out[2:] == [30, 40, 50]
+    assert isinstance(out[1], ValueError)
+    flat = [v for g in groups for v in g]
+    start = flat.index(1)
+    assert flat[start : start + 5] == [1, -2, 3, 4, 5]
+    assert gc.submit_many([]) == []
+
+
+def test_submit_many_larger_than_a_group_spans_several_commits() -> None:
+    """More values than max_group are committed over several groups, all answered."""
+    sizes: list[int] = []
+
+    def commit(values: Sequence[int]) -> list[int | BaseException]:
+        sizes.append(len(values))
+        return list(values)
+
+    gc: GroupCommitter[int, int] = GroupCommitter(commit, max_group=4)
+    assert gc.submit_many(list(range(10))) == list(range(10))
+    assert sizes == [4, 4, 2]

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from router.errors import InputError
-from router.inputs import coerce_inputs
+from router.inputs import coerce_inputs, coerce_many
 from router.manifest import InputSpec
 
 SPEC = InputSpec(name="input", shape=[None, 4], dtype="float32", min_value=0, max_value=16)
@@ -85,3 +86,44 @@ def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
     spec = InputSpec(name="input", shape=[None, 3])
     big = 3.0e38
     assert coerce_inputs([big, big, big], spec).tolist() == pytest.approx([big, big, big])
+
+
+_MIXED: list[Any] = [
+    [1, 2, 3, 4],
+    [1, 2, 3],
+    [1, 2, "x", 4],
+    [1, 2, True, 4],
+    [1, 2, float("nan"), 4],
+    [1, 2, 3, 17],
+    [-1, 2, 3, 4],
+    {"input": [[1, 2], [3, 4]]},
+    {"other": [1, 2, 3, 4]},
+    "1,2,3,4",
+    [0.5, 16, 0, 2.25],
+    [10**40, 1, 2, 3],
+]
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        SPEC,
+        InputSpec(name="input", shape=[None, 4]),
+        InputSpec(name="input", shape=[None, 4], min_value=0),
+        InputSpec(name="input", shape=[None, 4], allow_non_finite=True),
+    ],
+)
+def test_coerce_many_gives_each_item_what_coerce_inputs_gives_it(spec: InputSpec) -> None:
+    """Batch coercion returns, item by item, coerce_inputs' array or its exact error."""
+    rows, errors = coerce_many(_MIXED, spec)
+    assert rows.shape == (len(_MIXED), 4)
+    assert rows.dtype == np.float32
+    for raw, row, err in zip(_MIXED, rows, errors, strict=True):
+        try:
+            want = coerce_inputs(raw, spec)
+        except InputError as exc:
+            assert err is not None, raw
+            assert (err.field, err.message) == (exc.field, exc.message)
+        else:
+            assert err is None, raw
+            np.testing.assert_array_equal(row, want)

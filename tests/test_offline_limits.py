@@ -70,6 +70,43 @@ def test_full_queue_reject_gives_429(
     assert status["results"]["expired"] == 0  # type: ignore[index]
 
 
+def test_batch_into_a_full_queue_refuses_only_the_items_that_do_not_fit(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A batch queued in one write: the items that fit are queued, the rest
+    get 429 queue_full entries with a retry hint, and no refused id is stored."""
+    x, _ = digits_split
+    policy = offline_policy(
+        demo_bundles_dir / BUNDLE,
+        queue=_queue(5, "reject"),
+        breaker="{failure_threshold: 1, open_ms: 60000, open_max_ms: 60000}",
+    )
+    proxy.set_mode("down")
+    node = start_edge(policy, f"http://127.0.0.1:{proxy.port}")
+    first = _ids("bfirst", 1)
+    assert _send(node, x, first)[0].status_code == 200  # opens the breaker
+    ids = _ids("batch", 6)
+    items = [
+        {"task": "later", "inputs": x[i].tolist(), "request_id": rid} for i, rid in enumerate(ids)
+    ]
+    r = httpx.post(f"{node.url}/v1/infer", json={"items": items}, timeout=10)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    # answered provisionally (the task's policy allows it), final answer pending the sync
+    assert [(e["route"], e["final"]) for e in res[:4]] == [("queued", False)] * 4
+    for refused in res[4:]:
+        assert refused["http_status"] == 429 and refused["error"]["code"] == "queue_full"
+        assert refused["retry_after_s"] > 0
+    results = asyncio.run(fetch_results(node.url, first + ids))
+    assert all(results[rid]["status"] == "pending" for rid in first + ids[:4])
+    for rid in ids[4:]:
+        assert httpx.get(f"{node.url}/v1/results/{rid}", timeout=5).status_code == 404
+    assert node.status()["queue"]["depth"] == 5  # type: ignore[index]
+
+
 def test_full_queue_drop_oldest_expires_oldest(
     start_edge: Callable[..., EdgeNode],
     proxy: ThreadedFaultProxy,

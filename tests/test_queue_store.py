@@ -368,3 +368,29 @@ def test_put_done_many_failure_writes_nothing(tmp_path: Path) -> None:
     assert (rs.get("a") or {})["status"] == "pending" and rs.get("b") is None
     assert rs.counts() == {"pending": 1, "done": 0, "expired": 0, "failed": 0}
     rs.close()
+
+
+def test_put_many_gives_each_item_puts_outcome_and_is_durable(tmp_path: Path) -> None:
+    """put_many returns, per item, what put would: accepted, RequestTooLarge, QueueFull
+    (reject) once full; accepted items survive a reopen, refused ones are not stored."""
+    one = len(item("x").model_dump_json())
+    q = DurableQueue(tmp_path, settings(max_items=3, max_bytes=max(1024, one * 4)))
+    out = q.put_many(
+        [item("a"), item("big", n_inputs=1000), item("b"), item("a"), item("c"), item("d")]
+    )
+    assert out[0] == [] and out[2] == [] and out[3] == [] and out[4] == []
+    assert isinstance(out[1], RequestTooLarge)
+    assert isinstance(out[5], QueueFull)
+    q.close()
+    again = DurableQueue(tmp_path, settings(max_items=3, max_bytes=max(1024, one * 4)))
+    assert [g.request_id for g in again.oldest(10)] == ["a", "b", "c"]
+    again.close()
+
+
+def test_put_many_with_drop_oldest_reports_the_dropped_ids(tmp_path: Path) -> None:
+    """Under drop_oldest, put_many reports per item which older ids made room for it."""
+    q = DurableQueue(tmp_path, settings(max_items=2, on_full="drop_oldest"))
+    q.put(item("old"))
+    assert q.put_many([item("n1"), item("n2"), item("n3")]) == [[], ["old"], ["n1"]]
+    assert [g.request_id for g in q.oldest(10)] == ["n2", "n3"]
+    q.close()

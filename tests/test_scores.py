@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from router.scores import SCORERS, all_scores, entropy_confidence, margin, max_probability
+from router.scores import (
+    BATCH_SCORERS,
+    SCORERS,
+    all_scores,
+    all_scores_many,
+    entropy_confidence,
+    margin,
+    max_probability,
+)
 
 
 def _normalise(xs: list[float]) -> list[float]:
@@ -58,3 +67,34 @@ def test_sharpening_never_lowers_max_probability(raw: list[float]) -> None:
     sharper[top] += 0.5
     assert max_probability(sharper) >= max_probability(probs) - 1e-12
     assert margin(sharper) >= margin(probs) - 1e-12
+
+
+_ROWS = [
+    [1.0, 0.0, 0.0],
+    [1 / 3, 1 / 3, 1 / 3],
+    [0.5, 0.5, 0.0],
+    [0.2, 0.7, 0.1],
+    [0.0, 0.0, 1.0],
+]
+
+
+@given(
+    st.lists(
+        st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4).filter(lambda r: sum(r) > 0),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_batch_scorers_agree_with_the_scalar_ones(raw: list[list[float]]) -> None:
+    """Every batch scorer gives each row the scalar scorer's value: exactly for max_prob and
+    margin, within 1e-12 for entropy (numpy's log and summation order)."""
+    rows = [_normalise(r) for r in raw] + [[*r, 0.0] for r in _ROWS]
+    probs = np.array(rows, dtype=np.float64)
+    for name, many in BATCH_SCORERS.items():
+        got = many(probs).tolist()
+        want = [SCORERS[name](r) for r in rows]
+        if name == "entropy":
+            assert got == pytest.approx(want, abs=1e-12)
+        else:
+            assert got == want
+    assert all_scores_many(probs)[0].keys() == all_scores(rows[0]).keys()

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from edge_node.light_histogram import LightHistogram
+
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -39,11 +41,9 @@ class EdgeMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
-        self.inference_seconds = Histogram(
-            "edgeroute_inference_seconds",
-            "Edge model inference time",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+        # observed on every request's hot path: the light histogram (same exposition)
+        self.inference_seconds = LightHistogram(
+            "edgeroute_inference_seconds", "Edge model inference time", _LATENCY_BUCKETS, r
         )
         self.cloud_seconds = Histogram(
             "edgeroute_cloud_call_seconds", "Cloud call time", buckets=_LATENCY_BUCKETS, registry=r
@@ -56,11 +56,11 @@ class EdgeMetrics:
             "Queued items dropped by on_full: drop_oldest",
             registry=r,
         )
-        self.decision_seconds = Histogram(
+        self.decision_seconds = LightHistogram(
             "edgeroute_decision_seconds",
             "Routing decision time (decide, budget read included)",
-            buckets=(1e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3),
-            registry=r,
+            (1e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 5e-3),
+            r,
         )
         self.model_loads = Counter(
             "edgeroute_model_loads_total",

@@ -112,21 +112,8 @@ class EdgeService:
         t0 = self._monotonic()
         active = self.active  # read once: this request sees one whole policy
         item = self._prepare(active, req)
-        t_inf = self._monotonic()
-        probs = item.model.predict(item.x.reshape(1, -1))[0].tolist()
-        self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
-        local = local_result(
-            probs, item.model.labels, item.task, active.learned.get(item.task_name)
-        )
         now = self._clock()
-        decision = self._decide(
-            active,
-            local,
-            item.task,
-            now,
-            item.deadline_ms - self._elapsed_ms(t0),
-            task_name=item.task_name,
-        )
+        probs, local, decision = self.route(active, item, now, t0)
         cloud: RerankResult | None = None
         if decision.escalate:
             decision, cloud = (await self._escalate(active, [(item, local, decision)], t0, now))[0]
@@ -136,6 +123,36 @@ class EdgeService:
             decision = await self._enqueue(item, local, decision, now)
         scores = complete_scores(probs, local.scores)
         return self._answer(active, item, decision, local, scores, cloud, t0)
+
+    def route(
+        self, active: ActivePolicy, item: PreparedItem, now: float, t0: float
+    ) -> tuple[list[float], LocalResult, Decision]:
+        """Infer and route one prepared item: the edge model's probabilities, the local
+        result (top-k and the deciding score) and `decide`'s decision, with the inference
+        and decision latencies observed. `t0` is when the request started (for the time
+        left before its deadline). Carries nothing out: no I/O, no await. Raises
+        BundleError if the model fails."""
+        t_inf = self._monotonic()
+        probs = item.model.predict_row(item.x)
+        self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
+        local = local_result(
+            probs, item.model.labels, item.task, active.learned.get(item.task_name)
+        )
+        decision = self._decide(
+            active,
+            local,
+            item.task,
+            now,
+            item.deadline_ms - self._elapsed_ms(t0),
+            task_name=item.task_name,
+        )
+        return probs, local, decision
+
+    def prepare(self, req: InferRequest) -> tuple[ActivePolicy, PreparedItem]:
+        """The active policy and `req` checked against it (task, inputs), ready for
+        `route`. Raises UnknownTask or InputError."""
+        active = self.active
+        return active, self._prepare(active, req)
 
     async def infer_batch(self, items: Sequence[InferRequest | EdgerouteError]) -> Answer:
         """Answer a batch: `{"results": [...]}` in item order, always status 200.
@@ -152,7 +169,7 @@ class EdgeService:
         active = self.active
         out: list[dict[str, Any] | None] = [None] * len(items)
         prepared = self._prepare_many(active, items)
-        groups: dict[str, list[tuple[int, _Item]]] = {}
+        groups: dict[str, list[tuple[int, PreparedItem]]] = {}
         seen: set[str] = set()
         for i, (req, item) in enumerate(zip(items, prepared, strict=True)):
             if isinstance(req, EdgerouteError):
@@ -166,13 +183,13 @@ class EdgeService:
                     ),
                     req.request_id,
                 )
-            elif not isinstance(item, _Item):
+            elif not isinstance(item, PreparedItem):
                 out[i] = item_error(item or EdgerouteError("internal error"), req.request_id)
             else:
                 seen.add(item.rid)
                 groups.setdefault(item.task_name, []).append((i, item))
 
-        routed: list[tuple[int, _Item, LocalResult, dict[str, float]]] = []
+        routed: list[tuple[int, PreparedItem, LocalResult, dict[str, float]]] = []
         for name, group in groups.items():
             model, task, learned = group[0][1].model, group[0][1].task, active.learned.get(name)
             t_inf = self._monotonic()
@@ -205,7 +222,7 @@ class EdgeService:
         escalating = [(it, local, d) for _, it, local, _, d in decided if d.escalate]
         escalated = iter(await self._escalate(active, escalating, t0, now) if escalating else [])
         final: list[
-            tuple[int, _Item, LocalResult, dict[str, float], Decision, RerankResult | None]
+            tuple[int, PreparedItem, LocalResult, dict[str, float], Decision, RerankResult | None]
         ] = []
         for i, it, local, row, decision in decided:
             cloud: RerankResult | None = None
@@ -235,22 +252,24 @@ class EdgeService:
             return min(limits)
         return max((t.max_batch_items for t in tasks.values()), default=1)
 
-    def _prepare(self, active: ActivePolicy, req: InferRequest) -> _Item:
+    def _prepare(self, active: ActivePolicy, req: InferRequest) -> PreparedItem:
         task = active.policy.tasks.get(req.task)
         model = active.models.get(req.task)
         if task is None or model is None:
             raise _unknown_task(active, req.task)
         x = coerce_inputs(req.inputs, model.input_spec)
         rid = req.request_id or self._new_id()
-        return _Item(rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms))
+        return PreparedItem(
+            rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms)
+        )
 
     def _prepare_many(
         self, active: ActivePolicy, items: Sequence[InferRequest | EdgerouteError]
-    ) -> list[_Item | EdgerouteError | None]:
+    ) -> list[PreparedItem | EdgerouteError | None]:
         """`_prepare` of every request of `items` (None for the entries that are errors
         already), each item's inputs checked with its task's others in one pass
         (`coerce_many`); the outcome of each item is `_prepare`'s, returned, not raised."""
-        out: list[_Item | EdgerouteError | None] = [None] * len(items)
+        out: list[PreparedItem | EdgerouteError | None] = [None] * len(items)
         by_task: dict[str, list[tuple[int, InferRequest]]] = {}
         for i, req in enumerate(items):
             if isinstance(req, InferRequest):
@@ -264,7 +283,7 @@ class EdgeService:
                 continue
             rows, errors = coerce_many([r.inputs for _, r in reqs], model.input_spec)
             for (i, req), x, err in zip(reqs, rows, errors, strict=True):
-                out[i] = err or _Item(
+                out[i] = err or PreparedItem(
                     req.request_id or self._new_id(),
                     name,
                     task,
@@ -298,7 +317,7 @@ class EdgeService:
     async def _escalate(
         self,
         active: ActivePolicy,
-        batch: list[tuple[_Item, LocalResult, Decision]],
+        batch: list[tuple[PreparedItem, LocalResult, Decision]],
         t0: float,
         now: float,
     ) -> list[tuple[Decision, RerankResult | None]]:
@@ -386,7 +405,7 @@ class EdgeService:
         return out
 
     async def _enqueue(
-        self, it: _Item, local: LocalResult, decision: Decision, now: float
+        self, it: PreparedItem, local: LocalResult, decision: Decision, now: float
     ) -> Decision:
         """Queue one item durably (see `_enqueue_many`); raises its error (QueueFull...)."""
         done = (await self._enqueue_many([(it, local, decision)], now))[0]
@@ -395,7 +414,7 @@ class EdgeService:
         return done
 
     async def _enqueue_many(
-        self, batch: Sequence[tuple[_Item, LocalResult, Decision]], now: float
+        self, batch: Sequence[tuple[PreparedItem, LocalResult, Decision]], now: float
     ) -> list[Decision | EdgerouteError]:
         """Queue every item of `batch` durably in one worker-thread call (the queue
         group-commits them together); one outcome per item, in order: the final decision,
@@ -447,7 +466,7 @@ class EdgeService:
     def _answer(
         self,
         active: ActivePolicy,
-        it: _Item,
+        it: PreparedItem,
         decision: Decision,
         local: LocalResult,
         scores: dict[str, float],
@@ -617,7 +636,7 @@ def _flatten_result(rec: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass(slots=True)
-class _Item:
+class PreparedItem:
     """One validated request: its id, task policy, edge model, inputs and deadline.
     Never mutated after `_prepare` (not frozen: frozen init costs a microsecond per request)."""
 
@@ -631,7 +650,7 @@ class _Item:
 
 def _decision_record(
     ts: float,
-    it: _Item,
+    it: PreparedItem,
     revision: str,
     version: str,
     decision: Decision,
@@ -678,7 +697,7 @@ def request_ids() -> Callable[[], str]:
     return lambda: f"{prefix}{next(counter):016x}"
 
 
-def _sendable_inputs(it: _Item) -> list[float] | None:
+def _sendable_inputs(it: PreparedItem) -> list[float] | None:
     """The inputs that may leave the device for `it` (None: `send: candidates_only`)."""
     return None if it.task.send == "candidates_only" else it.x.tolist()
 

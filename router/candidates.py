@@ -14,7 +14,7 @@ def top_k(probs: Sequence[float], labels: Sequence[str], k: int) -> tuple[Candid
     """The `k` most probable labels, best first; ties keep label order."""
     # reverse=True keeps the sort stable: equal probabilities stay in label order
     order = sorted(range(len(probs)), key=probs.__getitem__, reverse=True)[: max(1, k)]
-    return tuple(Candidate(labels[i], float(probs[i])) for i in order)
+    return tuple([Candidate(labels[i], float(probs[i])) for i in order])
 
 
 def top_k_many(

@@ -81,6 +81,9 @@ def test_edge_bundle_loads_and_predicts(built: DemoBuild, split: tuple[Any, Any]
     assert probs.shape == (5, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(model.predict_one(x[0]), probs[0], atol=1e-7)
+    row = model.predict_row(np.asarray(x[1], dtype=np.float32))
+    assert isinstance(row, list)
+    np.testing.assert_allclose(row, probs[1], atol=1e-7)
     assert model.labels == tuple(str(d) for d in range(10))
     assert (model.task, model.version) == ("digits", "digits-edge-1.0.0")
     assert model.input_spec.item_size == 64

@@ -152,10 +152,11 @@ class SyncWorker:
     `clock` is wall-clock seconds (the queue's `enqueued_at` scale); `sleep` awaits
     seconds; `deadline_s` bounds one rerank call including its retries;
     `probe_timeout_s` bounds one health probe. Run one worker per queue; its methods must
-    be called from one event loop. `queue`, `results`, `reserve`, `clock` and `log` are
-    also used from worker threads (two at a time while `drain` pipelines rounds), so they
-    must be thread-safe (the stores and the budget ledger are); `client` and `monitor` are
-    only used on the loop.
+    be called from one event loop, one `run_once` / `drain` / `run_forever` at a time (a
+    drain's in-flight items are known to that drain only). `queue`, `results`, `reserve`,
+    `clock` and `log` are also used from worker threads (two at a time while `drain`
+    pipelines rounds), so they must be thread-safe (the stores and the budget ledger are);
+    `client` and `monitor` are only used on the loop.
     """
 
     def __init__(

@@ -313,7 +313,7 @@ class SyncWorker:
                     in_flight = frozenset(i.request_id for i in out.batch.sendable)
                     storing = asyncio.ensure_future(self._store(out))
                 if not any(isinstance(r, RerankResult) for r in out.results):
-                    break  # nothing will be stored as done: the drain stalls here
+                    break  # nothing will be stored as done: the drain ends here
                 if out.report.pace_s > 0:
                     await self._pause_or_sleep(stop, out.report.pace_s)
         except BaseException:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -321,21 +321,29 @@ class DurableQueue:
 
     # --- reads ------------------------------------------------------------------------
 
-    def expired(self, now: float) -> list[QueuedItem]:
-        """Items enqueued more than `ttl_s` before `now`, oldest first (not removed)."""
+    def expired(self, now: float, *, exclude: Collection[str] = ()) -> list[QueuedItem]:
+        """Items enqueued more than `ttl_s` before `now`, oldest first (not removed),
+        leaving out the request_ids in `exclude`."""
         limit = now - self._settings.ttl_s
         with self._lock:
-            old = [e for e in self._entries.values() if e.enqueued_at < limit]
+            old = [
+                e
+                for e in self._entries.values()
+                if e.enqueued_at < limit and e.request_id not in exclude
+            ]
             return self._read_many(old)
 
-    def oldest(self, n: int, task: str | None = None) -> list[QueuedItem]:
-        """Up to `n` items (of `task`, or any), oldest first; nothing is removed."""
+    def oldest(
+        self, n: int, task: str | None = None, *, exclude: Collection[str] = ()
+    ) -> list[QueuedItem]:
+        """Up to `n` items (of `task`, or any), oldest first, leaving out the request_ids
+        in `exclude` (e.g. items a caller has in flight); nothing is removed."""
         with self._lock:
             picked: list[_Entry] = []
             for e in self._entries.values():
                 if len(picked) >= n:
                     break
-                if task is None or e.task == task:
+                if (task is None or e.task == task) and e.request_id not in exclude:
                     picked.append(e)
             return self._read_many(picked)
 

@@ -23,9 +23,12 @@ charged before it is sent; fresh cloud results commit the charge, cached ones (t
 had already computed and charged that id) and failures give it back; an item that finds
 the budget exhausted waits in the queue for a later round.
 
-`run_forever` repeats rounds until `stop` is set, pausing `sync.interval_ms` when a round
-sent nothing, and sends `GET /healthz` probes while the breaker is open so the node comes
-back online without live traffic. It never dies on an exception (logged, next round).
+`drain` runs rounds back to back, pipelined: round N+1 is read, budgeted and sent while
+round N's results are stored, never touching round N's items (see `drain` for what it
+keeps). `run_forever` drains until `stop` is set, pausing `sync.interval_ms` when a drain
+ends (a round stored nothing: nothing queued, offline, cloud errors), and sends
+`GET /healthz` probes while the breaker is open so the node comes back online without
+live traffic. It never dies on an exception (logged, next drain).
 Logs carry request_id / task / route / reason, never inputs.
 
 Live traffic first: every disk step of a round (expiry, reading the batch, budget
@@ -112,6 +115,31 @@ class _Batch:
     nbytes: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    """A batch the cloud answered: its results wait to be stored; `report` is the round's
+    report before storing (no `done` yet)."""
+
+    batch: _Batch
+    results: list[RerankResult | RerankFailure]
+    report: SyncReport
+
+
+def _add(a: SyncReport, b: SyncReport) -> SyncReport:
+    """Two rounds' reports summed; `skipped_offline` is b's."""
+    return SyncReport(
+        sent=a.sent + b.sent,
+        done=a.done + b.done,
+        failed=a.failed + b.failed,
+        dead=a.dead + b.dead,
+        expired=a.expired + b.expired,
+        skipped_offline=b.skipped_offline,
+        bytes_sent=a.bytes_sent + b.bytes_sent,
+        pace_s=a.pace_s + b.pace_s,
+        over_budget=a.over_budget + b.over_budget,
+    )
+
+
 def _release_all(charges: list[Charge | None]) -> None:
     for c in charges:
         if c is not None:
@@ -124,9 +152,11 @@ class SyncWorker:
     `clock` is wall-clock seconds (the queue's `enqueued_at` scale); `sleep` awaits
     seconds; `deadline_s` bounds one rerank call including its retries;
     `probe_timeout_s` bounds one health probe. Run one worker per queue; its methods must
-    be called from one event loop. `queue`, `results`, `reserve`, `clock` and `log` are
-    also used from worker threads (one at a time), so they must be thread-safe (the stores
-    and the budget ledger are); `client` and `monitor` are only used on the loop.
+    be called from one event loop, one `run_once` / `drain` / `run_forever` at a time (a
+    drain's in-flight items are known to that drain only). `queue`, `results`, `reserve`,
+    `clock` and `log` are also used from worker threads (two at a time while `drain`
+    pipelines rounds), so they must be thread-safe (the stores and the budget ledger are);
+    `client` and `monitor` are only used on the loop.
     """
 
     def __init__(
@@ -166,7 +196,16 @@ class SyncWorker:
         Every disk step (expiry, reading the batch, reserving budget, storing results)
         runs in a worker thread, so the event loop keeps answering live requests while
         SQLite commits or checkpoints; the cloud call and the monitor stay on the loop."""
-        expired, items = await asyncio.to_thread(self._expire_and_read)
+        out = await self._send_round(frozenset())
+        return out if isinstance(out, SyncReport) else await self._store(out)
+
+    async def _send_round(self, in_flight: frozenset[str]) -> SyncReport | _Sent:
+        """A round up to and including the cloud call, over the queued items that are not
+        in `in_flight` (steps 1-5 of the module doc): the round's final report when there
+        is nothing to store (nothing queued, offline, nothing sendable, a cloud error),
+        else the answered batch, whose results `_store` must store. Every charge of a
+        batch that is not returned is given back, whatever is raised."""
+        expired, items = await asyncio.to_thread(self._expire_and_read, in_flight)
         if not items:
             return SyncReport(expired=expired)
         if not self._monitor.allow_request():
@@ -209,22 +248,96 @@ class SyncWorker:
             )
         pace = self._pace_s(batch.nbytes, self._monotonic() - started)
         self._monitor.record_success()
-        failed, dead, done = await asyncio.to_thread(self._store_results, batch, results)
-        return SyncReport(
+        report = SyncReport(
             sent=len(batch.sendable),
-            done=done,
-            failed=batch.failed + failed,
-            dead=batch.dead + dead,
+            failed=batch.failed,
+            dead=batch.dead,
             expired=expired,
             bytes_sent=batch.nbytes,
             pace_s=pace,
             over_budget=batch.over,
         )
+        return _Sent(batch, results, report)
 
-    def _expire_and_read(self) -> tuple[int, list[QueuedItem]]:
-        """Expire items past their ttl, then read the next batch (worker thread)."""
-        expired = self._expire()
-        return expired, self._queue.oldest(self._sync.batch_size)
+    async def _store(self, sent: _Sent) -> SyncReport:
+        """Settle the charges of an answered batch and store its results (step 3-4 of the
+        module doc, in a worker thread that runs to its end even if the caller is
+        cancelled); returns the round's report."""
+        failed, dead, done = await asyncio.to_thread(self._store_results, sent.batch, sent.results)
+        r = sent.report
+        return dataclasses.replace(r, done=done, failed=r.failed + failed, dead=r.dead + dead)
+
+    # --- pipelined rounds -------------------------------------------------------------
+
+    async def drain(self, stop: asyncio.Event | None = None) -> SyncReport:
+        """Rounds back to back, pipelined, until a round stores no result (nothing
+        queued, offline, nothing sendable within the budget, a cloud error, only
+        per-item failures) or `stop` is set; returns the rounds' reports summed
+        (`skipped_offline`: the last round's; the pauses asked for between rounds are
+        taken by `drain` itself).
+
+        Pipelining: while round N's results are stored in a worker thread (results
+        committed, then the items removed: the module doc's order, per batch), round
+        N+1 is read, budgeted and sent. Guarantees:
+        - round N+1 never reads, sends or expires an item of round N (its request_ids
+          are excluded until round N's store has returned), so no item is in flight
+          twice; items of round N that failed are read again from round N+2 on;
+        - round N+1's store starts only after round N's has returned (one store at a
+          time, in order); if round N's store raises, or the drain is cancelled while
+          waiting for it, round N+1's answered results are still stored (their charges
+          settled; after a cancellation the two stores may overlap, which the
+          thread-safe stores allow) before the error propagates;
+        - a crash at any point loses nothing: every batch keeps the result-then-removal
+          order of `run_once`, and an item sent but not stored stays queued and is
+          re-sent (the cloud is idempotent by request_id);
+        - pacing: after a round that sent B bytes in t seconds, the next round starts
+          no sooner than B / `sync.max_bytes_per_s` - t seconds later (the pause
+          overlaps the store).
+
+        Raises storage errors (after waiting for the store in progress) and
+        cancellation; unexpected client errors as `run_once` does."""
+        total = SyncReport()
+        storing: asyncio.Future[SyncReport] | None = None
+        in_flight: frozenset[str] = frozenset()
+        try:
+            while stop is None or not stop.is_set():
+                out = await self._send_round(in_flight)
+                if isinstance(out, SyncReport):
+                    total = _add(total, out)
+                    break
+                prev, storing = storing, None
+                try:
+                    if prev is not None:
+                        total = _add(total, await prev)
+                finally:  # stored even if `prev` failed: its charges must be settled
+                    in_flight = frozenset(i.request_id for i in out.batch.sendable)
+                    storing = asyncio.ensure_future(self._store(out))
+                if not any(isinstance(r, RerankResult) for r in out.results):
+                    break  # nothing will be stored as done: the drain ends here
+                if out.report.pace_s > 0:
+                    await self._pause_or_sleep(stop, out.report.pace_s)
+        except BaseException:
+            if storing is not None:
+                try:
+                    await storing
+                except Exception as exc:  # the first error wins; this one is logged
+                    self._log.error("sync_store_failed", reason=type(exc).__name__)
+            raise
+        if storing is not None:
+            total = _add(total, await storing)
+        return total
+
+    async def _pause_or_sleep(self, stop: asyncio.Event | None, seconds: float) -> None:
+        if stop is None:
+            await self._sleep(seconds)
+        else:
+            await self._pause(stop, seconds)
+
+    def _expire_and_read(self, in_flight: frozenset[str]) -> tuple[int, list[QueuedItem]]:
+        """Expire items past their ttl, then read the next batch (worker thread); items in
+        `in_flight` are neither expired nor read."""
+        expired = self._expire(in_flight)
+        return expired, self._queue.oldest(self._sync.batch_size, exclude=in_flight)
 
     def _prepare(self, items: list[QueuedItem]) -> _Batch:
         """The wire items of a round, each with its budget reserved (worker thread).
@@ -304,8 +417,8 @@ class SyncWorker:
         self._queue.remove([item.request_id for item, _ in done])
         return failed, dead, len(done)
 
-    def _expire(self) -> int:
-        items = self._queue.expired(self._clock())
+    def _expire(self, in_flight: frozenset[str]) -> int:
+        items = self._queue.expired(self._clock(), exclude=in_flight)
         for item in items:
             self._results.put_expired(item.request_id, EXPIRED_TTL)
             self._log.info(
@@ -362,27 +475,20 @@ class SyncWorker:
         return ok
 
     async def run_forever(self, stop: asyncio.Event) -> None:
-        """Run rounds until `stop` is set; pause `interval_ms` (or until `stop`) after a
-        round that stored no result (nothing queued, offline, cloud errors) or raised, and
-        the round's `pace_s` after a busy round (`sync.max_bytes_per_s`).
-        Never raises except on cancellation."""
+        """Drain (`drain`: pipelined rounds, paced by `sync.max_bytes_per_s`) until
+        `stop` is set; after each drain (it ends on a round that stored no result: nothing
+        queued, offline, cloud errors) or a drain that raised, pause `interval_ms` (or
+        until `stop`). Never raises except on cancellation."""
         interval = self._sync.interval_ms / 1000
         while not stop.is_set():
-            busy = False
-            pace = 0.0
             try:
                 await self.probe()
-                report = await self.run_once()
-                busy = report.done > 0
-                pace = report.pace_s
+                await self.drain(stop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._log.exception("sync_round_failed", reason=type(exc).__name__)
-            if not busy:
-                await self._pause(stop, interval)
-            elif pace > 0:
-                await self._pause(stop, pace)
+            await self._pause(stop, interval)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
         sleeper = asyncio.ensure_future(self._sleep(seconds))

@@ -48,6 +48,7 @@ def edge_serve(
     """Serve the edge node's HTTP API until SIGTERM/SIGINT."""
     import uvicorn
 
+    from edge_node.gc_tuning import tune_gc
     from edge_node.http_app import create_app
     from edge_node.settings import EdgeSettings
     from router.log_setup import configure_logging
@@ -66,4 +67,5 @@ def edge_serve(
         app = create_app(settings)
     except EdgerouteError as exc:
         fail(exc)
+    tune_gc()  # after startup: models, policy and modules are frozen out of the collector
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)

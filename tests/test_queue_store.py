@@ -65,6 +65,19 @@ def test_oldest_filters_by_task(tmp_path: Path) -> None:
     q.close()
 
 
+def test_oldest_and_expired_skip_excluded_ids(tmp_path: Path) -> None:
+    """oldest/expired with `exclude` leave those items out (still queued) and fill the
+    batch with the next ones in order."""
+    q = DurableQueue(tmp_path, settings(ttl_s=60))
+    for i in range(6):
+        q.put(item(f"r{i}", at=1000.0 + i))
+    busy = {"r0", "r1", "r3"}
+    assert [g.request_id for g in q.oldest(2, exclude=busy)] == ["r2", "r4"]
+    assert [g.request_id for g in q.expired(1063.5, exclude=busy)] == ["r2"]
+    assert [g.request_id for g in q.oldest(3)] == ["r0", "r1", "r2"] and q.depth == 6
+    q.close()
+
+
 def test_put_is_idempotent_per_request_id(tmp_path: Path) -> None:
     """A second put of a queued request_id changes neither depth nor bytes."""
     q = DurableQueue(tmp_path, settings())

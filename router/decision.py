@@ -128,7 +128,9 @@ def decide(
         return Decision("edge", CONFIDENT, conf, thr)
     wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
 
-    spent = state.ledger().exhausted(limits_for(cost, task, task_name), cost.price_per_call, now)
+    limits = limits_for(cost, task, task_name)
+    # no limits, nothing to exhaust: the ledger (a disk read in the node) is not needed
+    spent = state.ledger().exhausted(limits, cost.price_per_call, now) if limits else None
     if spent is not None:
         action = cost.on_budget_exhausted
         if action == "queue":

@@ -154,8 +154,9 @@ def test_decide_is_total_and_consistent(
 
 
 def test_budget_ledger_is_read_only_when_the_budget_rule_is_reached() -> None:
-    """A ledger provider is not called for confident or edge-only requests, and is called
-    (once) for a request that needs the cloud."""
+    """A ledger provider is not called for confident or edge-only requests, nor when no
+    budget limits apply, and is called (once) for a request that needs the cloud under a
+    limit."""
     reads: list[int] = []
 
     def ledger() -> BudgetLedger:
@@ -167,4 +168,7 @@ def test_budget_ledger_is_read_only_when_the_budget_rule_is_reached() -> None:
     decide(local(0.0), state, task(placement="edge_only"), CostSettings(), NOW)
     assert reads == []
     assert decide(local(0.1), state, task(), CostSettings(), NOW).route == "cloud"
+    assert reads == []
+    limited = CostSettings(daily_calls=5)
+    assert decide(local(0.1), state, task(), limited, NOW).route == "cloud"
     assert reads == [1]

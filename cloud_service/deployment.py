@@ -239,9 +239,16 @@ class CloudReranker:
         return await self._run_local(items)
 
     async def _compute_single(self, items: list[RerankItem]) -> list[Answer]:
-        return (
-            [await self.compute_one(items[0])] if len(items) == 1 else await self._run_local(items)
-        )
+        """The claimed item of a single-item call: through `@serve.batch` when another call
+        is in progress in this replica (company to batch with), else computed at once. With
+        `batch_wait_timeout_s` 0 a lone call would form a batch of one anyway, and the
+        batch machinery (queue, batch task, Serve's batch metrics) costs a lone call more
+        than its model run: batching on must not be slower than off at one connection."""
+        if len(items) != 1:
+            return await self._run_local(items)
+        if self._active <= 1 and self._cfg.batch_wait_timeout_s == 0:
+            return await self._run_local(items)
+        return [await self.compute_one(items[0])]
 
     async def _answer(self, items: list[RerankItem], node_id: str) -> list[Answer]:
         """Answers in item order, deduplicated through the shared store; the claimed item of

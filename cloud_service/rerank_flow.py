@@ -23,7 +23,7 @@ from router.wire import RerankFailure, RerankItem, RerankResult, WireError
 
 Answer = RerankResult | RerankFailure
 Compute = Callable[[list[RerankItem]], Awaitable[list[Answer]]]
-max_wait_rounds = 3
+MAX_WAIT_ROUNDS = 3
 """`DedupStore.wait` calls per item before it is computed without its claim (each wait
 lasts up to the claim timeout, so this is reached only if the store keeps answering PENDING)."""
 
@@ -122,7 +122,7 @@ async def answer_with_dedup(
     successful results handed to `store.put_later` (failures to `store.release_later`)
     before this returns; items whose key another caller is computing wait for that result
     (`store.wait`), or compute it themselves when granted the claim after it was abandoned
-    (or when the store still says pending after `max_wait_rounds` waits). A request_id seen
+    (or when the store still says pending after `MAX_WAIT_ROUNDS` waits). A request_id seen
     before with a different item (task, inputs or candidates) fails with code
     `request_id_conflict`; duplicates inside one call are computed once. Raises ValueError
     if a node list's length differs from items'; the store's exceptions propagate.
@@ -143,7 +143,7 @@ async def answer_with_dedup(
             first[key] = i
             asked.append(i)
     outcomes = await store.claim([(keys[i], fingerprints[i]) for i in asked])
-    for round_ in range(max_wait_rounds + 1):
+    for round_ in range(MAX_WAIT_ROUNDS + 1):
         to_compute: list[int] = []
         waiting: list[int] = []
         for i, outcome in zip(asked, outcomes, strict=True):
@@ -156,7 +156,7 @@ async def answer_with_dedup(
                     answers[i] = RerankResult.model_validate({**outcome.result, "cached": True})
                 else:
                     answers[i] = _conflict(items[i])
-        if round_ == max_wait_rounds:  # still pending: compute without the claim
+        if round_ == MAX_WAIT_ROUNDS:  # still pending: compute without the claim
             to_compute, waiting = to_compute + waiting, []
         if to_compute:
             await _settle(items, keys, fingerprints, to_compute, answers, store, compute)

@@ -106,14 +106,6 @@ class CoalescingStore:
             self._releases.extend(keys)
             self._arm_timer(self._flush_delay_s)
 
-    async def drain(self) -> None:
-        """Send whatever is queued now and return once every call has finished."""
-        self._start_flush()
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
-            if self._puts or self._releases or self._pending:
-                self._start_flush()
-
     @property
     def queued_writes(self) -> int:
         """Puts and releases queued and not sent yet."""

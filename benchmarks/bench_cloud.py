@@ -17,6 +17,13 @@ store never answers from cache). Load comes from `benchmarks.loadgen` (a bounded
 client in its own process, which shares the 2 cores with the servers); warm-up calls are
 not timed. Set EDGEROUTE_BENCH_CLOUD_SCALE (e.g. 0.2) to scale request counts down.
 
+The three variants with goals (ours batched, ours unbatched, plain Serve) are deployed
+side by side (three Serve applications behind the one proxy, under their own route
+prefixes) and measured interleaved: for each concurrency, `ROUNDS` rounds each run every
+variant once on a share of the requests, in an order rotated per round, so drift on a
+shared machine hits every variant alike. A variant's throughput is the median of its
+rounds; its latency percentiles are over all its rounds' samples.
+
 Run: `python -m benchmarks.bench_cloud`.
 """
 
@@ -43,6 +50,9 @@ CONCURRENCY = (1, 16, 64)
 SCALE = float(os.environ.get("EDGEROUTE_BENCH_CLOUD_SCALE", "1"))
 REQUESTS = {c: max(50, int(n * SCALE)) for c, n in {1: 500, 16: 1500, 64: 1500}.items()}
 WARMUP = max(20, int(150 * SCALE))
+ROUNDS = 5
+"""Interleaved rounds per concurrency for the variants with goals (see the docstring)."""
+INTERLEAVED = ("ours_batched", "ours_unbatched", "plain_serve")
 BATCH_ITEMS = 256
 BATCH_CALLS = max(5, int(30 * SCALE))
 NODE, TOKEN = "bench-node", "bench-token"
@@ -63,6 +73,8 @@ class Run:
     lat: dict[str, float]
     errors: int
     calls: int
+    samples: list[float]
+    """The latencies (ms) behind `lat`, kept to pool interleaved rounds."""
 
 
 def _loadgen(
@@ -78,7 +90,43 @@ def _loadgen(
     out = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     res = json.loads(out.strip().splitlines()[-1])
     lat = res["latencies_ms"]
-    return Run(len(lat) / res["seconds"], summary(lat), int(res["errors"]), len(lat))
+    return Run(len(lat) / res["seconds"], summary(lat), int(res["errors"]), len(lat), lat)
+
+
+def _median_run(runs: list[Run]) -> Run:
+    """The median round's throughput, latency over every round's samples, summed errors."""
+    rps = float(np.median([r.rps for r in runs]))
+    lat = summary([x for r in runs for x in r.samples])
+    return Run(rps, lat, sum(r.errors for r in runs), sum(r.calls for r in runs), [])
+
+
+def _interleaved(
+    variants: dict[str, tuple[str, list[str]]], body: bytes, tmp: Path
+) -> dict[str, dict[int, Run]]:
+    """Each variant (`name -> (url, headers)`) at each concurrency, in `ROUNDS` rounds with
+    the order rotated per round; one `Run` per variant and concurrency (`_median_run`)."""
+    for url, headers in variants.values():
+        _check(url, body, headers)
+    names = list(variants)
+    out: dict[str, dict[int, Run]] = {n: {} for n in names}
+    for c in CONCURRENCY:
+        per_round = max(50, REQUESTS[c] // ROUNDS)
+        warmup = max(20, WARMUP // ROUNDS)
+        runs: dict[str, list[Run]] = {n: [] for n in names}
+        for k in range(ROUNDS):
+            order = names[k % len(names) :] + names[: k % len(names)]
+            for n in order:
+                url, headers = variants[n]
+                runs[n].append(_loadgen(url, body, c, per_round, warmup, tmp, headers))
+            print(f"  round {k + 1} c={c}: " + ", ".join(
+                f"{n} {runs[n][-1].rps:.0f}/s p50 {runs[n][-1].lat['p50']:.2f}" for n in names
+            ), flush=True)  # fmt: skip
+        for n in names:
+            out[n][c] = r = _median_run(runs[n])
+            rounds = "/".join(f"{x.rps:.0f}" for x in runs[n])
+            print(line(f"{n} c={c} ({r.rps:.0f}/s; rounds {rounds}; {r.errors} err)", r.lat,
+                       "ms"), flush=True)  # fmt: skip
+    return out
 
 
 def _item(x: np.ndarray, rid: str) -> dict[str, Any]:
@@ -106,18 +154,18 @@ def _measure(name: str, url: str, body: bytes, tmp: Path, headers: list[str]) ->
     return runs
 
 
-def _deploy(app: Any) -> None:
+def _deploy(app: Any, name: str = APP, prefix: str = "/") -> None:
     from ray import serve
 
-    serve.run(app, name=APP, route_prefix="/")
+    serve.run(app, name=name, route_prefix=prefix)
 
 
-def _undeploy(store_name: str | None = None) -> None:
+def _undeploy(store_name: str | None = None, name: str = APP) -> None:
     from ray import serve
 
     from cloud_service.result_store import kill_result_store
 
-    serve.delete(APP)
+    serve.delete(name)
     if store_name is not None:
         kill_result_store(store_name, "edgeroute-bench")
 
@@ -227,30 +275,47 @@ def main() -> list[dict[str, Any]]:
             from ray import serve
 
             from benchmarks.baselines.plain_serve import build as plain_serve_app
+            from cloud_service.app import build_app
+            from cloud_service.result_store import kill_result_store
             from cloud_service.server import init_ray
 
-            init_ray(num_cpus=2, namespace="edgeroute-bench")
+            # 3 logical CPUs: one per replica of the variants deployed side by side (each
+            # replica asks for 1). Logical only: Ray does not pin, the machine has 2 cores.
+            init_ray(num_cpus=3, namespace="edgeroute-bench")
             serve.start(http_options={"host": "127.0.0.1", "port": port})
 
             def settings(store: str, **kw: Any) -> Any:
                 return _settings(models, tokens, port, store, **kw)
 
             batched = settings("bench-store-batched")
+            unbatched = settings("bench-store-unbatched", batching=False)
             print(f"edgeroute cloud app, @serve.batch (max {batched.max_batch_size}, "
                   f"wait {batched.batch_wait_timeout_s * 1e3:g} ms), requests {REQUESTS}, "
-                  f"warm-up {WARMUP} (ms)", flush=True)  # fmt: skip
-            results["ours_batched"], big = _ours("ours, batched", batched, url, body, tmp,
-                                                 batch_body)  # fmt: skip
-            assert big is not None
-            results["ours_unbatched"], _ = _ours(
-                "ours, unbatched", settings("bench-store-unbatched", batching=False), url, body,
-                tmp,
-            )  # fmt: skip
-            _deploy(plain_serve_app(str(models / "cloud" / "digits")))
+                  f"warm-up {WARMUP}, {ROUNDS} interleaved rounds (ms)", flush=True)  # fmt: skip
+            base = f"http://127.0.0.1:{port}"
+            hdrs = [f"X-Edgeroute-Node: {NODE}", f"Authorization: Bearer {TOKEN}"]
+            _deploy(build_app(batched), "ours_batched", "/batched")
+            _deploy(build_app(unbatched), "ours_unbatched", "/unbatched")
+            _deploy(plain_serve_app(str(models / "cloud" / "digits")), "plain_serve", "/plain")
             try:
-                results["plain_serve"] = _measure("plain Serve", url, body, tmp, [])
+                results.update(_interleaved({
+                    "ours_batched": (f"{base}/batched/v1/rerank", hdrs),
+                    "ours_unbatched": (f"{base}/unbatched/v1/rerank", hdrs),
+                    "plain_serve": (f"{base}/plain/v1/rerank", []),
+                }, body, tmp))  # fmt: skip
+                _undeploy(unbatched.result_store_name, "ours_unbatched")
+                _undeploy(None, "plain_serve")
+                burl = f"{base}/batched/v1/rerank"
+                _check(burl, batch_body, hdrs)
+                big = _loadgen(burl, batch_body, 1, BATCH_CALLS, 3, tmp, hdrs)
+                print(line(f"ours, batched {BATCH_ITEMS}-item calls c=1 ({big.rps:.1f}/s)",
+                           big.lat, "ms"))  # fmt: skip
             finally:
-                _undeploy()
+                for name in INTERLEAVED:
+                    if name in serve.status().applications:
+                        serve.delete(name)
+                for store in (batched, unbatched):
+                    kill_result_store(store.result_store_name, "edgeroute-bench")
             results["ours_per_task"], _ = _ours(
                 "ours, per-task hop", settings("bench-store-per-task", per_task_deployments=True),
                 url, body, tmp,

@@ -12,7 +12,7 @@ replicas import it by reference instead of receiving a by-value pickle of a clos
 
 import asyncio
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -32,7 +32,13 @@ from cloud_service.rerank_flow import (
     failure,
     rerank_by_task,
 )
-from cloud_service.result_store import StoredResult, StoreKey, get_or_create_result_store
+from cloud_service.result_store import (
+    CLAIMED,
+    Outcome,
+    StoredResult,
+    StoreKey,
+    get_or_create_result_store,
+)
 from cloud_service.settings import CloudServiceSettings
 from cloud_service.store_client import CoalescingStore
 from router.errors import (
@@ -88,6 +94,68 @@ def _tasks_of(items: Sequence[RerankItem]) -> str:
     return ",".join(sorted({it.task for it in items}))
 
 
+class SharedStore:
+    """This replica's view of the shared store actor (`rerank_flow.DedupStore`): claims go
+    through a `CoalescingStore`, waits straight to the actor (so a wait never holds up the
+    replica's other store traffic). A store outage (RayError) makes every asked key
+    CLAIMED: the item is computed, not deduplicated, and a warning is logged."""
+
+    def __init__(
+        self, actor: Any, cfg: CloudServiceSettings, busy: Callable[[], bool] | None = None
+    ) -> None:
+        self._actor = actor
+        self._max_wait_s = cfg.dedup_claim_timeout_s + 1.0
+        self.client = CoalescingStore(
+            self._settle,
+            flush_delay_s=cfg.dedup_flush_delay_s,
+            on_write_error=_write_failed,
+            linger_s=cfg.dedup_claim_linger_s,
+            busy=busy,
+        )
+
+    async def _settle(
+        self, puts: list[tuple[StoreKey, StoredResult]], releases: list[StoreKey],
+        claims: list[tuple[StoreKey, str]],
+    ) -> list[Outcome]:  # fmt: skip
+        if not hasattr(self._actor, "settle"):  # a store actor started by an older version
+            found = await self._actor.exchange.remote(puts, claims)
+            return [CLAIMED if f is None else f for f in found]
+        outcomes: list[Outcome] = await self._actor.settle.remote(puts, releases, claims)
+        return outcomes
+
+    async def claim(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        """See `CoalescingStore.claim`."""
+        try:
+            return await self.client.claim(claims)
+        except RayError as exc:
+            _log.warning("result_store_unavailable", reason=type(exc).__name__)
+            return [CLAIMED] * len(claims)
+
+    async def wait(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        """See `ResultStoreActor.wait_claims` (e.g. after a store restart lost the claims,
+        the call fails and every key is CLAIMED)."""
+        if not hasattr(self._actor, "wait_claims"):
+            return [CLAIMED] * len(claims)
+        try:
+            outcomes: list[Outcome] = await self._actor.wait_claims.remote(claims, self._max_wait_s)
+        except RayError as exc:
+            _log.warning("result_store_unavailable", reason=type(exc).__name__)
+            return [CLAIMED] * len(claims)
+        return outcomes
+
+    def put_later(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
+        """See `CoalescingStore.put_later`."""
+        self.client.put_later(entries)
+
+    def release_later(self, keys: list[StoreKey]) -> None:
+        """See `CoalescingStore.release_later`."""
+        self.client.release_later(keys)
+
+
+def _write_failed(exc: BaseException) -> None:
+    _log.warning("result_store_write_failed", reason=type(exc).__name__)
+
+
 @serve.deployment(name="CloudReranker")
 @serve.ingress(api)
 class CloudReranker:
@@ -106,15 +174,18 @@ class CloudReranker:
             cfg.ray_namespace,
             ttl_s=cfg.dedup_ttl_s,
             max_entries=cfg.dedup_max_entries,
+            claim_timeout_s=cfg.dedup_claim_timeout_s,
         )
-        self._store_client = CoalescingStore(self._exchange)
+        self._active = 0
+        """HTTP calls of /v1/rerank in progress in this replica."""
+        self._shared = SharedStore(self._store, cfg, busy=lambda: self._active > 1)
         self._auth = token_sources(cfg.tokens_file, cfg.tokens_env)
         self._metrics = ReplicaMetrics()
         self._batches = 0
         self._batched_items = 0
         self._max_batch_seen = 0
         self._item_cost_s = self._measure_item_cost()
-        batched: Any = self.rerank_one
+        batched: Any = self.compute_one
         batched.set_max_batch_size(cfg.max_batch_size)
         batched.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
@@ -154,30 +225,41 @@ class CloudReranker:
             return self._timed_rerank(items)
         return await asyncio.to_thread(self._timed_rerank, items)
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
-    async def rerank_one(self, calls: list[tuple[str, RerankItem]]) -> list[Answer]:
-        """Answer the `(node_id, item)` of concurrent single-item calls together: one store
-        lookup, one model run per task and one store write for the whole batch."""
-        return await answer_with_dedup(
-            [item for _, item in calls],
-            [node for node, _ in calls],
-            lookup=self._lookup,
-            store=self._put,
-            compute=self._compute,
-        )
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def compute_one(self, items: list[RerankItem]) -> list[Answer]:
+        """Compute the claimed items of concurrent single-item calls together: one model
+        run per task for the batch. Only the model run is batched: the claims of those
+        calls were merged by the store client already, and holding a batch open across
+        store round trips would serialise them (Serve runs one batch at a time)."""
+        return await self._run_local(items)
 
     async def _compute(self, items: list[RerankItem]) -> list[Answer]:
         if self._handles:
             return await self._compute_remote(items)
         return await self._run_local(items)
 
+    async def _compute_single(self, items: list[RerankItem]) -> list[Answer]:
+        """The claimed item of a single-item call: through `@serve.batch` when another call
+        is in progress in this replica (company to batch with), else computed at once. With
+        `batch_wait_timeout_s` 0 a lone call would form a batch of one anyway, and the
+        batch machinery (queue, batch task, Serve's batch metrics) costs a lone call more
+        than its model run: batching on must not be slower than off at one connection."""
+        if len(items) != 1:
+            return await self._run_local(items)
+        if self._active <= 1 and self._cfg.batch_wait_timeout_s == 0:
+            return await self._run_local(items)
+        return [await self.compute_one(items[0])]
+
     async def _answer(self, items: list[RerankItem], node_id: str) -> list[Answer]:
-        """Answers in item order; a single item joins the `@serve.batch` when batching is
-        on and the models are local, anything else is deduplicated and computed here."""
-        if len(items) == 1 and self._cfg.batching and not self._handles:
-            return [await self.rerank_one((node_id, items[0]))]
+        """Answers in item order, deduplicated through the shared store; the claimed item of
+        a single-item call joins the `@serve.batch` when batching is on and the models are
+        local, anything else is computed here."""
+        single = len(items) == 1 and self._cfg.batching and not self._handles
         return await answer_with_dedup(
-            items, node_id, lookup=self._lookup, store=self._put, compute=self._compute
+            items,
+            node_id,
+            store=self._shared,
+            compute=self._compute_single if single else self._compute,
         )
 
     async def _compute_remote(self, items: list[RerankItem]) -> list[Answer]:
@@ -210,30 +292,6 @@ class CloudReranker:
 
     # --- the shared store ----------------------------------------------------------------
 
-    async def _exchange(
-        self, puts: list[tuple[StoreKey, StoredResult]], lookups: list[tuple[StoreKey, str]]
-    ) -> list[StoredResult | None]:
-        if not hasattr(self._store, "exchange"):  # a store actor started by an older version
-            if puts:
-                await self._store.put_many.remote(puts)
-            return await self._store.get_many.remote(lookups) if lookups else []
-        found: list[StoredResult | None] = await self._store.exchange.remote(puts, lookups)
-        return found
-
-    async def _lookup(self, lookups: list[tuple[StoreKey, str]]) -> list[StoredResult | None]:
-        try:
-            found = await self._store_client.lookup(lookups)
-        except RayError as exc:
-            _log.warning("result_store_unavailable", reason=type(exc).__name__)
-            return [None] * len(lookups)
-        return found
-
-    async def _put(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
-        try:
-            await self._store_client.put(entries)
-        except RayError as exc:
-            _log.warning("result_store_unavailable", reason=type(exc).__name__)
-
     def _authorize(self, request: Request, node_id: str) -> None:
         if self._auth is not None:
             try:
@@ -259,6 +317,13 @@ class CloudReranker:
     async def rerank(self, request: Request) -> Response:
         """Answer one item or a batch, deduplicated per node (see `cloud_service.app`)."""
         started = time.perf_counter()
+        self._active += 1
+        try:
+            return await self._rerank(request, started)
+        finally:
+            self._active -= 1
+
+    async def _rerank(self, request: Request, started: float) -> Response:
         header_rid = request.headers.get(REQUEST_ID_HEADER)
         request_id = header_rid if header_rid and ID_RE.match(header_rid) else None
         try:
@@ -333,7 +398,8 @@ class CloudReranker:
                 "batches": self._batches,
                 "batched_items": self._batched_items,
                 "max_batch_size_seen": self._max_batch_seen,
-                "store_calls": self._store_client.calls,
+                "store_calls": self._shared.client.calls,
+                "store_queued_writes": self._shared.client.queued_writes,
             },
             "metrics": self._metrics.snapshot(),
         }

@@ -1,4 +1,4 @@
-"""The re-rank request flow, free of Ray: dedup lookup, compute the misses, store, merge.
+"""The re-rank request flow, free of Ray: claim, compute the claimed items, store, merge.
 
 `app.py` plugs the Ray pieces (the store actor, the `@serve.batch` method) into these
 functions; tests plug in fakes.
@@ -11,13 +11,43 @@ from typing import Protocol
 
 import structlog
 
-from cloud_service.result_store import StoredResult, StoreKey, item_fingerprint
+from cloud_service.result_store import (
+    CLAIMED,
+    PENDING,
+    Outcome,
+    StoredResult,
+    StoreKey,
+    item_fingerprint,
+)
 from router.wire import RerankFailure, RerankItem, RerankResult, WireError
 
 Answer = RerankResult | RerankFailure
-Lookup = Callable[[list[tuple[StoreKey, str]]], Awaitable[list[StoredResult | None]]]
-Store = Callable[[list[tuple[StoreKey, StoredResult]]], Awaitable[None]]
 Compute = Callable[[list[RerankItem]], Awaitable[list[Answer]]]
+MAX_WAIT_ROUNDS = 3
+"""`DedupStore.wait` calls per item before it is computed without its claim (each wait
+lasts up to the claim timeout, so this is reached only if the store keeps answering PENDING)."""
+
+
+class DedupStore(Protocol):
+    """The idempotency store as the flow sees it (`cloud_service.deployment` adapts the
+    shared actor through `CoalescingStore`; tests use `TtlResultMap`)."""
+
+    async def claim(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        """`TtlResultMap.claim_many` semantics."""
+        ...
+
+    async def wait(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        """Claim again once the PENDING keys are settled (`ResultStoreActor.wait_claims`)."""
+        ...
+
+    def put_later(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
+        """Store computed results (may return before the store has them)."""
+        ...
+
+    def release_later(self, keys: list[StoreKey]) -> None:
+        """Drop the claims of keys whose computation failed (may return before it is done)."""
+        ...
+
 
 _log = structlog.get_logger("cloud_service.rerank")
 
@@ -81,58 +111,97 @@ async def answer_with_dedup(
     items: Sequence[RerankItem],
     node_id: str | Sequence[str],
     *,
-    lookup: Lookup,
-    store: Store,
+    store: DedupStore,
     compute: Compute,
 ) -> list[Answer]:
-    """Answers for `items` in order, computing only those not already answered for their node
-    (`node_id`: one node for every item, or one per item, e.g. a `@serve.batch` gathering
-    the single-item calls of several nodes).
+    """Answers for `items` in order, computing only those not already answered or being
+    computed for their node (`node_id`: one node for every item, or one per item).
 
-    Cached answers come back with `cached=True`. A request_id seen before with a different
-    item (task, inputs or candidates) fails with code `request_id_conflict`; duplicates
-    inside one call are computed once. Only successful results are stored, and `store` has
-    returned before this does. Raises ValueError if a node list's length differs from items'.
+    Each key is claimed first (`store.claim`, one awaited round trip): stored results come
+    back with `cached=True`; claimed items are computed (one `compute` call) and their
+    successful results handed to `store.put_later` (failures to `store.release_later`)
+    before this returns; items whose key another caller is computing wait for that result
+    (`store.wait`), or compute it themselves when granted the claim after it was abandoned
+    (or when the store still says pending after `MAX_WAIT_ROUNDS` waits). A request_id seen
+    before with a different item (task, inputs or candidates) fails with code
+    `request_id_conflict`; duplicates inside one call are computed once. Raises ValueError
+    if a node list's length differs from items'; the store's exceptions propagate.
     """
     nodes = [node_id] * len(items) if isinstance(node_id, str) else list(node_id)
     if len(nodes) != len(items):
         raise ValueError(f"{len(nodes)} node ids for {len(items)} items")
     fingerprints = [item_fingerprint(it.task, it.inputs or (), it.candidates) for it in items]
     keys: list[StoreKey] = [(node, it.request_id) for node, it in zip(nodes, items, strict=True)]
-    found = await lookup(list(zip(keys, fingerprints, strict=True)))
     answers: list[Answer | None] = [None] * len(items)
-    first_miss: dict[StoreKey, int] = {}
+    first: dict[StoreKey, int] = {}
     repeats: list[int] = []
-    for i, stored in enumerate(found):
-        if stored is None:
-            if keys[i] in first_miss:
-                repeats.append(i)
-            else:
-                first_miss[keys[i]] = i
-        elif stored.fingerprint == fingerprints[i]:
-            answers[i] = RerankResult.model_validate({**stored.result, "cached": True})
+    asked: list[int] = []
+    for i, key in enumerate(keys):
+        if key in first:
+            repeats.append(i)
         else:
-            answers[i] = _conflict(items[i])
-    misses = list(first_miss.values())
-    computed = await compute([items[i] for i in misses]) if misses else []
-    to_store: list[tuple[StoreKey, StoredResult]] = []
-    for i, answer in zip(misses, computed, strict=True):
-        answers[i] = answer
-        if isinstance(answer, RerankResult):
-            stored_result = StoredResult(fingerprints[i], answer.model_dump(mode="json"))
-            to_store.append((keys[i], stored_result))
+            first[key] = i
+            asked.append(i)
+    outcomes = await store.claim([(keys[i], fingerprints[i]) for i in asked])
+    for round_ in range(MAX_WAIT_ROUNDS + 1):
+        to_compute: list[int] = []
+        waiting: list[int] = []
+        for i, outcome in zip(asked, outcomes, strict=True):
+            if outcome == CLAIMED:
+                to_compute.append(i)
+            elif outcome == PENDING:
+                waiting.append(i)
+            elif isinstance(outcome, StoredResult):
+                if outcome.fingerprint == fingerprints[i]:
+                    answers[i] = RerankResult.model_validate({**outcome.result, "cached": True})
+                else:
+                    answers[i] = _conflict(items[i])
+        if round_ == MAX_WAIT_ROUNDS:  # still pending: compute without the claim
+            to_compute, waiting = to_compute + waiting, []
+        if to_compute:
+            await _settle(items, keys, fingerprints, to_compute, answers, store, compute)
+        if not waiting:
+            break
+        asked = waiting
+        outcomes = await store.wait([(keys[i], fingerprints[i]) for i in waiting])
     for i in repeats:
-        j = first_miss[keys[i]]
-        first = answers[j]
+        j = first[keys[i]]
+        answer = answers[j]
         if fingerprints[i] != fingerprints[j]:
             answers[i] = _conflict(items[i])
-        elif isinstance(first, RerankResult):
-            answers[i] = first.model_copy(update={"cached": True})
+        elif isinstance(answer, RerankResult):
+            answers[i] = answer.model_copy(update={"cached": True})
         else:
-            answers[i] = first
-    if to_store:
-        await store(to_store)
+            answers[i] = answer
     return _filled(answers)
+
+
+async def _settle(
+    items: Sequence[RerankItem],
+    keys: Sequence[StoreKey],
+    fingerprints: Sequence[str],
+    indexes: list[int],
+    answers: list[Answer | None],
+    store: DedupStore,
+    compute: Compute,
+) -> None:
+    try:
+        computed = await compute([items[i] for i in indexes])
+    except BaseException:
+        store.release_later([keys[i] for i in indexes])
+        raise
+    to_store: list[tuple[StoreKey, StoredResult]] = []
+    failed: list[StoreKey] = []
+    for i, answer in zip(indexes, computed, strict=True):
+        answers[i] = answer
+        if isinstance(answer, RerankResult):
+            to_store.append(
+                (keys[i], StoredResult(fingerprints[i], answer.model_dump(mode="json")))
+            )
+        else:
+            failed.append(keys[i])
+    store.put_later(to_store)
+    store.release_later(failed)
 
 
 def _conflict(item: RerankItem) -> RerankFailure:

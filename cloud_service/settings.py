@@ -24,6 +24,16 @@ class CloudServiceSettings(BaseModel):
     single-item calls off (used by the benchmark). `num_replicas` None leaves the count to
     Serve (1, or the config's `autoscaling_config`). When more than `max_queued_requests` wait
     at a caller, Serve answers `overload_status` with `Retry-After: retry_after_s`.
+
+    `batch_wait_timeout_s` 0 batches opportunistically: the claimed items ready together
+    (their claims answered by one store call) run as one batch, and a lone request never
+    waits. `dedup_claim_timeout_s` is how long a claimed key may stay uncomputed before
+    another caller takes it over (longer than any model run; see `result_store`);
+    `dedup_flush_delay_s` is the longest a computed result waits in the replica for a claim
+    call to ride with before it is sent on its own (a store setting: the store actor keeps
+    the claim timeout it was created with). `dedup_claim_linger_s` is the longest a claim
+    waits for the claims of other requests in progress in the same replica, to share one
+    store call (never when the request is the replica's only one).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,7 +42,7 @@ class CloudServiceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     max_batch_size: int = Field(default=32, ge=1, le=4096)
-    batch_wait_timeout_s: float = Field(default=0.002, ge=0.0, le=10.0)
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0.0, le=10.0)
     batching: bool = True
     per_task_deployments: bool = False
     max_ongoing_requests: int = Field(default=256, ge=1)
@@ -43,6 +53,9 @@ class CloudServiceSettings(BaseModel):
     health_check_period_s: float = Field(default=10.0, gt=0.0)
     dedup_ttl_s: float = Field(default=3600.0, gt=0.0)
     dedup_max_entries: int = Field(default=1_000_000, ge=1)
+    dedup_claim_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
+    dedup_flush_delay_s: float = Field(default=0.02, ge=0.0, le=10.0)
+    dedup_claim_linger_s: float = Field(default=0.002, ge=0.0, le=1.0)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tokens_file: Path | None = None
     tokens_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

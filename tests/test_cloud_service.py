@@ -15,7 +15,12 @@ import pytest
 from cloud_service.app import parse_rerank_body
 from cloud_service.auth import TokenFile, check_bearer
 from cloud_service.rerank_flow import Answer, answer_with_dedup, rerank_by_task
-from cloud_service.result_store import StoredResult, StoreKey, TtlResultMap
+from cloud_service.result_store import (
+    Outcome,
+    StoredResult,
+    StoreKey,
+    TtlResultMap,
+)
 from cloud_service.settings import CloudServiceSettings
 from router.errors import InputError, MalformedRequest, RequestTooLarge, Unauthorized
 from router.wire import RerankItem, RerankResult, WireCandidate
@@ -67,16 +72,28 @@ def item(rid: str, inputs: list[float] | None = None, task: str = "t") -> Rerank
 
 
 class MapStore:
-    """The store functions of the flow backed by a TtlResultMap."""
+    """The flow's `DedupStore` backed by a TtlResultMap (writes applied at once; `wait`
+    advances the fake clock past the claim timeout, as if the claim holder had died)."""
 
-    def __init__(self) -> None:
-        self.map = TtlResultMap(60.0, clock=FakeClock())
+    def __init__(self, claim_timeout_s: float = 10.0) -> None:
+        self.clock = FakeClock()
+        self.map = TtlResultMap(60.0, clock=self.clock, claim_timeout_s=claim_timeout_s)
+        self.claim_timeout_s = claim_timeout_s
+        self.waits = 0
 
-    async def lookup(self, lookups: list[tuple[StoreKey, str]]) -> list[StoredResult | None]:
-        return self.map.get_many(lookups)
+    async def claim(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        return self.map.claim_many(claims)
 
-    async def store(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
+    async def wait(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        self.waits += 1
+        self.clock.now += self.claim_timeout_s
+        return self.map.claim_many(claims)
+
+    def put_later(self, entries: list[tuple[StoreKey, StoredResult]]) -> None:
         self.map.put_many(entries)
+
+    def release_later(self, keys: list[StoreKey]) -> None:
+        self.map.release_many(keys)
 
 
 # --- TTL store ----------------------------------------------------------------------
@@ -108,6 +125,8 @@ def test_ttl_map_counts_computations_hits_and_conflicts() -> None:
         "conflicts": 1,
         "entries": 2,
         "computed_by_key_max": 2,
+        "claims": 0,
+        "claims_abandoned": 0,
     }
 
 
@@ -132,9 +151,7 @@ def test_dedup_flow_computes_each_key_once_and_marks_cached() -> None:
         return rerank_by_task({"t": model}, items)
 
     async def run(items: list[RerankItem]) -> list[Answer]:
-        return await answer_with_dedup(
-            items, "n", lookup=store.lookup, store=store.store, compute=compute
-        )
+        return await answer_with_dedup(items, "n", store=store, compute=compute)
 
     first = asyncio.run(run([item("a"), item("a"), item("b", [1.0])]))
     second = asyncio.run(run([item("b", [1.0]), item("c")]))
@@ -158,9 +175,7 @@ def test_dedup_flow_reports_request_id_reused_for_other_item() -> None:
         return rerank_by_task({"t": model}, items)
 
     async def run(items: list[RerankItem]) -> list[Answer]:
-        return await answer_with_dedup(
-            items, "n", lookup=store.lookup, store=store.store, compute=compute
-        )
+        return await answer_with_dedup(items, "n", store=store, compute=compute)
 
     asyncio.run(run([item("a", [1.0])]))
     again = asyncio.run(run([item("a", [2.0])]))

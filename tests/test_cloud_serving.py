@@ -218,3 +218,73 @@ def test_replica_metrics_reach_rays_prometheus_export(cloud_url: str) -> None:
         text = _scrape(port)
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not exported: {missing}"
+
+
+# --- exactly-once across replicas (claims) ---------------------------------------------
+
+
+@pytest.fixture
+def dup_app(cloud_url: str, demo_bundles_dir: Path) -> Iterator[str]:
+    """Two replicas under /dup sharing one store (claim timeout 1 s), each model call
+    0.3 s slow so concurrent duplicates overlap; deleted (with its store) after."""
+    from ray import serve
+
+    from cloud_service.app import deployment_options
+    from cloud_service.deployment import CloudReranker
+    from cloud_service.result_store import kill_result_store
+
+    settings = CloudServiceSettings(
+        bundles_dir=demo_bundles_dir / "cloud",
+        num_replicas=2,
+        slow_model_s=0.3,
+        dedup_claim_timeout_s=1.0,
+        result_store_name="dup-test-store",
+    )
+    options = {**deployment_options(settings), "ray_actor_options": {"num_cpus": 0}}
+    serve.run(CloudReranker.options(**options).bind(settings), name="dup", route_prefix="/dup")  # type: ignore[attr-defined]
+    try:
+        yield f"{cloud_url}/dup"
+    finally:
+        serve.delete("dup")
+        kill_result_store("dup-test-store", settings.ray_namespace)
+
+
+def _computed(url: str, ids: list[str]) -> dict[str, int]:
+    r = httpx.post(f"{url}/v1/stats/computed", json={"request_ids": ids}, timeout=30)
+    counts: dict[str, int] = r.json()["computed"]
+    return counts
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_concurrent_duplicates_across_replicas_are_computed_once(dup_app: str) -> None:
+    """The same item sent 8 times at once to two replicas: every call gets the one result,
+    7 of them cached (they waited for the claim holder's put), and it is computed once."""
+    body = _items(1, "dup-conc")[0]
+    responses = asyncio.run(_burst(f"{dup_app}/v1/rerank", [body] * 8))
+    assert [r.status_code for r in responses] == [200] * 8
+    results = [r.json()["results"][0] for r in responses]
+    assert sorted(r["cached"] for r in results) == [False] + [True] * 7
+    assert all({**r, "cached": None} == {**results[0], "cached": None} for r in results)
+    assert _computed(dup_app, [body["request_id"]]) == {body["request_id"]: 1}
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_abandoned_claim_is_taken_over_after_its_timeout(dup_app: str) -> None:
+    """A key claimed by a replica that never answers (claimed here directly on the store
+    actor) is computed by the next caller once the 1 s claim timeout passed, once."""
+    import ray
+
+    body = _items(1, "dup-abandoned")[0]
+    httpx.get(f"{dup_app}/healthz", timeout=30)  # the replicas created the store by now
+    store = ray.get_actor("dup-test-store", namespace="edgeroute")
+    key = (("anonymous", body["request_id"]), "not-this-item")
+    assert ray.get(store.settle.remote([], [], [key])) == ["claimed"]
+    started = time.monotonic()
+    r = httpx.post(f"{dup_app}/v1/rerank", json=body, timeout=30)
+    waited = time.monotonic() - started
+    assert r.status_code == 200 and r.json()["results"][0]["cached"] is False
+    assert waited >= 0.9, f"answered after {waited:.2f} s, before the claim expired"
+    assert _computed(dup_app, [body["request_id"]]) == {body["request_id"]: 1}
+    assert ray.get(store.stats.remote())["claims_abandoned"] >= 1

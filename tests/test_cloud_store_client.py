@@ -1,5 +1,5 @@
-"""The replica-side store client (`CoalescingStore`), the store actor's `exchange`, and the
-dedup flow with one node per item (as `@serve.batch` gathers them). No Ray needed."""
+"""The replica-side store client (`CoalescingStore`), the store actor's claims (`settle`,
+`wait_claims`), and the dedup flow's claim handling with fakes. No Ray needed."""
 
 from __future__ import annotations
 
@@ -8,104 +8,246 @@ import asyncio
 import pytest
 
 from cloud_service.rerank_flow import Answer, answer_with_dedup, rerank_by_task
-from cloud_service.result_store import ResultStoreActor, StoredResult, StoreKey
+from cloud_service.result_store import (
+    CLAIMED,
+    PENDING,
+    Outcome,
+    ResultStoreActor,
+    StoredResult,
+    StoreKey,
+    TtlResultMap,
+)
 from cloud_service.store_client import CoalescingStore
 from router.wire import RerankItem, RerankResult
-from tests.test_cloud_service import FakeModel, MapStore, item
+from tests.test_cloud_service import FakeClock, FakeModel, MapStore, item
 
 
-class RecordingExchange:
-    """An in-memory `exchange` that records each call and can be made slow or failing."""
+class RecordingSettle:
+    """An in-memory `settle` (the real actor body) that records each call's sizes and can be
+    made slow or failing."""
 
     def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
         self.actor = ResultStoreActor(ttl_s=60.0, max_entries=100)
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, int]] = []
         self.delay_s = delay_s
         self.fail = fail
 
     async def __call__(
-        self, puts: list[tuple[StoreKey, StoredResult]], lookups: list[tuple[StoreKey, str]]
-    ) -> list[StoredResult | None]:
-        self.calls.append((len(puts), len(lookups)))
+        self,
+        puts: list[tuple[StoreKey, StoredResult]],
+        releases: list[StoreKey],
+        claims: list[tuple[StoreKey, str]],
+    ) -> list[Outcome]:
+        self.calls.append((len(puts), len(releases), len(claims)))
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise ConnectionError("store down")
-        return self.actor.exchange(puts, lookups)
+        return await self.actor.settle(puts, releases, claims)
 
 
-def test_exchange_applies_puts_before_lookups() -> None:
-    """One actor call stores the puts and then answers lookups that see them."""
+def test_settle_applies_puts_and_releases_before_claims() -> None:
+    """One actor call stores the puts, drops released claims, then claims atomically."""
     actor = ResultStoreActor(ttl_s=60.0, max_entries=10)
     stored = StoredResult("fp", {"x": 1})
-    assert actor.exchange([(("n", "a"), stored)], [(("n", "a"), "fp"), (("n", "b"), "fp")]) == [
-        stored,
-        None,
-    ]
-    assert actor.stats()["computed_total"] == 1
+
+    async def run() -> tuple[list[Outcome], list[Outcome]]:
+        first = await actor.settle([], [], [(("n", "r"), "fp"), (("n", "b"), "fp")])
+        second = await actor.settle(
+            [(("n", "a"), stored)],
+            [("n", "r")],
+            [(("n", "a"), "fp"), (("n", "r"), "fp"), (("n", "b"), "fp"), (("n", "c"), "fp")],
+        )
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert first == [CLAIMED, CLAIMED]
+    assert second == [stored, CLAIMED, PENDING, CLAIMED]
+    assert asyncio.run(actor.stats())["computed_total"] == 1
 
 
-def test_lone_calls_go_out_at_once_one_call_each() -> None:
-    """Sequential callers never wait for company: each lookup/put is its own call."""
-    ex = RecordingExchange()
-    store = CoalescingStore(ex)
+def test_lone_claims_go_out_at_once_and_puts_ride_with_the_next_claim() -> None:
+    """A lone claim never waits for company; a put is not sent on its own while a claim
+    follows within the flush delay: it rides with that claim, applied before it."""
+    ex = RecordingSettle()
+    store = CoalescingStore(ex, flush_delay_s=1.0)
 
-    async def run() -> list[StoredResult | None]:
-        await store.put([(("n", "a"), StoredResult("fp", {}))])
-        return await store.lookup([(("n", "a"), "fp")])
+    async def run() -> list[Outcome]:
+        assert await store.claim([(("n", "a"), "fp")]) == [CLAIMED]
+        store.put_later([(("n", "a"), StoredResult("fp", {}))])
+        assert store.queued_writes == 1
+        return await store.claim([(("n", "a"), "fp")])
 
     assert asyncio.run(run()) == [StoredResult("fp", {})]
-    assert ex.calls == [(1, 0), (0, 1)] and store.calls == 2
+    assert ex.calls == [(0, 0, 1), (1, 0, 1)] and store.calls == 2
+
+
+def test_queued_put_goes_out_alone_after_the_flush_delay() -> None:
+    """Without a following claim, a queued put is sent by itself once the delay passed."""
+    ex = RecordingSettle()
+    store = CoalescingStore(ex, flush_delay_s=0.01)
+
+    async def run() -> None:
+        store.put_later([(("n", "a"), StoredResult("fp", {}))])
+        store.release_later([("n", "b")])
+        await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+    assert ex.calls == [(1, 1, 0)] and store.queued_writes == 0
 
 
 def test_concurrent_callers_share_calls_and_get_their_own_answers() -> None:
-    """Callers arriving while a call is in flight share the next call; answers stay theirs."""
-    ex = RecordingExchange(delay_s=0.01)
+    """Callers arriving together share one call; answers stay theirs."""
+    ex = RecordingSettle(delay_s=0.01)
     store = CoalescingStore(ex)
     seeded = [(("n", f"s{i}"), StoredResult(f"fp{i}", {"i": i})) for i in range(5)]
-    ex.actor.put_many(seeded)
+    asyncio.run(ex.actor.put_many(seeded))
 
-    async def run() -> list[list[StoredResult | None]]:
-        lookups = [
-            store.lookup([(("n", f"s{i}"), f"fp{i}"), (("n", "none"), "x")]) for i in range(5)
+    async def run() -> list[list[Outcome]]:
+        store.put_later([(("n", f"p{i}"), StoredResult("p", {})) for i in range(3)])
+        claims = [
+            store.claim([(("n", f"s{i}"), f"fp{i}"), (("n", f"new{i}"), "x")]) for i in range(5)
         ]
-        puts = [store.put([(("n", f"p{i}"), StoredResult("p", {}))]) for i in range(3)]
-        got = await asyncio.gather(*lookups, *puts)
-        return list(got[:5])
+        return list(await asyncio.gather(*claims))
 
     answers = asyncio.run(run())
-    assert answers == [[seeded[i][1], None] for i in range(5)]
-    assert ex.calls == [(3, 10)]  # everyone who came before the call went out shares it
-    assert ex.actor.stats()["entries"] == 8
+    assert answers == [[seeded[i][1], CLAIMED] for i in range(5)]
+    assert ex.calls == [(3, 0, 10)]  # everyone who came before the call went out shares it
+    assert asyncio.run(ex.actor.stats())["entries"] == 8
 
 
 def test_callers_arriving_during_a_call_go_together_in_the_next() -> None:
     """While one call is in flight, new callers queue and share the following call."""
-    ex = RecordingExchange(delay_s=0.02)
+    ex = RecordingSettle(delay_s=0.02)
     store = CoalescingStore(ex)
 
     async def run() -> None:
-        first = asyncio.create_task(store.lookup([(("n", "a"), "fp")]))
+        first = asyncio.create_task(store.claim([(("n", "a"), "fp")]))
         await asyncio.sleep(0.005)  # the first call is now in flight
-        await asyncio.gather(first, *(store.lookup([(("n", str(i)), "fp")]) for i in range(4)))
+        await asyncio.gather(first, *(store.claim([(("n", str(i)), "fp")]) for i in range(4)))
 
     asyncio.run(run())
-    assert ex.calls == [(0, 1), (0, 4)]
+    assert ex.calls == [(0, 0, 1), (0, 0, 4)]
+
+
+def test_busy_replica_lingers_so_claims_share_a_call() -> None:
+    """When the replica reports other requests in progress, claims wait up to linger_s
+    for company and go out together; an idle replica's claim goes out at once."""
+    ex = RecordingSettle()
+    busy = [True]
+    store = CoalescingStore(ex, linger_s=0.05, busy=lambda: busy[0])
+
+    async def run() -> None:
+        first = asyncio.create_task(store.claim([(("n", "a"), "fp")]))
+        await asyncio.sleep(0.005)
+        await asyncio.gather(first, store.claim([(("n", "b"), "fp")]))
+        busy[0] = False
+        await store.claim([(("n", "c"), "fp")])
+
+    asyncio.run(run())
+    assert ex.calls == [(0, 0, 2), (0, 0, 1)]
 
 
 def test_failed_call_fails_every_caller_that_shared_it_and_later_calls_still_run() -> None:
-    """A store failure reaches each caller of that call; the next call is tried afresh."""
-    ex = RecordingExchange(delay_s=0.005, fail=True)
-    store = CoalescingStore(ex)
+    """A store failure reaches each caller of that call and the write-error hook; the
+    next call is tried afresh."""
+    ex = RecordingSettle(delay_s=0.005, fail=True)
+    errors: list[BaseException] = []
+    store = CoalescingStore(ex, on_write_error=errors.append)
 
     async def run() -> list[object]:
+        store.put_later([(("n", "p"), StoredResult("p", {}))])
         return await asyncio.gather(
-            *(store.lookup([(("n", str(i)), "fp")]) for i in range(3)), return_exceptions=True
+            *(store.claim([(("n", str(i)), "fp")]) for i in range(3)), return_exceptions=True
         )
 
     assert all(isinstance(r, ConnectionError) for r in asyncio.run(run()))
-    assert len(ex.calls) == 1
+    assert len(ex.calls) == 1 and len(errors) == 1
     ex.fail = False
-    assert asyncio.run(store.lookup([(("n", "0"), "fp")])) == [None]
+    assert asyncio.run(store.claim([(("n", "0"), "fp")])) == [CLAIMED]
+
+
+def test_ttl_map_claims_pending_release_and_abandoned_takeover() -> None:
+    """A claimed key is PENDING to others until put (then the result), released (then
+    claimable) or abandoned after claim_timeout_s (then taken over and counted)."""
+    clock = FakeClock()
+    m = TtlResultMap(60.0, clock=clock, claim_timeout_s=5.0)
+    k = (("n", "a"), "fp")
+    assert m.claim_many([k, k]) == [CLAIMED, PENDING]
+    m.put_many([(("n", "a"), StoredResult("fp", {}))])
+    assert m.claim_many([k]) == [StoredResult("fp", {})]
+    b = (("n", "b"), "fp")
+    assert m.claim_many([b]) == [CLAIMED]
+    m.release_many([("n", "b")])
+    assert m.claim_many([b]) == [CLAIMED]
+    clock.now += 4.9
+    assert m.claim_many([b]) == [PENDING]
+    clock.now += 0.2
+    assert m.claim_many([b]) == [CLAIMED]
+    assert m.stats()["claims_abandoned"] == 1 and m.stats()["claims"] == 1
+
+
+def test_actor_wait_returns_the_result_put_by_the_claim_holder() -> None:
+    """A waiter on a claimed key gets the holder's result as soon as it is put, and the
+    key is computed once."""
+    actor = ResultStoreActor(ttl_s=60.0, max_entries=10, claim_timeout_s=30.0)
+    k = (("n", "a"), "fp")
+    stored = StoredResult("fp", {"label": "7"})
+
+    async def run() -> list[Outcome]:
+        assert await actor.settle([], [], [k]) == [CLAIMED]
+        waiter = asyncio.create_task(actor.wait_claims([k], 30.0))
+        await asyncio.sleep(0.02)
+        assert not waiter.done()
+        await actor.settle([(("n", "a"), stored)], [], [])
+        return await asyncio.wait_for(waiter, 5.0)
+
+    assert asyncio.run(run()) == [stored]
+    assert asyncio.run(actor.computed_counts([("n", "a")])) == [1]
+
+
+def test_actor_wait_takes_over_an_abandoned_claim_after_its_timeout() -> None:
+    """A claim never put nor released is granted to a waiter once claim_timeout_s passed."""
+    actor = ResultStoreActor(ttl_s=60.0, max_entries=10, claim_timeout_s=0.05)
+    k = (("n", "a"), "fp")
+
+    async def run() -> list[Outcome]:
+        assert await actor.settle([], [], [k]) == [CLAIMED]
+        return await asyncio.wait_for(actor.wait_claims([k], 5.0), 5.0)
+
+    assert asyncio.run(run()) == [CLAIMED]
+    assert asyncio.run(actor.stats())["claims_abandoned"] == 1
+
+
+def test_dedup_flow_waits_for_pending_keys_and_computes_on_takeover() -> None:
+    """An item whose key another caller holds is not computed while that claim lives; when
+    the claim is abandoned, the flow takes it over and computes it (once)."""
+    model = FakeModel()
+    store = MapStore(claim_timeout_s=5.0)
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": model}, items)
+
+    store.map.claim_many([(("n", "a"), "x")])  # another replica claimed a, then died
+    got = asyncio.run(answer_with_dedup([item("a"), item("b")], "n", store=store, compute=compute))
+    assert [getattr(r, "cached", None) for r in got] == [False, False]
+    assert model.calls == [["b"], ["a"]] and store.waits == 1
+    assert store.map.stats()["claims"] == 0 and store.map.computed_count(("n", "a")) == 1
+
+
+def test_dedup_flow_releases_claims_of_failed_items() -> None:
+    """A failed computation is not stored and its claim is released, so a retry computes."""
+    model = FakeModel(crash=True)
+    store = MapStore()
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": model}, items)
+
+    got = asyncio.run(answer_with_dedup([item("a")], "n", store=store, compute=compute))
+    assert not isinstance(got[0], RerankResult)
+    assert store.map.stats()["claims"] == 0
+    model.crash = False
+    again = asyncio.run(answer_with_dedup([item("a")], "n", store=store, compute=compute))
+    assert isinstance(again[0], RerankResult) and not again[0].cached
 
 
 def test_dedup_flow_keys_each_item_by_its_own_node() -> None:
@@ -118,9 +260,7 @@ def test_dedup_flow_keys_each_item_by_its_own_node() -> None:
 
     async def run(nodes: list[str]) -> list[Answer]:
         items = [item("a") for _ in nodes]
-        return await answer_with_dedup(
-            items, nodes, lookup=store.lookup, store=store.store, compute=compute
-        )
+        return await answer_with_dedup(items, nodes, store=store, compute=compute)
 
     first = asyncio.run(run(["n1", "n2", "n1"]))
     assert [getattr(r, "cached", None) for r in first] == [False, False, True]
@@ -128,9 +268,4 @@ def test_dedup_flow_keys_each_item_by_its_own_node() -> None:
     again = asyncio.run(run(["n2"]))
     assert isinstance(again[0], RerankResult) and again[0].cached
     with pytest.raises(ValueError):
-        asyncio.run(
-            answer_with_dedup(
-                [item("a"), item("b")], ["n1"], lookup=store.lookup, store=store.store,
-                compute=compute,
-            )
-        )  # fmt: skip
+        asyncio.run(answer_with_dedup([item("a"), item("b")], ["n1"], store=store, compute=compute))

@@ -167,6 +167,11 @@ class CanaryModel(EdgeModel):
         probs: FloatArray = self.predict(arr.reshape((1, *self._item_shape)))[0]
         return probs
 
+    def predict_row(self, item: npt.NDArray[np.float32]) -> list[float]:
+        """`EdgeModel.predict_row` through `predict`, so single requests take part too."""
+        probs: list[float] = self.predict(item.reshape((1, *self._item_shape)))[0].tolist()
+        return probs
+
     # ---- internals ------------------------------------------------------------------
 
     def _take(self) -> bool:

@@ -130,8 +130,9 @@ class EdgeService:
         """Infer and route one prepared item: the edge model's probabilities, the local
         result (top-k and the deciding score) and `decide`'s decision, with the inference
         and decision latencies observed. `t0` is when the request started (for the time
-        left before its deadline). Carries nothing out: no I/O, no await. Raises
-        BundleError if the model fails."""
+        left before its deadline). Carries nothing out and never awaits; its only read
+        is the budget ledger, when `decide` reaches the budget rule. Raises BundleError if
+        the model fails."""
         t_inf = self._monotonic()
         probs = item.model.predict_row(item.x)
         self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
@@ -183,8 +184,8 @@ class EdgeService:
                     ),
                     req.request_id,
                 )
-            elif not isinstance(item, PreparedItem):
-                out[i] = item_error(item or EdgerouteError("internal error"), req.request_id)
+            elif isinstance(item, EdgerouteError):
+                out[i] = item_error(item, req.request_id)
             else:
                 seen.add(item.rid)
                 groups.setdefault(item.task_name, []).append((i, item))
@@ -257,7 +258,11 @@ class EdgeService:
         model = active.models.get(req.task)
         if task is None or model is None:
             raise _unknown_task(active, req.task)
-        x = coerce_inputs(req.inputs, model.input_spec)
+        return self._prepared(req, task, model, coerce_inputs(req.inputs, model.input_spec))
+
+    def _prepared(
+        self, req: InferRequest, task: TaskPolicy, model: EdgeModel, x: np.ndarray
+    ) -> PreparedItem:
         rid = req.request_id or self._new_id()
         return PreparedItem(
             rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms)
@@ -265,11 +270,13 @@ class EdgeService:
 
     def _prepare_many(
         self, active: ActivePolicy, items: Sequence[InferRequest | EdgerouteError]
-    ) -> list[PreparedItem | EdgerouteError | None]:
-        """`_prepare` of every request of `items` (None for the entries that are errors
-        already), each item's inputs checked with its task's others in one pass
+    ) -> list[PreparedItem | EdgerouteError]:
+        """`_prepare` of every request of `items` (an entry that is an error already stays
+        that error), each item's inputs checked with its task's others in one pass
         (`coerce_many`); the outcome of each item is `_prepare`'s, returned, not raised."""
-        out: list[PreparedItem | EdgerouteError | None] = [None] * len(items)
+        out: list[PreparedItem | EdgerouteError] = [
+            req if isinstance(req, EdgerouteError) else _NOT_YET for req in items
+        ]
         by_task: dict[str, list[tuple[int, InferRequest]]] = {}
         for i, req in enumerate(items):
             if isinstance(req, InferRequest):
@@ -283,14 +290,7 @@ class EdgeService:
                 continue
             rows, errors = coerce_many([r.inputs for _, r in reqs], model.input_spec)
             for (i, req), x, err in zip(reqs, rows, errors, strict=True):
-                out[i] = err or PreparedItem(
-                    req.request_id or self._new_id(),
-                    name,
-                    task,
-                    model,
-                    x,
-                    float(req.deadline_ms or task.deadline_ms),
-                )
+                out[i] = err or self._prepared(req, task, model, x)
         return out
 
     def _decide(
@@ -700,6 +700,9 @@ def request_ids() -> Callable[[], str]:
 def _sendable_inputs(it: PreparedItem) -> list[float] | None:
     """The inputs that may leave the device for `it` (None: `send: candidates_only`)."""
     return None if it.task.send == "candidates_only" else it.x.tolist()
+
+
+_NOT_YET = EdgerouteError("internal error: item not prepared")  # replaced for every request
 
 
 def _unknown_task(active: ActivePolicy, name: str) -> UnknownTask:

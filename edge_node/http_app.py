@@ -139,6 +139,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
             log=log,
             deadline_s=cloud.request_timeout_ms / 1000 * cloud.retry.max_attempts,
             reserve=budget_reserver(svc.budget, lambda: svc.active),
+            sample=svc.sample,
         )
         task = asyncio.create_task(worker.run_forever(stop)) if settings.run_sync_worker else None
         app.state.sync_worker = worker

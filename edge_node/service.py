@@ -124,6 +124,11 @@ class EdgeService:
         scores = complete_scores(probs, local.scores)
         return self._answer(active, item, decision, local, scores, cloud, t0)
 
+    @property
+    def sample(self) -> Callable[[], bool]:
+        """Whether to write one per-request log line (the node's sampler; thread-safe)."""
+        return self._sample
+
     def route(
         self, active: ActivePolicy, item: PreparedItem, now: float, t0: float
     ) -> tuple[list[float], LocalResult, Decision]:

@@ -156,7 +156,9 @@ class SyncWorker:
     drain's in-flight items are known to that drain only). `queue`, `results`, `reserve`,
     `clock` and `log` are also used from worker threads (two at a time while `drain`
     pipelines rounds), so they must be thread-safe (the stores and the budget ledger are);
-    `client` and `monitor` are only used on the loop.
+    `client` and `monitor` are only used on the loop. `sample()` says whether to write an
+    item's `sync_done` line (the node's per-request sampler; called from worker threads);
+    expiries, failures and dead letters are always logged.
     """
 
     def __init__(
@@ -174,6 +176,7 @@ class SyncWorker:
         probe_timeout_s: float = 1.0,
         reserve: Reserve | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        sample: Callable[[], bool] = lambda: True,
     ) -> None:
         self._queue = queue
         self._results = results
@@ -187,6 +190,7 @@ class SyncWorker:
         self._probe_timeout_s = probe_timeout_s
         self._reserve = reserve
         self._monotonic = monotonic
+        self._sample = sample
 
     # --- one round --------------------------------------------------------------------
 
@@ -407,6 +411,8 @@ class SyncWorker:
             )
         self._results.put_done_many([(i.request_id, _done_record(i, r)) for i, r in done])
         for item, _ in done:
+            if not self._sample():
+                continue
             self._log.info(
                 "sync_done",
                 request_id=item.request_id,

@@ -71,8 +71,9 @@ def coerce_many(raws: Sequence[Any], spec: InputSpec) -> tuple[np.ndarray, list[
     cleared = np.zeros(len(raws), dtype=bool)
     if fast and size:
         try:
-            rows = np.asarray([raws[i] for i in fast], dtype=np.float32)
-        except (OverflowError, ValueError):  # an int too big for float32: per item
+            with np.errstate(over="ignore"):  # beyond float32: inf, refused by the checks
+                rows = np.asarray([raws[i] for i in fast], dtype=np.float32)
+        except (OverflowError, ValueError):  # an int too big for a float: per item
             rows = None
         if rows is not None:
             out[fast] = rows
@@ -124,8 +125,8 @@ def _check_values(arr: np.ndarray, spec: InputSpec, field: str) -> None:
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             raise InputError(
-                f"{field}[{int(bad[0])}] is not a finite number (NaN/Infinity "
-                "are not allowed for this task)",
+                f"{field}[{int(bad[0])}] is not a finite float32 number (NaN, Infinity "
+                "and magnitudes beyond 3.4e38 are not allowed for this task)",
                 field=f"{field}[{int(bad[0])}]",
             )
     for limit, cmp, word in (
@@ -146,19 +147,46 @@ def _check_values(arr: np.ndarray, spec: InputSpec, field: str) -> None:
 def _flat_array(raw: list[Any], size: int, field: str) -> np.ndarray:
     if len(raw) != size:
         raise InputError(f"{field} must have exactly {size} numbers; got {len(raw)}", field=field)
-    if set(map(type, raw)) <= _FAST_TYPES:  # the common case: one C-level pass
-        return np.asarray(raw, dtype=np.float32)
-    for i, v in enumerate(raw):
-        if not isinstance(v, _NUMERIC) or isinstance(v, bool):
-            raise InputError(
-                f"{field}[{i}] must be a number; got {type(v).__name__}", field=f"{field}[{i}]"
-            )
-    return np.asarray(raw, dtype=np.float32)
+    if not set(map(type, raw)) <= _FAST_TYPES:  # else the common case: one C-level pass
+        for i, v in enumerate(raw):
+            if not isinstance(v, _NUMERIC) or isinstance(v, bool):
+                raise InputError(
+                    f"{field}[{i}] must be a number; got {type(v).__name__}", field=f"{field}[{i}]"
+                )
+    return _as_float32(raw, field)
+
+
+def _beyond_float(v: int) -> bool:
+    try:
+        float(v)
+    except OverflowError:
+        return True
+    return False
+
+
+def _as_float32(value: Any, field: str) -> np.ndarray:
+    """`value` (numbers, possibly nested) as float32; magnitudes beyond float32 become
+    +-inf (refused later unless non-finite values are allowed); an int too large for any
+    float raises InputError naming it."""
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(value, dtype=np.float32)
+    except OverflowError:
+        if isinstance(value, list):  # a flat list: name the item
+            bad = [i for i, v in enumerate(value) if isinstance(v, int) and _beyond_float(v)]
+            field = f"{field}[{bad[0]}]" if bad else field
+        raise InputError(
+            f"{field} holds an integer too large to be a number for the model "
+            "(the largest allowed magnitude is about 3.4e38)",
+            field=field,
+        ) from None
 
 
 def _nested_array(value: Any, spec: InputSpec, field: str) -> np.ndarray:
     try:
         arr = np.asarray(value, dtype=np.float64)
+    except OverflowError:
+        arr = _as_float32(value, field)  # raises: an int beyond float64
     except (ValueError, TypeError):
         raise InputError(
             f"{field} must be a nested list of numbers of shape {_shape_str(spec)} "
@@ -175,7 +203,8 @@ def _nested_array(value: Any, spec: InputSpec, field: str) -> np.ndarray:
         raise InputError(
             f"{field} has shape {list(arr.shape)}; expected {_shape_str(spec)}", field=field
         )
-    return arr.astype(np.float32).reshape(-1)
+    with np.errstate(over="ignore"):  # beyond float32: inf, refused by the checks
+        return arr.astype(np.float32).reshape(-1)
 
 
 def _has_non_numbers(value: Any) -> bool:

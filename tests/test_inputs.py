@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_named_nested_input_with_or_without_batch_axis() -> None:
         ([1, 2, 3], "inputs", "exactly 4 numbers; got 3"),
         ([1, 2, "x", 4], "inputs[2]", "must be a number; got str"),
         ([1, 2, True, 4], "inputs[2]", "must be a number; got bool"),
-        ([1, 2, float("nan"), 4], "inputs[2]", "not a finite number"),
+        ([1, 2, float("nan"), 4], "inputs[2]", "not a finite float32 number"),
         ([1, 2, 3, 17], "inputs[3]", "above the allowed range"),
         ([-1, 2, 3, 4], "inputs[0]", "below the allowed range"),
         ({"other": [1, 2, 3, 4]}, "inputs", "single key 'input'"),
@@ -127,3 +128,28 @@ def test_coerce_many_gives_each_item_what_coerce_inputs_gives_it(spec: InputSpec
         else:
             assert err is None, raw
             np.testing.assert_array_equal(row, want)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field", "fragment"),
+    [
+        ([1e39, 1.0, 2.0, 3.0], "inputs[0]", "beyond 3.4e38"),
+        ([1.0, 10**40, 2.0, 3.0], "inputs[1]", "beyond 3.4e38"),
+        ([1.0, 2.0, 10**400, 3.0], "inputs[2]", "integer too large"),
+        ({"x": [[1.0, 2.0, 3.0, 10**400]]}, "inputs.x", "integer too large"),
+    ],
+)
+def test_values_beyond_float32_are_refused_without_warnings(
+    raw: Any, field: str, fragment: str
+) -> None:
+    """Numbers too large for float32 (or any float) are InputErrors naming the field, in
+    the single and batch paths alike, and numpy emits no overflow warning."""
+    spec = InputSpec(name="x", shape=[None, 4])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError) as single:
+            coerce_inputs(raw, spec)
+        _, errors = coerce_many([raw, [0.0, 1.0, 2.0, 3.0]], spec)
+    assert single.value.field == field and fragment in str(single.value)
+    assert errors[1] is None and errors[0] is not None
+    assert (errors[0].field, str(errors[0])) == (single.value.field, str(single.value))

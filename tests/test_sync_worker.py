@@ -7,12 +7,13 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from edge_node.cloud_client import CloudClient
 from edge_node.connectivity import ConnectivityMonitor
@@ -20,6 +21,7 @@ from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from edge_node.sync_worker import SyncWorker
 from router.errors import CloudRejected, CloudUnavailable
+from router.log_setup import sampler
 from router.policy import (
     BreakerSettings,
     CloudSettings,
@@ -114,7 +116,13 @@ class OrderCheckingQueue(DurableQueue):
 
 
 def setup(
-    tmp_path: Path, *, batch: int = 10, max_attempts: int = 2, ttl_s: int = 3600, threshold: int = 1
+    tmp_path: Path,
+    *,
+    batch: int = 10,
+    max_attempts: int = 2,
+    ttl_s: int = 3600,
+    threshold: int = 1,
+    sample: Callable[[], bool] = lambda: True,
 ) -> tuple[OrderCheckingQueue, ResultStore, ConnectivityMonitor, FakeCloud, SyncWorker, Clock]:
     """Real stores in tmp_path, a fake cloud, a breaker that opens on the first failure."""
     clock = Clock()
@@ -135,6 +143,7 @@ def setup(
         mon,
         SyncSettings(batch_size=batch, interval_ms=10, max_attempts=max_attempts),
         clock=clock,
+        sample=sample,
     )
     return q, rs, mon, cloud, worker, clock
 
@@ -158,6 +167,22 @@ def test_batch_is_stored_done_then_removed_oldest_first(tmp_path: Path) -> None:
     }
     assert "inputs" not in rec["result"]
     assert mon.state == "online"
+
+
+def test_sync_done_lines_follow_the_log_sampler(tmp_path: Path) -> None:
+    """Per-item `sync_done` lines are written only when the sampler says so; the items are
+    stored done either way."""
+    for rate, expected in ((0.0, 0), (1.0, 3)):
+        q, rs, _, _, worker, _ = setup(
+            tmp_path / str(rate), batch=3, sample=sampler(rate, lambda: 0.5)
+        )
+        for i in range(3):
+            q.put(item(f"r{i}", at=NOW - 10 + i))
+        with structlog.testing.capture_logs() as logs:
+            report = asyncio.run(worker.run_once())
+        assert report.done == 3
+        assert sum(e["event"] == "sync_done" for e in logs) == expected
+        assert all(rs.get(f"r{i}")["status"] == "done" for i in range(3))  # type: ignore[index]
 
 
 def test_retryable_error_leaves_items_untouched(tmp_path: Path) -> None:

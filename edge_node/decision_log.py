@@ -12,10 +12,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -23,6 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from router.decision import Route
 from router.errors import EdgerouteError
 from router.wire import WireCandidate
+
+if TYPE_CHECKING:
+    from edge_node.queue_store import QueuedItem
+    from router.wire import RerankResult
+
+SYNCED_REASON = "synced"
+"""The reason of a sync record (the sync worker's reason for a synced item)."""
 
 LOG_NAME = "decisions.jsonl"
 Clock = Callable[[], float]
@@ -312,3 +319,34 @@ def sync_record(
         latency_ms=0.0,
         kind="sync",
     )
+
+
+def sync_recorder(
+    log: DecisionLog, revision: Callable[[], str], *, clock: Clock = time.time
+) -> Callable[[Sequence[tuple[QueuedItem, RerankResult]]], None]:
+    """A `SyncWorker.on_synced` hook: one `sync_record` per synced item into `log`, under
+    the policy revision in force (`revision()`), so the calibration tools see the cloud's
+    answer to queued requests. Holds no inputs. Never raises and does no I/O (the log
+    writes in its own thread); thread-safe as `DecisionLog.write` is."""
+
+    def record(done: Sequence[tuple[QueuedItem, RerankResult]]) -> None:
+        rev, ts = revision(), clock()
+        for item, res in done:
+            log.write(
+                sync_record(
+                    ts=ts,
+                    request_id=item.request_id,
+                    task=item.task,
+                    reason=SYNCED_REASON,
+                    edge_candidates=tuple(
+                        WireCandidate(label=label, score=score)
+                        for label, score in item.edge_candidates
+                    ),
+                    cloud_label=res.label,
+                    cloud_candidates=tuple(res.candidates),
+                    model_version=res.model_version,
+                    policy_revision=rev,
+                )
+            )
+
+    return record

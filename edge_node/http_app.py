@@ -29,6 +29,7 @@ from edge_node.api_models import (
     InferResponse,
     ResultResponse,
 )
+from edge_node.decision_log import sync_recorder
 from edge_node.factory import build_service, model_store
 from edge_node.infer_route import InferEndpoint, answer_infer, error_detail_of
 from edge_node.model_updater import ModelUpdater
@@ -138,7 +139,8 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
             svc.active.policy.sync,
             log=log,
             deadline_s=cloud.request_timeout_ms / 1000 * cloud.retry.max_attempts,
-            reserve=budget_reserver(svc.budget, lambda: svc.active),
+            reserve=budget_reserver(svc.budget, lambda: svc.active.policy),
+            on_synced=sync_recorder(svc.decisions, lambda: svc.active.revision),
             sample=svc.sample,
         )
         task = asyncio.create_task(worker.run_forever(stop)) if settings.run_sync_worker else None

@@ -51,13 +51,14 @@ import structlog
 from pydantic import ValidationError
 
 from edge_node.connectivity import ConnectivityMonitor
+from edge_node.decision_log import SYNCED_REASON
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from router.errors import CloudError
 from router.policy import SyncSettings
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
 
-SYNCED = "synced"
+SYNCED = SYNCED_REASON
 EXPIRED_TTL = "ttl_expired"
 
 
@@ -158,7 +159,10 @@ class SyncWorker:
     pipelines rounds), so they must be thread-safe (the stores and the budget ledger are);
     `client` and `monitor` are only used on the loop. `sample()` says whether to write an
     item's `sync_done` line (the node's per-request sampler; called from worker threads);
-    expiries, failures and dead letters are always logged.
+    expiries, failures and dead letters are always logged. `on_synced(done)` is called
+    (from a worker thread) with the items and cloud results of each round once their
+    results are stored, e.g. to write `kind: sync` decision records
+    (`decision_log.sync_recorder`); an exception from it is logged, never fails the round.
     """
 
     def __init__(
@@ -177,6 +181,7 @@ class SyncWorker:
         reserve: Reserve | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         sample: Callable[[], bool] = lambda: True,
+        on_synced: Callable[[list[tuple[QueuedItem, RerankResult]]], None] | None = None,
     ) -> None:
         self._queue = queue
         self._results = results
@@ -191,6 +196,7 @@ class SyncWorker:
         self._reserve = reserve
         self._monotonic = monotonic
         self._sample = sample
+        self._on_synced = on_synced
 
     # --- one round --------------------------------------------------------------------
 
@@ -410,6 +416,11 @@ class SyncWorker:
                 force_dead=res.error.code == INPUTS_REQUIRED,  # a retry cannot succeed
             )
         self._results.put_done_many([(i.request_id, _done_record(i, r)) for i, r in done])
+        if self._on_synced is not None and done:
+            try:
+                self._on_synced(done)
+            except Exception as exc:  # a record hook never costs a stored result
+                self._log.error("sync_record_failed", reason=type(exc).__name__)
         for item, _ in done:
             if not self._sample():
                 continue

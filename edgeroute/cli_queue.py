@@ -145,16 +145,36 @@ def purge(data_dir: Path, yes: bool) -> None:
 def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: float) -> None:
     """Sync the queue to the cloud now, with a progress bar. Refuses while the node (or
     another drain/purge) runs on DATA_DIR."""
+    from edge_node.budget_store import BudgetStore
+    from edge_node.connectivity import ConnectivityMonitor
     from edge_node.data_dir_lock import exclusive
-    from router.policy_loader import parse_policy
+    from edge_node.decision_log import DecisionLog, sync_recorder
+    from edge_node.sync_budget import budget_reserver
+    from edge_node.sync_worker import SyncWorker
+    from router.policy_loader import parse_policy, policy_revision
 
     try:
-        policy = parse_policy(policy_path.read_text(), source=str(policy_path))
+        text = policy_path.read_text()
+        policy = parse_policy(text, source=str(policy_path))
         with exclusive(data_dir, "edgeroute queue drain"):
             q, rs = _open(data_dir, policy.queue)
+            budget = BudgetStore(data_dir / "budget", policy.cost, clock=time.time)
+            decisions = DecisionLog(data_dir / "decisions", clock=time.time)
             try:
-                left = asyncio.run(_drain(q, rs, policy, cloud_url, timeout_s))
+                client = _client(policy, cloud_url)
+                worker = SyncWorker(
+                    q,
+                    rs,
+                    client,
+                    ConnectivityMonitor(policy.cloud.breaker),
+                    policy.sync,
+                    reserve=budget_reserver(budget, lambda: policy),
+                    on_synced=sync_recorder(decisions, lambda: policy_revision(text)),
+                )
+                left = asyncio.run(_drain(worker, client, q, policy, timeout_s))
             finally:
+                decisions.close()
+                budget.close()
                 q.close()
                 rs.close()
     except EdgerouteError as exc:
@@ -164,15 +184,14 @@ def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: f
     click.echo("queue drained")
 
 
-async def _drain(q: Any, rs: Any, policy: Any, cloud_url: str | None, timeout_s: float) -> int:
+def _client(policy: Any, cloud_url: str | None) -> Any:
     from edge_node.cloud_client import CloudClient
-    from edge_node.connectivity import ConnectivityMonitor
-    from edge_node.sync_worker import SyncWorker
 
     token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
-    client = CloudClient(policy.cloud, node_id=policy.node.id, token=token, base_url=cloud_url)
-    monitor = ConnectivityMonitor(policy.cloud.breaker)
-    worker = SyncWorker(q, rs, client, monitor, policy.sync)
+    return CloudClient(policy.cloud, node_id=policy.node.id, token=token, base_url=cloud_url)
+
+
+async def _drain(worker: Any, client: Any, q: Any, policy: Any, timeout_s: float) -> int:
     total = q.depth
     end = time.monotonic() + timeout_s
     try:
@@ -182,6 +201,9 @@ async def _drain(q: Any, rs: Any, policy: Any, cloud_url: str | None, timeout_s:
                 await worker.probe()
                 report = await worker.run_once()
                 bar.update(before - q.depth)
+                if report.over_budget and report.sent == 0:
+                    click.echo("\nstopped: the cost budget is exhausted", err=True)
+                    break
                 if report.done == 0:
                     await asyncio.sleep(policy.sync.interval_ms / 1000)
                 elif report.pace_s:

@@ -23,6 +23,7 @@ def offline_policy(
     retry: str = "{max_attempts: 1, backoff_initial_ms: 10, backoff_max_ms: 50}",
     request_timeout_ms: int = 2000,
     tasks: str = "",
+    cost: str = "price_per_call: 0.0",
 ) -> str:
     """A policy with task `later` (cloud_first, answer_and_queue: every request needs the
     cloud) plus `tasks` (extra YAML task blocks, indented by 2)."""
@@ -32,7 +33,7 @@ def offline_policy(
         retry=retry,
         breaker=breaker,
         request_timeout_ms=request_timeout_ms,
-        cost="price_per_call: 0.0",
+        cost=cost,
     )
     return f"""\
 {head}tasks:

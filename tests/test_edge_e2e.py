@@ -10,6 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
+from edge_node.decision_log import DecisionLogError, read_decision_log
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
@@ -91,7 +92,8 @@ def test_cloud_cut_queues_then_syncs(
     edge_margins: np.ndarray,
 ) -> None:
     """With the link cut, unsure requests are answered provisionally and queued; when it is
-    restored the queue drains and every queued id has a final cloud answer."""
+    restored the queue drains, every queued id has a final cloud answer, and the decision
+    log gets a `sync` record with that answer for each (for the calibration tools)."""
     x, _ = digits_split
     # The breaker stays open longer than the 30 requests take, even on a loaded machine.
     policy = _policy(demo_bundles_dir).replace(
@@ -116,6 +118,18 @@ def test_cloud_cut_queues_then_syncs(
     finals = _results(node, ids)
     assert all(r["status"] == "done" for r in finals), finals
     assert all(str(r["model_version"]).startswith("digits-cloud") for r in finals)
+    queued = {a["request_id"] for a in answers if a["route"] == "queued"}
+
+    def synced() -> dict[str, str | None]:
+        try:  # the node may be mid-write of a line
+            recs = list(read_decision_log(node.data_dir / "decisions"))
+        except DecisionLogError:
+            return {}
+        return {r.request_id: r.cloud_label for r in recs if r.kind == "sync"}
+
+    assert _wait(lambda: set(synced()) >= queued, 10), synced()
+    labels = {r["request_id"]: r["label"] for r in finals}
+    assert all(synced()[rid] == labels[rid] for rid in queued)
 
 
 def test_queue_only_task_answers_later(

@@ -18,11 +18,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from edge_node.budget_store import BudgetStore
+from edge_node.decision_log import read_decision_log
 from edge_node.queue_store import DurableQueue, QueuedItem
 from edge_node.result_store import ResultStore
 from edgeroute import processes
 from edgeroute.cli_queue import queue
-from router.policy import QueueSettings
+from router.policy import CostSettings, QueueSettings
 from tests.edge_fixtures import CLOUD_TOKEN
 from tests.offline_support import offline_policy
 
@@ -152,6 +154,50 @@ def test_drain_syncs_every_item_to_the_real_cloud(
     )
     stats = CliRunner().invoke(queue, ["stats", "--data-dir", str(tmp_path), "--json"])
     assert json.loads(stats.output)["depth"] == 0
+    synced = [r for r in read_decision_log(tmp_path / "decisions") if r.kind == "sync"]
+    assert sorted(r.request_id for r in synced) == sorted(ids)
+    assert all(r.cloud_label == records[r.request_id]["result"]["label"] for r in synced)
+
+
+@pytest.mark.ray
+def test_drain_charges_the_budget_and_stops_when_it_is_spent(
+    tmp_path: Path,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    cloud_url: str,
+) -> None:
+    """queue drain charges each synced item to the node's budget ledger and stops, saying
+    why, once the policy's call budget is spent; the rest stays queued."""
+    x, _ = digits_split
+    run = uuid.uuid4().hex[:8]
+    ids = [f"cli-budget-{run}-{i}" for i in range(100)]
+    q = DurableQueue(
+        tmp_path / "queue", QueueSettings(max_items=1000, max_bytes=1 << 24, on_full="reject")
+    )
+    for i, rid in enumerate(ids):
+        q.put(_item(rid, x[i % len(x)].tolist(), at=time.time() + i / 1000))
+    q.close()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        offline_policy(
+            demo_bundles_dir / "edge" / "digits", cost="price_per_call: 0.01\n  daily_calls: 40"
+        )
+    )
+
+    out = CliRunner().invoke(
+        queue,
+        ["drain", "--data-dir", str(tmp_path), "--policy", str(policy), "--cloud-url", cloud_url],
+        env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN},
+    )
+    assert out.exit_code == 1, out.output
+    assert "budget is exhausted" in out.output and "60 items still queued" in out.output
+    budget = BudgetStore(tmp_path / "budget", CostSettings(), clock=time.time)
+    assert budget.snapshot().calls == 40
+    budget.close()
+    rs = ResultStore(tmp_path / "results")
+    done = [rid for rid in ids if (rs.get(rid) or {}).get("status") == "done"]
+    rs.close()
+    assert done == ids[:40]  # oldest first
 
 
 _HOLD_LOCK = textwrap.dedent(

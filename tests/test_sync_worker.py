@@ -123,6 +123,7 @@ def setup(
     ttl_s: int = 3600,
     threshold: int = 1,
     sample: Callable[[], bool] = lambda: True,
+    on_synced: Callable[[list[tuple[QueuedItem, RerankResult]]], None] | None = None,
 ) -> tuple[OrderCheckingQueue, ResultStore, ConnectivityMonitor, FakeCloud, SyncWorker, Clock]:
     """Real stores in tmp_path, a fake cloud, a breaker that opens on the first failure."""
     clock = Clock()
@@ -144,6 +145,7 @@ def setup(
         SyncSettings(batch_size=batch, interval_ms=10, max_attempts=max_attempts),
         clock=clock,
         sample=sample,
+        on_synced=on_synced,
     )
     return q, rs, mon, cloud, worker, clock
 
@@ -183,6 +185,26 @@ def test_sync_done_lines_follow_the_log_sampler(tmp_path: Path) -> None:
         assert report.done == 3
         assert sum(e["event"] == "sync_done" for e in logs) == expected
         assert all(rs.get(f"r{i}")["status"] == "done" for i in range(3))  # type: ignore[index]
+
+
+def test_on_synced_sees_each_round_and_its_failure_costs_nothing(tmp_path: Path) -> None:
+    """`on_synced` gets each stored item with its cloud result; if it raises, the round
+    still stores every result and empties the queue."""
+    seen: list[tuple[str, str]] = []
+
+    def record(done: list[tuple[QueuedItem, RerankResult]]) -> None:
+        seen.extend((item.request_id, res.label) for item, res in done)
+        raise OSError("disk full")
+
+    q, rs, _, _, worker, _ = setup(tmp_path, batch=3, on_synced=record)
+    for i in range(3):
+        q.put(item(f"r{i}", at=NOW - 10 + i))
+    with structlog.testing.capture_logs() as logs:
+        report = asyncio.run(worker.run_once())
+    assert report.done == 3 and q.depth == 0
+    assert [rid for rid, _ in seen] == ["r0", "r1", "r2"]
+    assert all(rs.get(f"r{i}")["status"] == "done" for i in range(3))  # type: ignore[index]
+    assert any(e["event"] == "sync_record_failed" for e in logs)
 
 
 def test_retryable_error_leaves_items_untouched(tmp_path: Path) -> None:

@@ -46,4 +46,6 @@ def test_demo_uses_every_route_loses_nothing_and_is_accurate(
     assert r["escalation_rate"] <= 0.35
     assert "route / reason" in proc.stdout and "lost 0" in proc.stdout
     decisions = tmp_path / "data" / "edge" / "decisions" / "decisions.jsonl"
-    assert decisions.exists() and len(decisions.read_text().splitlines()) == r["requests"]
+    kinds = [json.loads(line)["kind"] for line in decisions.read_text().splitlines()]
+    assert kinds.count("decision") == r["requests"]  # one record per request
+    assert kinds.count("sync") == r["synced"]  # and one per queued item the cloud answered

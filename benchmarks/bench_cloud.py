@@ -48,9 +48,9 @@ from edgeroute import processes
 
 CONCURRENCY = (1, 16, 64)
 SCALE = float(os.environ.get("EDGEROUTE_BENCH_CLOUD_SCALE", "1"))
-REQUESTS = {c: max(50, int(n * SCALE)) for c, n in {1: 500, 16: 1500, 64: 1500}.items()}
+REQUESTS = {c: max(50, int(n * SCALE)) for c, n in {1: 700, 16: 1500, 64: 1500}.items()}
 WARMUP = max(20, int(150 * SCALE))
-ROUNDS = 5
+ROUNDS = 7
 """Interleaved rounds per concurrency for the variants with goals (see the docstring)."""
 INTERLEAVED = ("ours_batched", "ours_unbatched", "plain_serve")
 BATCH_ITEMS = 256

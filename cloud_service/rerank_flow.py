@@ -6,8 +6,9 @@ functions; tests plug in fakes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -22,6 +23,7 @@ from cloud_service.result_store import (
 from router.wire import RerankFailure, RerankItem, RerankResult, WireError
 
 Answer = RerankResult | RerankFailure
+T = TypeVar("T")
 Compute = Callable[[list[RerankItem]], Awaitable[list[Answer]]]
 MAX_WAIT_ROUNDS = 3
 """`DedupStore.wait` calls per item before it is computed without its claim (each wait
@@ -218,3 +220,29 @@ def _filled(answers: list[Answer | None]) -> list[Answer]:
     if len(out) != len(answers):
         raise RuntimeError("internal error: an item was left without an answer")
     return out
+
+
+class ReadyGroup:
+    """Tells each call reaching one step whether other calls reached it in the same turn of
+    the event loop (e.g. because one store call answered all their claims).
+
+    Must be used from one event loop.
+    """
+
+    def __init__(self) -> None:
+        self.ready = 0
+        """Calls at the step now (those running `together` stay counted until it returns)."""
+
+    async def run(
+        self, alone: Callable[[], Awaitable[T]], together: Callable[[], Awaitable[T]]
+    ) -> T:
+        """Yield to the event loop once, then run `together()` if another call is at this
+        step (it stays counted while `together` runs), else `alone()`."""
+        self.ready += 1
+        try:
+            await asyncio.sleep(0)
+            if self.ready > 1:
+                return await together()
+        finally:
+            self.ready -= 1
+        return await alone()

@@ -350,6 +350,31 @@ def test_repeated_item_is_computed_once(client: httpx.Client, digits: list[list[
 
 
 @pytest.mark.ray
+def test_unknown_paths_and_wrong_methods_get_fastapis_answers(client: httpx.Client) -> None:
+    """Routing without FastAPI keeps its answers: 404 and 405 (with Allow) as
+    `{"detail": ...}`, 307 to the path without a trailing slash."""
+    r = client.get("/v1/nope")
+    assert (r.status_code, r.json()) == (404, {"detail": "Not Found"})
+    r = client.get("/v1/rerank")
+    assert (r.status_code, r.json()) == (405, {"detail": "Method Not Allowed"})
+    assert r.headers["allow"] == "POST"
+    r = client.post("/healthz")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    r = client.get("/healthz/", follow_redirects=False)
+    assert r.status_code == 307 and r.headers["location"].endswith("/healthz")
+
+
+def test_route_path_strips_the_route_prefix() -> None:
+    """The path is matched relative to Serve's route prefix (the ASGI root_path)."""
+    from cloud_service.deployment import route_path
+
+    assert route_path({"path": "/batched/v1/rerank", "root_path": "/batched"}) == "/v1/rerank"
+    assert route_path({"path": "/v1/rerank", "root_path": ""}) == "/v1/rerank"
+    assert route_path({"path": "/batchedx/v1", "root_path": "/batched"}) == "/batchedx/v1"
+    assert route_path({"path": "/batched", "root_path": "/batched"}) == ""
+
+
+@pytest.mark.ray
 def test_dedup_is_per_node(cloud_url: str, digits: list[list[float]]) -> None:
     """The same request_id from another node is computed for that node, not served cached."""
     body = digit_item("per-node-1", digits[21])

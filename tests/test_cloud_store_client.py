@@ -269,3 +269,34 @@ def test_dedup_flow_keys_each_item_by_its_own_node() -> None:
     assert isinstance(again[0], RerankResult) and again[0].cached
     with pytest.raises(ValueError):
         asyncio.run(answer_with_dedup([item("a"), item("b")], ["n1"], store=store, compute=compute))
+
+
+def test_ready_group_batches_only_calls_that_arrive_together() -> None:
+    """Calls reaching the step in the same loop turn all run `together`; a call alone at
+    the step (before or after them) runs `alone`."""
+    from cloud_service.rerank_flow import ReadyGroup
+
+    group = ReadyGroup()
+    paths: list[str] = []
+
+    async def call(name: str) -> str:
+        async def alone() -> str:
+            paths.append(f"{name}:alone")
+            return name
+
+        async def together() -> str:
+            await asyncio.sleep(0.01)  # still counted while it runs
+            paths.append(f"{name}:together")
+            return name
+
+        return await group.run(alone, together)
+
+    async def run() -> None:
+        await call("first")
+        await asyncio.gather(call("a"), call("b"), call("c"))
+        await call("last")
+
+    asyncio.run(run())
+    assert paths[0] == "first:alone" and paths[-1] == "last:alone"
+    assert sorted(paths[1:4]) == ["a:together", "b:together", "c:together"]
+    assert group.ready == 0

@@ -415,6 +415,21 @@ class CloudReranker:
             self._metrics.request(internal.status, (time.perf_counter() - started) * 1000)
             return json_response(error_body(internal), internal.status)
         latency_ms = (time.perf_counter() - started) * 1000
+        body = RerankResponse(results=answers).model_dump_json().encode()
+        # Metrics and the log line are recorded right after the answer is handed to Serve
+        # (next turn of the event loop), not before: at one connection that keeps them off
+        # the request's latency.
+        asyncio.get_running_loop().call_soon(self._answered, items, answers, request_id, latency_ms)
+        return json_response(body)
+
+    def _answered(
+        self,
+        items: list[RerankItem],
+        answers: list[Answer],
+        request_id: str | None,
+        latency_ms: float,
+    ) -> None:
+        """Record an answered /v1/rerank call: metrics and the `rerank_answered` line."""
         self._metrics.request(200, latency_ms)
         self._record_items(answers)
         cached = sum(1 for a in answers if isinstance(a, RerankResult) and a.cached)
@@ -429,7 +444,6 @@ class CloudReranker:
             failed=failed,
             latency_ms=round(latency_ms, 3),
         )
-        return json_response(RerankResponse(results=answers).model_dump_json().encode())
 
     async def healthz(self, request: Request) -> Response:
         """200 with the served tasks and their model versions (per-task mode: task names)."""

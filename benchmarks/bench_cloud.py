@@ -14,8 +14,8 @@ same concurrencies (1, 16, 64 connections):
 
 Every edgeroute call carries a valid bearer token and its own request_id (so the dedup
 store never answers from cache). Load comes from `benchmarks.loadgen` (a bounded wrk-like
-HTTP/1.1 client in its own process, which shares the 2 cores with the servers); warm-up calls are
-not timed. Set EDGEROUTE_BENCH_CLOUD_SCALE (e.g. 0.2) to scale request counts down.
+HTTP/1.1 client in its own process, which shares the 2 cores with the servers); warm-up
+calls are not timed. Set EDGEROUTE_BENCH_CLOUD_SCALE (e.g. 0.2) to scale request counts down.
 
 The three variants with goals (ours batched, ours unbatched, plain Serve) are deployed
 side by side (three Serve applications behind the one proxy, under their own route

@@ -285,7 +285,10 @@ def main() -> list[dict[str, Any]]:
             serve.start(http_options={"host": "127.0.0.1", "port": port})
 
             def settings(store: str, **kw: Any) -> Any:
-                return _settings(models, tokens, port, store, **kw)
+                # Per-request `rerank_answered` lines off, as the edge benchmark runs the
+                # edge node (`--log-sample-rate 0`); Serve's access log stays on for every
+                # variant, plain Serve included.
+                return _settings(models, tokens, port, store, log_sample_rate=0.0, **kw)
 
             batched = settings("bench-store-batched")
             unbatched = settings("bench-store-unbatched", batching=False)

@@ -261,8 +261,8 @@ def bench_escalation(tmp: Path, x: np.ndarray, unsure: int, bundle: Path) -> lis
     """p50 of a cloud-routed request through the edge minus the cloud's own p50."""
     cp, ep = processes.free_port(), processes.free_port()
     cloud = _serve(processes.edgeroute_cmd("cloud", "serve", "--port", str(cp), "--bundles",
-                   str(MODELS / "cloud")), tmp / "cloud.log", f"http://127.0.0.1:{cp}/healthz",
-                   300)  # fmt: skip
+                   str(MODELS / "cloud"), "--log-sample-rate", "0"), tmp / "cloud.log",
+                   f"http://127.0.0.1:{cp}/healthz", 300)  # fmt: skip
     edge = None
     try:
         (tmp / "esc.yaml").write_text(_policy(bundle.resolve(), 1.0))

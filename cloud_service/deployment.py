@@ -10,6 +10,7 @@ replicas import it by reference instead of receiving a by-value pickle of a clos
 # No `from __future__ import annotations` here: Serve inspects `__call__`'s signature.
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -50,6 +51,7 @@ from router.errors import (
     RetryableRejection,
     Unauthorized,
 )
+from router.log_setup import configure_logging, sampler
 from router.wire import (
     NODE_HEADER,
     REQUEST_ID_HEADER,
@@ -193,7 +195,9 @@ class CloudReranker:
     """Path -> (method, name of the handler method taking the request)."""
 
     def __init__(self, cfg: CloudServiceSettings, handles: Mapping[str, Any] | None = None) -> None:
+        configure_logging(cfg.log_level)  # this replica's process: JSON lines on its stderr
         self._cfg = cfg
+        self._sample = sampler(cfg.log_sample_rate, random.random)
         self._handles: dict[str, Any] = dict(handles or {})
         self._models: dict[str, RerankModel] = {}
         if handles is None:
@@ -429,9 +433,12 @@ class CloudReranker:
         request_id: str | None,
         latency_ms: float,
     ) -> None:
-        """Record an answered /v1/rerank call: metrics and the `rerank_answered` line."""
+        """Record an answered /v1/rerank call: metrics, and the `rerank_answered` line when
+        the log sampler picks the call."""
         self._metrics.request(200, latency_ms)
         self._record_items(answers)
+        if not self._sample():
+            return
         cached = sum(1 for a in answers if isinstance(a, RerankResult) and a.cached)
         failed = sum(1 for a in answers if isinstance(a, RerankFailure))
         _log.info(

@@ -34,6 +34,12 @@ class CloudServiceSettings(BaseModel):
     the claim timeout it was created with). `dedup_claim_linger_s` is the longest a claim
     waits for the claims of other requests in progress in the same replica, to share one
     store call (never when the request is the replica's only one).
+
+    Each replica logs structlog JSON lines to its stderr (Ray's `worker-*.err` files) at
+    `log_level`; the per-request `rerank_answered` line (request_id from `X-Request-ID`,
+    task, route, latency_ms, item counts; never inputs) is written for a share
+    `log_sample_rate` of answered calls (1: every call, 0: none). Rejections and failures
+    are always logged. Serve's own access log lines carry the same request id.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -61,5 +67,7 @@ class CloudServiceSettings(BaseModel):
     tokens_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     result_store_name: str = Field(default="edgeroute-result-store", min_length=1)
     ray_namespace: str = Field(default="edgeroute", min_length=1)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     slow_model_s: float = Field(default=0.0, ge=0.0, le=60.0)
     """Test hook: extra seconds each model call sleeps (to provoke back-pressure). Keep 0."""

@@ -13,6 +13,7 @@ from ray import serve
 from cloud_service.metrics import ReplicaMetrics
 from cloud_service.rerank_flow import Answer, rerank_by_task
 from cloud_service.settings import CloudServiceSettings
+from router.log_setup import configure_logging
 from router.wire import RerankItem
 
 
@@ -23,6 +24,7 @@ class TaskModel:
     def __init__(self, cfg: CloudServiceSettings, folder: str) -> None:
         from cloud_service.model import CloudModel
 
+        configure_logging(cfg.log_level)  # this replica's process: JSON lines on its stderr
         self._cfg = cfg
         self._model = CloudModel.load(folder)
         self._metrics = ReplicaMetrics()

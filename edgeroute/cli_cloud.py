@@ -39,17 +39,42 @@ def cloud() -> None:
     type=click.Path(path_type=Path),
     help="Written once the app is serving (for supervisors and tests).",
 )
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Level of this process's and the replicas' JSON log lines.",
+)
+@click.option(
+    "--log-sample-rate",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of answered calls that get a per-request `rerank_answered` line.",
+)
 def cloud_serve(
-    port: int, host: str, bundles: Path, tokens_file: Path | None, ready_file: Path | None
+    port: int,
+    host: str,
+    bundles: Path,
+    tokens_file: Path | None,
+    ready_file: Path | None,
+    log_level: str,
+    log_sample_rate: float,
 ) -> None:
     """Start a local Ray instance on 127.0.0.1 and serve the re-ranker until SIGTERM."""
     from cloud_service.server import run_cloud
     from cloud_service.settings import CloudServiceSettings
     from router.log_setup import configure_logging
 
-    configure_logging("info")
+    configure_logging(log_level)
     settings = CloudServiceSettings(
-        bundles_dir=bundles, host=host, port=port, tokens_file=tokens_file
+        bundles_dir=bundles,
+        host=host,
+        port=port,
+        tokens_file=tokens_file,
+        log_level=log_level,
+        log_sample_rate=log_sample_rate,
     )
     try:
         run_cloud(settings, ready_file=ready_file)

@@ -288,3 +288,36 @@ def test_abandoned_claim_is_taken_over_after_its_timeout(dup_app: str) -> None:
     assert waited >= 0.9, f"answered after {waited:.2f} s, before the claim expired"
     assert _computed(dup_app, [body["request_id"]]) == {body["request_id"]: 1}
     assert ray.get(store.stats.remote())["claims_abandoned"] >= 1
+
+
+@pytest.mark.ray
+def test_replica_log_line_is_json_with_the_request_id_and_no_inputs(cloud_url: str) -> None:
+    """An answered call's X-Request-ID appears as `request_id` in one JSON `rerank_answered`
+    line on the replica's stderr (Ray's worker-*.err), with task, route and latency, and
+    none of the input values."""
+    import uuid
+
+    from ray._private import worker
+
+    rid = f"log-{uuid.uuid4().hex[:12]}"
+    item = {"task": "digits", "request_id": rid, "inputs": [0.123456789] * 64}
+    resp = httpx.post(
+        f"{cloud_url}/v1/rerank", json=item, headers={**AUTH, "X-Request-ID": rid}, timeout=30
+    )
+    assert resp.status_code == 200, resp.text
+    logs = Path(worker._global_node.get_logs_dir_path())
+    deadline = time.monotonic() + 20
+    lines: list[str] = []
+    while not lines and time.monotonic() < deadline:
+        for path in logs.glob("worker-*.err"):
+            text = path.read_text(errors="replace").splitlines()
+            lines += [ln for ln in text if rid in ln and ln.startswith("{")]  # not Serve's own
+        if not lines:
+            time.sleep(0.2)
+    assert len(lines) == 1, lines
+    record = json.loads(lines[0])
+    assert record["event"] == "rerank_answered" and record["level"] == "info"
+    assert record["request_id"] == rid and record["route"] == "cloud"
+    assert record["task"] == "digits" and record["items"] == 1
+    assert isinstance(record["latency_ms"], float)
+    assert "0.123456789" not in lines[0] and "inputs" not in record

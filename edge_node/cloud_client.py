@@ -2,9 +2,9 @@
 
 One httpx transport (a keep-alive connection pool on `edge_node.asyncio_transport`'s
 asyncio network backend, no transport-level retries), called directly with prebuilt
-requests: httpx's `AsyncClient` layers (URL merging, cookies, auth
-and redirect handling, event hooks) cost ~0.2 ms per call (0.74 -> 0.53 ms p50 against a
-trivial server) and none of them applies to this one JSON endpoint. Exactly one retry
+requests: httpx's `AsyncClient` layers (URL merging, cookies, auth and redirect handling,
+event hooks) cost ~0.2 ms per call (0.74 -> 0.53 ms p50 against a trivial server) and
+none of them applies to this one JSON endpoint. Exactly one retry
 layer (tenacity) that retries only retryable failures, waits exponential backoff with
 jitter but never less than the cloud's `Retry-After`, and never sleeps or tries past the
 caller's deadline. Every httpx / HTTP / schema failure leaves this module as a

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from typing import Any, cast
 
 import httpcore
@@ -206,16 +206,8 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         httpcore.ConnectTimeout / ConnectError."""
         loop = asyncio.get_running_loop()
         local = (local_address, 0) if local_address else None
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_connection(
-                    _StreamProtocol, host, port, local_addr=local
-                )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"could not connect within {timeout}s") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        return _stream(transport, protocol, socket_options)
+        opening = loop.create_connection(_StreamProtocol, host, port, local_addr=local)
+        return await _connected(opening, timeout, socket_options)
 
     async def connect_unix_socket(
         self,
@@ -224,24 +216,28 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         socket_options: Iterable[Any] | None = None,
     ) -> AsyncioStream:
         """A stream on a Unix socket. Raises httpcore.ConnectTimeout / ConnectError."""
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(timeout):
-                transport, protocol = await loop.create_unix_connection(_StreamProtocol, path)
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(f"could not connect within {timeout}s") from exc
-        except OSError as exc:
-            raise httpcore.ConnectError(str(exc)) from exc
-        return _stream(transport, protocol, socket_options)
+        opening = asyncio.get_running_loop().create_unix_connection(_StreamProtocol, path)
+        return await _connected(opening, timeout, socket_options)
 
     async def sleep(self, seconds: float) -> None:
         """asyncio.sleep."""
         await asyncio.sleep(seconds)
 
 
-def _stream(
-    transport: asyncio.BaseTransport, protocol: Any, options: Iterable[Any] | None
+async def _connected(
+    opening: Coroutine[Any, Any, tuple[asyncio.BaseTransport, asyncio.BaseProtocol]],
+    timeout: float | None,
+    options: Iterable[Any] | None,
 ) -> AsyncioStream:
+    """The stream of the connection `opening` makes within `timeout`, with the socket
+    `options` set. Raises httpcore.ConnectTimeout / ConnectError."""
+    try:
+        async with asyncio.timeout(timeout):
+            transport, protocol = await opening
+    except TimeoutError as exc:
+        raise httpcore.ConnectTimeout(f"could not connect within {timeout}s") from exc
+    except OSError as exc:
+        raise httpcore.ConnectError(str(exc)) from exc
     sock: socket.socket | None = transport.get_extra_info("socket")
     if sock is not None:
         for option in options or ():

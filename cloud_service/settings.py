@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from router.log_setup import LogLevel
+
 
 class CloudServiceSettings(BaseModel):
     """Everything the Ray Serve app needs; immutable and validated (unknown keys rejected).
@@ -67,7 +69,7 @@ class CloudServiceSettings(BaseModel):
     tokens_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     result_store_name: str = Field(default="edgeroute-result-store", min_length=1)
     ray_namespace: str = Field(default="edgeroute", min_length=1)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
     log_sample_rate: float = Field(default=1.0, ge=0.0, le=1.0)
     slow_model_s: float = Field(default=0.0, ge=0.0, le=60.0)
     """Test hook: extra seconds each model call sleeps (to provoke back-pressure). Keep 0."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeroute.cli_common import fail
+from edgeroute.cli_common import fail, log_options
 from router.errors import EdgerouteError
 
 # ---- cloud ------------------------------------------------------------------------------
@@ -39,20 +39,7 @@ def cloud() -> None:
     type=click.Path(path_type=Path),
     help="Written once the app is serving (for supervisors and tests).",
 )
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-    help="Level of this process's and the replicas' JSON log lines.",
-)
-@click.option(
-    "--log-sample-rate",
-    default=1.0,
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="Share of answered calls that get a per-request `rerank_answered` line.",
-)
+@log_options(1.0, "Share of answered calls that get a per-request `rerank_answered` line.")
 def cloud_serve(
     port: int,
     host: str,

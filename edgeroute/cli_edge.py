@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeroute.cli_common import fail
+from edgeroute.cli_common import fail, log_options
 from router.errors import EdgerouteError
 
 # ---- edge -------------------------------------------------------------------------------
@@ -23,19 +23,7 @@ def edge() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--cloud-url", default=None, help="Overrides the policy's cloud.url.")
-@click.option(
-    "--log-level",
-    default="info",
-    show_default=True,
-    type=click.Choice(["debug", "info", "warning", "error"]),
-)
-@click.option(
-    "--log-sample-rate",
-    default=0.01,
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="Share of requests that write a per-request log line (at info level).",
-)
+@log_options(0.01, "Share of requests that write a per-request log line (at info level).")
 def edge_serve(
     policy_path: Path,
     data_dir: Path,

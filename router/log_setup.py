@@ -9,9 +9,13 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import TextIO
+from typing import Literal, TextIO, get_args
 
 import structlog
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+"""The log levels the CLI and the settings accept."""
 
 
 def configure_logging(

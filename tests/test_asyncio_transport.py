@@ -21,6 +21,7 @@ from edge_node.cloud_client import CloudClient
 from router.errors import CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankItem, RerankResult
+from tests.rerank_fakes import results_body
 
 
 class HttpServer:
@@ -73,20 +74,7 @@ class HttpServer:
 
 
 def _answer(body: bytes) -> bytes:
-    sent = orjson.loads(body)["items"] if body else []
-    results = [
-        {
-            "request_id": it["request_id"],
-            "task": it["task"],
-            "label": "a",
-            "score": 0.9,
-            "candidates": [{"label": "a", "score": 0.9}],
-            "model_version": "c1",
-            "scored": "candidates",
-        }
-        for it in sent
-    ]
-    payload = orjson.dumps({"results": results})
+    payload = orjson.dumps(results_body(orjson.loads(body)["items"] if body else []))
     head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(payload)}"
     return head.encode() + b"\r\n\r\n" + payload
 

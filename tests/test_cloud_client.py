@@ -13,6 +13,7 @@ from edge_node.cloud_client import CloudClient, parse_retry_after
 from router.errors import CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankFailure, RerankItem, RerankResult
+from tests.rerank_fakes import results_body
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -40,21 +41,7 @@ def items(n: int = 2) -> list[RerankItem]:
 
 
 def ok_body(req: httpx.Request) -> dict[str, object]:
-    sent = orjson.loads(req.content)["items"]
-    return {
-        "results": [
-            {
-                "request_id": it["request_id"],
-                "task": it["task"],
-                "label": "a",
-                "score": 0.9,
-                "candidates": [{"label": "a", "score": 0.9}],
-                "model_version": "c1",
-                "scored": "candidates",
-            }
-            for it in sent
-        ]
-    }
+    return results_body(orjson.loads(req.content)["items"])
 
 
 def make(handler: Handler, ft: FakeTime, **cloud: object) -> tuple[CloudClient, list[float]]:

@@ -22,6 +22,7 @@ import pytest
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_head
 from tests.offline_support import wait_until
+from tests.rerank_fakes import results_body
 
 DEADLINE_MS = 300
 SLACK_MS = 150  # HTTP + scheduling on a loaded 2-core machine
@@ -123,19 +124,8 @@ class FakeUpstream:
         if mode in ("503", "500"):
             return int(mode), {}, b'{"error":{"code":"unavailable","message":"x"}}'
         items = orjson.loads(body)["items"]
-        results = [
-            {
-                "request_id": it["request_id"],
-                "task": it["task"],
-                "label": "7",
-                "score": 0.9,
-                "candidates": [{"label": "7", "score": 0.9}],
-                "model_version": "fake-1",
-                "scored": "all_labels",
-            }
-            for it in items
-        ]
-        return 200, {}, orjson.dumps({"results": results})
+        answer = results_body(items, label="7", model_version="fake-1", scored="all_labels")
+        return 200, {}, orjson.dumps(answer)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

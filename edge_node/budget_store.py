@@ -2,9 +2,14 @@
 can never overspend, and keep the spending across restarts.
 
 The state (`router.budget.BudgetLedger`: one counter of calls and money per node/task and
-hour/day) lives in a diskcache directory (eviction disabled). Every change is a
-read-modify-write inside a diskcache transaction (an SQLite write transaction, so safe
-across processes) taken under an in-process lock. Periods are UTC hours and days
+hour/day) is one row of a diskcache directory (eviction disabled), stored as JSON bytes.
+Every change is a compare-and-swap: the new ledger is computed from the last one this
+store read or wrote, and written with one SQLite statement that succeeds only if the row
+still holds exactly those bytes; if another store (another process) changed it in between,
+the row is read again and the change retried. So a reservation costs one statement when
+this store is the only writer (as in a node, whose data dir is locked to one process:
+`edge_node.data_dir_lock`), and concurrent stores on one directory still never overspend.
+Within a process, changes are serialised by a lock. Periods are UTC hours and days
 (`router.budget.period_start`); a new period starts from zero.
 """
 
@@ -19,7 +24,7 @@ from typing import Literal
 import diskcache
 import orjson
 
-from edge_node.durable_cache import get_many, open_durable_cache, put_many
+from edge_node.durable_cache import compare_and_set, get_many, open_durable_cache, put_many
 from router.budget import NODE_DAY, BudgetLedger, BudgetState, Limit, limits_for
 from router.errors import EdgerouteError
 from router.policy import CostSettings
@@ -81,6 +86,7 @@ class BudgetStore:
         self._cost = cost
         self._clock = clock
         self._lock = threading.Lock()
+        self._known: tuple[bytes | None, BudgetLedger] | None = None  # last read or written
         try:
             self._cache = open_durable_cache(directory)
         except (OSError, sqlite3.Error) as exc:
@@ -115,23 +121,45 @@ class BudgetStore:
             lims = limits_for(cost) if limits is None else limits
             pay = cost.price_per_call if price is None else price
             try:
-                with self._cache.transact():
-                    ledger = self._load()
+                from_disk = self._known is None
+                while True:
+                    raw, ledger = self._current()
                     at = max(at, self._latest(ledger))  # a clock stepping back never un-rolls
                     if ledger.exhausted(lims, pay, at) is not None:
-                        return None
-                    self._save(ledger.plus_call(lims, pay, at))
+                        if from_disk:
+                            return None
+                        self._known = None  # refuse only on what is on disk now
+                    elif self._swap(raw, ledger.plus_call(lims, pay, at)):
+                        break
+                    from_disk = True  # the known ledger was dropped: the next is read
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._known = None
                 raise BudgetStoreError(f"cannot reserve budget: {exc}") from exc
         return Reservation(self, ledger.periods(lims, at), pay)
 
     def ledger(self, now: float | None = None) -> BudgetLedger:
-        """Every counter as stored (reservations included). Counters are rolled lazily:
-        use `BudgetLedger.counter(key, now)` to read one as of a time."""
-        try:
-            return self._load()
-        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
-            raise BudgetStoreError(f"cannot read budget: {exc}") from exc
+        """Every counter as stored (reservations included), read from disk. Counters are
+        rolled lazily: use `BudgetLedger.counter(key, now)` to read one as of a time."""
+        with self._lock:
+            try:
+                self._known = self._load()
+                return self._known[1]
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                raise BudgetStoreError(f"cannot read budget: {exc}") from exc
+
+    def known_ledger(self) -> BudgetLedger:
+        """The ledger as this store last read or wrote it, without touching the disk once it
+        has been read (the first call reads it). Exact while this store is the only writer
+        of the directory; a change made by another store is seen by the next `reserve` (which
+        never overspends either way) or `ledger`. For the routing decision's budget rule."""
+        with self._lock:
+            known = self._known
+            if known is not None:
+                return known[1]
+            try:
+                return self._current()[1]
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                raise BudgetStoreError(f"cannot read budget: {exc}") from exc
 
     def snapshot(self, now: float | None = None) -> BudgetState:
         """The node's spending in the UTC day of `now` (default: the clock), reservations
@@ -158,26 +186,45 @@ class BudgetStore:
         """Undo one reserved call in each counter of `periods` whose period is still open."""
         with self._lock:
             try:
-                with self._cache.transact():
-                    self._save(self._load().minus_call(periods, price))
+                while True:
+                    raw, ledger = self._current()
+                    if self._swap(raw, ledger.minus_call(periods, price)):
+                        return
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._known = None
                 raise BudgetStoreError(f"cannot release budget: {exc}") from exc
 
-    def _load(self) -> BudgetLedger:
+    def _current(self) -> tuple[bytes | None, BudgetLedger]:
+        """The stored bytes (None if there is no row, or an older version's pickled row)
+        and the ledger: the last known ones, else read with one SELECT. Under `_lock`."""
+        if self._known is None:
+            self._known = self._load()
+        return self._known
+
+    def _load(self) -> tuple[bytes | None, BudgetLedger]:
         """The stored ledger: one SELECT (JSON bytes; a pickled dict written by an older
-        version is read too)."""
-        raw: object = get_many(self._cache, [_KEY]).get(_KEY)
-        if raw is None:
-            raw = self._cache.get(_KEY)  # not raw bytes: an older version's pickled dict
-        if not raw:
-            return BudgetLedger()
-        counters = orjson.loads(raw) if isinstance(raw, bytes) else dict(raw)  # type: ignore[call-overload]
-        return BudgetLedger(
+        version is read too, and its bytes reported as None)."""
+        raw: bytes | None = get_many(self._cache, [_KEY]).get(_KEY)
+        stored: object = raw if raw is not None else self._cache.get(_KEY)  # older: pickled
+        if not stored:
+            return raw, BudgetLedger()
+        counters = orjson.loads(stored) if isinstance(stored, bytes) else dict(stored)  # type: ignore[call-overload]
+        return raw, BudgetLedger(
             {k: BudgetState(int(p), int(c), float(s)) for k, (p, c, s) in counters.items()}
         )
 
-    def _save(self, ledger: BudgetLedger) -> None:
-        """Store the ledger as JSON bytes: one INSERT (diskcache's `set` runs about seven
-        statements), joining the caller's transaction."""
-        data = {k: (s.period, s.calls, s.spent) for k, s in ledger.counters.items()}
-        put_many(self._cache, [(_KEY, orjson.dumps(data))])
+    def _swap(self, old: bytes | None, ledger: BudgetLedger) -> bool:
+        """Store `ledger` if the row still holds `old` (the bytes it was computed from);
+        True if stored. One UPDATE when `old` is bytes; when there was no JSON row yet, a
+        transaction that checks and writes. On False the known ledger is dropped, so the
+        next `_current` reads the disk. Under `_lock`; raises what SQLite raises."""
+        data = orjson.dumps({k: (s.period, s.calls, s.spent) for k, s in ledger.counters.items()})
+        if old is not None:
+            done = compare_and_set(self._cache, _KEY, old, data)
+        else:
+            with self._cache.transact():
+                done = self._load()[0] is None  # still no JSON row: nobody wrote meanwhile
+                if done:
+                    put_many(self._cache, [(_KEY, data)])
+        self._known = (data, ledger) if done else None
+        return bool(done)

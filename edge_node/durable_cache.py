@@ -8,17 +8,18 @@ durability is the policy's `queue.fsync`: `os_crash_safe` (synchronous=NORMAL: a
 write survives a crash of the process) or `per_write` (synchronous=FULL: it also survives
 power loss, at several times the cost per commit).
 
-Batched access (`put_many`, `delete_many`, `get_many`): `Cache.set` costs several SQL
-statements per key (a SELECT, the INSERT or UPDATE, the cull query) plus its own BEGIN and
-COMMIT, and every statement releases and retakes the GIL, which under concurrent threads
-means waiting for it again. These helpers handle a whole batch with one multi-row statement
-(per 1,000 rows) on the calling thread's diskcache connection; a single statement outside a
-transaction is atomic and committed by itself (SQLite autocommit), larger or combined writes
-run inside `cache.transact()`. Rows are encoded by the cache's own `Disk` exactly as
-`Cache.set` stores them (same columns, no expiry, no tag), so `get`, `iterkeys` and `len`
-see them, and diskcache's own triggers keep its `count`/`size` settings in step row by row.
-They rely on diskcache's `Cache` table schema (unchanged since diskcache 4; the pinned
-version is checked by `tests/test_durable_cache.py`).
+Batched access (`put_many`, `delete_many`, `get_many`; `compare_and_set` for one row):
+`Cache.set` costs several SQL statements per key (a SELECT, the INSERT or UPDATE, the cull
+query) plus its own BEGIN and COMMIT, and every statement releases and retakes the GIL,
+which under concurrent threads means waiting for it again. These helpers handle a whole
+batch with one multi-row statement (per 1,000 rows) on the calling thread's diskcache
+connection; a single statement outside a transaction is atomic and committed by itself
+(SQLite autocommit), larger or combined writes run inside `cache.transact()`. Rows are
+encoded by the cache's own `Disk` exactly as `Cache.set` stores them (same columns, no
+expiry, no tag), so `get`, `iterkeys` and `len` see them, and diskcache's own triggers keep
+its `count`/`size` settings in step row by row. They rely on diskcache's `Cache` table
+schema (unchanged since diskcache 4; the pinned version is checked by
+`tests/test_durable_cache.py`).
 """
 
 from __future__ import annotations
@@ -122,6 +123,24 @@ def delete_many(cache: diskcache.Cache, keys: Iterable[str]) -> int:
             cursor = con.execute(f"DELETE FROM Cache WHERE raw = 1 AND key IN ({marks})", chunk)
             gone += int(cursor.rowcount)
     return gone
+
+
+def compare_and_set(cache: diskcache.Cache, key: str, old: bytes, new: bytes) -> bool:
+    """Overwrite the bytes value of `key` with `new` if it is exactly `old` now; True if it
+    was written. One UPDATE statement: atomic against every writer of the directory (other
+    processes included) and committed when it returns; inside a `cache.transact()` of this
+    thread it joins that transaction instead. A missing key is never written (False).
+    Raises sqlite3.Error / diskcache.Timeout as the cache does."""
+    db_key, raw = cache.disk.put(key)
+    size, mode, _, db_new = cache.disk.store(new, False, key=key)
+    _, _, _, db_old = cache.disk.store(old, False, key=key)
+    now = time.time()
+    cursor = cache._con.execute(
+        "UPDATE Cache SET value = ?, size = ?, mode = ?, store_time = ?, access_time = ?"
+        " WHERE key = ? AND raw = ? AND mode = ? AND value = ?",
+        (db_new, size, mode, now, now, db_key, raw, mode, db_old),
+    )
+    return int(cursor.rowcount) == 1
 
 
 def get_many(cache: diskcache.Cache, keys: Sequence[str]) -> dict[str, bytes]:

@@ -135,9 +135,9 @@ class EdgeService:
         """Infer and route one prepared item: the edge model's probabilities, the local
         result (top-k and the deciding score) and `decide`'s decision, with the inference
         and decision latencies observed. `t0` is when the request started (for the time
-        left before its deadline). Carries nothing out and never awaits; its only read
-        is the budget ledger, when `decide` reaches the budget rule. Raises BundleError if
-        the model fails."""
+        left before its deadline). Carries nothing out and never awaits; it looks up the
+        budget store's known ledger (in memory once read) when `decide` reaches the budget
+        rule. Raises BundleError if the model fails."""
         t_inf = self._monotonic()
         probs = item.model.predict_row(item.x)
         self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
@@ -206,7 +206,7 @@ class EdgeService:
                 routed.append((i, it, local, row_scores))
 
         now = self._clock()
-        ledger = functools.cache(functools.partial(self.budget.ledger, now))  # one read per batch
+        ledger = functools.cache(self.budget.known_ledger)  # one look per batch
         decided = [
             (
                 i,
@@ -312,8 +312,9 @@ class EdgeService:
     ) -> Decision:
         t = self._monotonic()
         conn = "offline" if offline else self.monitor.state
-        # The ledger is read from disk only if `decide` reaches its budget rule.
-        state = NodeState(conn, ledger or functools.partial(self.budget.ledger, now))
+        # The ledger is looked up only if `decide` reaches its budget rule; the store's known
+        # ledger is exact here (the node is the data dir's only writer) and costs no disk read.
+        state = NodeState(conn, ledger or self.budget.known_ledger)
         cost = active.policy.cost
         decision = decide(local, state, task, cost, now, left_ms, task_name=task_name)
         self.metrics.decision_seconds.observe(self._monotonic() - t)

@@ -92,6 +92,43 @@ def test_two_stores_on_one_directory_share_the_budget(tmp_path: Path) -> None:
         b.close()
 
 
+def test_a_store_sees_what_another_store_spent_or_gave_back(tmp_path: Path) -> None:
+    """A store whose known ledger is stale neither overspends (the other store used up the
+    budget) nor refuses what the other store gave back."""
+    a = _store(tmp_path, daily_calls=2)
+    b = _store(tmp_path, daily_calls=2)
+    try:
+        assert a.known_ledger().counter("node/day", NOON).calls == 0
+        got = [b.reserve(), b.reserve()]
+        assert a.reserve() is None
+        assert got[0] is not None and got[0].release() is True
+        assert a.known_ledger().counter("node/day", NOON).calls == 2  # stale until a reserve
+        assert a.reserve() is not None
+        assert b.reserve() is None
+        assert b.snapshot().calls == 2
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_reservation_is_one_sql_statement_and_the_known_ledger_none(tmp_path: Path) -> None:
+    """Once the ledger is known, reserve runs one SQL statement (the compare-and-swap
+    UPDATE) and known_ledger none; the call is counted on disk."""
+    with _store(tmp_path, daily_calls=5) as store:
+        assert store.reserve() is not None  # first: reads the ledger, then writes it
+        statements: list[str] = []
+        store._cache._con.set_trace_callback(statements.append)
+        try:
+            assert store.reserve() is not None
+            assert store.known_ledger().counter("node/day", NOON).calls == 2
+        finally:
+            store._cache._con.set_trace_callback(None)
+        # SQLite's trace repeats a statement for each trigger it fires (diskcache's size count)
+        assert len(set(statements)) == 1 and statements[0].startswith("UPDATE Cache")
+    with _store(tmp_path, daily_calls=5) as reopened:
+        assert reopened.snapshot() == BudgetState(DAY0, 2, 0.0)
+
+
 def test_release_gives_one_back_and_is_idempotent(tmp_path: Path) -> None:
     """release() returns a call and its money once; commit after release changes nothing."""
     with _store(tmp_path, daily_calls=2, price_per_call=0.25) as store:

@@ -11,7 +11,13 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
+from edge_node.durable_cache import (
+    compare_and_set,
+    delete_many,
+    get_many,
+    open_durable_cache,
+    put_many,
+)
 
 
 @pytest.fixture
@@ -86,3 +92,17 @@ def test_get_many_returns_present_keys_only(cache: diskcache.Cache) -> None:
     put_many(cache, [(f"k{i}", f"v{i}".encode()) for i in range(2100)])
     got = get_many(cache, [f"k{i}" for i in range(0, 2100, 3)] + ["absent"])
     assert len(got) == 700 and got["k2097"] == b"v2097" and "absent" not in got
+
+
+def test_compare_and_set_writes_only_over_the_expected_bytes(cache: diskcache.Cache) -> None:
+    """compare_and_set replaces a value only when it still equals `old`; a missing key or
+    another value is left alone; what it wrote reads back through get_many and Cache.get."""
+    assert compare_and_set(cache, "k", b"a", b"b") is False
+    assert "k" not in cache
+    put_many(cache, [("k", b"a")])
+    assert compare_and_set(cache, "k", b"x", b"b") is False
+    assert cache.get("k") == b"a"
+    assert compare_and_set(cache, "k", b"a", b"longer value") is True
+    assert get_many(cache, ["k"]) == {"k": b"longer value"} and cache.get("k") == b"longer value"
+    assert compare_and_set(cache, "k", b"a", b"c") is False
+    assert len(cache) == 1

@@ -289,7 +289,7 @@ def bench_escalation(
     try:
         (tmp / "esc.yaml").write_text(_policy(bundle.resolve(), 1.0))
         edge = _serve(on(edge_cpu, processes.edgeroute_cmd("edge", "serve", "--policy",
-                      str(tmp / "esc.yaml"), "--data-dir", str(tmp / f"esc-{edge_cpu}"),
+                      str(tmp / "esc.yaml"), "--data-dir", str(tmp / "esc"),
                       "--port", str(ep), "--cloud-url", f"http://127.0.0.1:{cp}",
                       "--log-level", "warning", "--log-sample-rate", "0")),
                       tmp / "edge-esc.log", f"http://127.0.0.1:{ep}/readyz")  # fmt: skip
@@ -313,7 +313,7 @@ def bench_escalation(
                     assert r.json()["route"] == "cloud", r.text
                 body = {
                     "task": "digits",
-                    "request_id": f"direct-{edge_cpu}-{i}",
+                    "request_id": f"direct-{i}",
                     "inputs": item,
                     "candidates": cands,
                 }

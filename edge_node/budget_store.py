@@ -153,9 +153,6 @@ class BudgetStore:
         of the directory; a change made by another store is seen by the next `reserve` (which
         never overspends either way) or `ledger`. For the routing decision's budget rule."""
         with self._lock:
-            known = self._known
-            if known is not None:
-                return known[1]
             try:
                 return self._current()[1]
             except (OSError, sqlite3.Error, diskcache.Timeout) as exc:

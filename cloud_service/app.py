@@ -1,16 +1,17 @@
 """The Ray Serve application of the cloud re-ranker: `build_app(settings)`, and
 `app_builder(args)` for Serve configs (`import_path: cloud_service.app:app_builder`).
 
-One FastAPI-ingress deployment (`CloudReranker`) serves every task found under
+One ingress deployment (`CloudReranker`, a plain Serve HTTP handler) serves every task found under
 `settings.bundles_dir`, either with the models in its own replicas or, with
 `per_task_deployments: true`, through one `TaskModel` deployment per task named
 `model-<task>` (each with its own replicas, autoscaling and health check):
 
 - `POST /v1/rerank`: a `RerankItem` or a `RerankBatch`; answers a `RerankResponse` in item
   order. Items already answered for the node (header `X-Edgeroute-Node`) come from the shared
-  result store with `cached: true`; misses of single-item requests go through a
-  `@serve.batch` method, so concurrent requests share one ONNX run; the misses of a batch
-  request are computed in one model call per task.
+  result store with `cached: true` (a call marked `X-Edgeroute-First-Send: 1` is computed
+  without asking the store, and its results are stored for retries); misses of single-item
+  requests go through a `@serve.batch` method, so concurrent requests share one ONNX run;
+  the misses of a batch request are computed in one model call per task.
 - `GET /healthz`: `{"status": "ok", "tasks": {task: version}}` (no auth).
 - `GET /v1/stats`: the store's counters plus this replica's batch counters.
 

@@ -53,6 +53,7 @@ from router.errors import (
 )
 from router.log_setup import configure_logging, sampler
 from router.wire import (
+    FIRST_SEND_HEADER,
     NODE_HEADER,
     REQUEST_ID_HEADER,
     RerankFailure,
@@ -220,6 +221,8 @@ class CloudReranker:
         self._metrics = ReplicaMetrics()
         self._batches = 0
         self._batched_items = 0
+        self._first_sends = 0
+        """Items computed without a claim because their call was a first send."""
         self._max_batch_seen = 0
         self._item_cost_s = self._measure_item_cost()
         batched: Any = self.compute_one
@@ -300,16 +303,22 @@ class CloudReranker:
 
         return await self._ready.run(lambda: self._run_local(items), together)
 
-    async def _answer(self, items: list[RerankItem], node_id: str) -> list[Answer]:
-        """Answers in item order, deduplicated through the shared store; the claimed item of
+    async def _answer(
+        self, items: list[RerankItem], node_id: str, *, claim: bool = True
+    ) -> list[Answer]:
+        """Answers in item order, deduplicated through the shared store (`claim=False`: a
+        first send, computed without a claim, see `answer_with_dedup`); the claimed item of
         a single-item call joins the `@serve.batch` when batching is on and the models are
         local, anything else is computed here."""
         single = len(items) == 1 and self._cfg.batching and not self._handles
+        if not claim:
+            self._first_sends += len(items)
         return await answer_with_dedup(
             items,
             node_id,
             store=self._shared,
             compute=self._compute_single if single else self._compute,
+            claim=claim,
         )
 
     async def _compute_remote(self, items: list[RerankItem]) -> list[Answer]:
@@ -399,7 +408,10 @@ class CloudReranker:
             if length is not None and length.isdigit() and (int(length) > self._cfg.max_body_bytes):
                 raise RequestTooLarge(f"body exceeds {self._cfg.max_body_bytes} bytes")
             items = parse_rerank_body(await request.body(), self._cfg.max_body_bytes)
-            answers = await self._answer(items, node_id)
+            first_send = (
+                self._cfg.dedup_trust_first_send and request.headers.get(FIRST_SEND_HEADER) == "1"
+            )
+            answers = await self._answer(items, node_id, claim=not first_send)
         except EdgerouteError as err:
             _log.info(
                 "rerank_rejected",
@@ -479,6 +491,7 @@ class CloudReranker:
                 "batches": self._batches,
                 "batched_items": self._batched_items,
                 "max_batch_size_seen": self._max_batch_seen,
+                "first_send_items": self._first_sends,
                 "store_calls": self._shared.client.calls,
                 "store_queued_writes": self._shared.client.queued_writes,
             },

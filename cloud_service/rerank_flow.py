@@ -115,6 +115,7 @@ async def answer_with_dedup(
     *,
     store: DedupStore,
     compute: Compute,
+    claim: bool = True,
 ) -> list[Answer]:
     """Answers for `items` in order, computing only those not already answered or being
     computed for their node (`node_id`: one node for every item, or one per item).
@@ -128,6 +129,12 @@ async def answer_with_dedup(
     before with a different item (task, inputs or candidates) fails with code
     `request_id_conflict`; duplicates inside one call are computed once. Raises ValueError
     if a node list's length differs from items'; the store's exceptions propagate.
+
+    `claim=False` is for items the sender promises were never sent before (first send):
+    they are computed without asking the store (no round trip), and their results are
+    handed to `store.put_later` all the same, so a later retry of them is answered from
+    the store. Nothing is released for them (they hold no claim); duplicates inside the
+    call are still computed once.
     """
     nodes = [node_id] * len(items) if isinstance(node_id, str) else list(node_id)
     if len(nodes) != len(items):
@@ -144,7 +151,10 @@ async def answer_with_dedup(
         else:
             first[key] = i
             asked.append(i)
-    outcomes = await store.claim([(keys[i], fingerprints[i]) for i in asked])
+    if claim:
+        outcomes = await store.claim([(keys[i], fingerprints[i]) for i in asked])
+    else:
+        outcomes = [CLAIMED] * len(asked)
     for round_ in range(MAX_WAIT_ROUNDS + 1):
         to_compute: list[int] = []
         waiting: list[int] = []
@@ -161,7 +171,7 @@ async def answer_with_dedup(
         if round_ == MAX_WAIT_ROUNDS:  # still pending: compute without the claim
             to_compute, waiting = to_compute + waiting, []
         if to_compute:
-            await _settle(items, keys, fingerprints, to_compute, answers, store, compute)
+            await _settle(items, keys, fingerprints, to_compute, answers, store, compute, claim)
         if not waiting:
             break
         asked = waiting
@@ -186,11 +196,13 @@ async def _settle(
     answers: list[Answer | None],
     store: DedupStore,
     compute: Compute,
+    claimed: bool,
 ) -> None:
     try:
         computed = await compute([items[i] for i in indexes])
     except BaseException:
-        store.release_later([keys[i] for i in indexes])
+        if claimed:
+            store.release_later([keys[i] for i in indexes])
         raise
     to_store: list[tuple[StoreKey, StoredResult]] = []
     failed: list[StoreKey] = []
@@ -203,7 +215,8 @@ async def _settle(
         else:
             failed.append(keys[i])
     store.put_later(to_store)
-    store.release_later(failed)
+    if claimed:
+        store.release_later(failed)
 
 
 def _conflict(item: RerankItem) -> RerankFailure:

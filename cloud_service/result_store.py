@@ -11,10 +11,12 @@ now marked in progress for `claim_timeout_s` and the caller must compute it, the
 on the actor (`ResultStoreActor.wait_claims`) until the result is put (it gets the result),
 the claim is released, or the claim is abandoned, i.e. not settled within `claim_timeout_s`
 (e.g. its replica died): then one waiter is granted the claim and computes. So while the
-actor lives, a key is computed once unless a claim is abandoned; every such re-computation
-is counted (`computed_by_key_max`, `claims_abandoned`). Nothing here relies on the order in
-which the actor runs calls (an async actor does not keep submission order): a put that
-arrives late is waited for, a put for a key claimed by someone else is stored all the same.
+actor lives, a key is computed once unless a claim is abandoned, or a first send (computed
+without a claim and put afterwards, see `rerank_flow.answer_with_dedup`) races a retry of
+it; every such re-computation is counted (`computed_by_key_max`, `claims_abandoned`).
+Nothing here relies on the order in which the actor runs calls (an async actor does not
+keep submission order): a put that arrives late is waited for, a put for a key claimed by
+someone else is stored all the same.
 
 Lifetime: the actor is *detached* (it survives replica restarts and redeploys of the app)
 and named `settings.result_store_name` in namespace `settings.ray_namespace`; replicas get
@@ -136,12 +138,21 @@ class TtlResultMap:
         return out
 
     def put_many(self, entries: Sequence[tuple[StoreKey, StoredResult]]) -> None:
-        """Store freshly computed results (each counts as one computation of its key)."""
+        """Store freshly computed results (each counts as one computation of its key).
+
+        A put over a live entry of the same item counts a second computation (e.g. a first
+        send's result arriving after a retry of it was computed too). A put over a live
+        entry of a *different* item (a request_id reused by a sender that promised a first
+        send) keeps the entry stored first and counts a conflict."""
         now = self._clock()
         self._purge(now)
         for key, stored in entries:
             self._claims.pop(key, None)
-            previous = self._entries.pop(key, None)
+            previous = self._entries.get(key)
+            if previous is not None and previous.stored.fingerprint != stored.fingerprint:
+                self._conflicts += 1
+                continue
+            self._entries.pop(key, None)
             computed = 1 if previous is None else previous.computed + 1
             self._entries[key] = _Entry(now + self._ttl_s, stored, computed)
             self._computed_total += 1

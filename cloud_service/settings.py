@@ -37,6 +37,11 @@ class CloudServiceSettings(BaseModel):
     waits for the claims of other requests in progress in the same replica, to share one
     store call (never when the request is the replica's only one).
 
+    `dedup_trust_first_send` lets a call marked `X-Edgeroute-First-Send: 1` (the edge's
+    first try of ids it generated itself) skip the claim: its items are computed at once
+    and their results stored for later retries. Off: every item is claimed (one awaited
+    store round trip per call), whatever the sender says.
+
     Each replica logs structlog JSON lines to its stderr (Ray's `worker-*.err` files) at
     `log_level`; the per-request `rerank_answered` line (request_id from `X-Request-ID`,
     task, route, latency_ms, item counts; never inputs) is written for a share
@@ -64,6 +69,7 @@ class CloudServiceSettings(BaseModel):
     dedup_claim_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
     dedup_flush_delay_s: float = Field(default=0.02, ge=0.0, le=10.0)
     dedup_claim_linger_s: float = Field(default=0.002, ge=0.0, le=1.0)
+    dedup_trust_first_send: bool = True
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     tokens_file: Path | None = None
     tokens_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")

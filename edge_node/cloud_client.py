@@ -35,6 +35,7 @@ from edge_node.asyncio_transport import AsyncioHTTPTransport
 from router.errors import CloudError, CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import (
+    FIRST_SEND_HEADER,
     NODE_HEADER,
     REQUEST_ID_HEADER,
     RerankFailure,
@@ -139,19 +140,30 @@ class CloudClient:
         return resp
 
     async def rerank(
-        self, items: list[RerankItem], *, deadline_s: float, request_id: str | None = None
+        self,
+        items: list[RerankItem],
+        *,
+        deadline_s: float,
+        request_id: str | None = None,
+        first_send: bool = False,
     ) -> list[RerankResult | RerankFailure]:
         """Re-rank `items` on the cloud; results in item order, one per item.
 
         Returns within about `deadline_s` seconds (per-try timeouts are cut to the time
         left; no backoff sleeps past it). Raises `CloudUnavailable`, `CloudTimeout` or
         `CloudRejected` (see module doc); never an httpx or pydantic error.
+
+        `first_send=True` is the caller's promise that no item was ever sent to the cloud
+        before (ids generated for this call): the first try then carries
+        `X-Edgeroute-First-Send: 1` and the cloud skips its idempotency claim; retries never
+        carry it (the first try may have reached the cloud).
         """
         if not items:
             return []
         end = self._clock() + deadline_s
         body = orjson.dumps({"items": [i.model_dump(mode="json") for i in items]})
         headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        first_headers = {**headers, FIRST_SEND_HEADER: "1"} if first_send else headers
         expected = [i.request_id for i in items]
         retry = self.settings.retry
 
@@ -173,7 +185,7 @@ class CloudClient:
         # on the path of every escalation). A retryable failure of it is replayed as
         # tenacity's attempt 1, so the attempts, waits and stop rules are tenacity's alone.
         try:
-            return await self._try_once(body, headers, expected, end)
+            return await self._try_once(body, first_headers, expected, end)
         except CloudError as exc:
             if not exc.retryable:
                 raise

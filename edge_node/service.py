@@ -270,7 +270,13 @@ class EdgeService:
     ) -> PreparedItem:
         rid = req.request_id or self._new_id()
         return PreparedItem(
-            rid, req.task, task, model, x, float(req.deadline_ms or task.deadline_ms)
+            rid,
+            req.task,
+            task,
+            model,
+            x,
+            float(req.deadline_ms or task.deadline_ms),
+            req.request_id is None,
         )
 
     def _prepare_many(
@@ -374,6 +380,9 @@ class EdgeService:
                 [c[2] for c in calls],
                 deadline_s=left_ms / 1000.0,
                 request_id=calls[0][2].request_id,
+                # ids this node generated for this request were never sent before; a client's
+                # own id may be its retry of an earlier request, so the cloud must claim it
+                first_send=all(batch[idx][0].own_id for idx, _, _ in calls),
             )
         except CloudError as exc:
             for idx, reservation, _ in calls:
@@ -643,7 +652,8 @@ def _flatten_result(rec: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(slots=True)
 class PreparedItem:
-    """One validated request: its id, task policy, edge model, inputs and deadline.
+    """One validated request: its id, task policy, edge model, inputs and deadline, and
+    whether the node generated the id (`own_id`: then no earlier call can have sent it).
     Never mutated after `_prepare` (not frozen: frozen init costs a microsecond per request)."""
 
     rid: str
@@ -652,6 +662,7 @@ class PreparedItem:
     model: EdgeModel
     x: np.ndarray
     deadline_ms: float
+    own_id: bool
 
 
 def _decision_record(

@@ -3,6 +3,12 @@
 Request: one `RerankItem` or `{"items": [RerankItem, ...]}`. Response: always
 `{"results": [RerankResult | RerankFailure, ...]}` in the order of the items.
 The request_id travels in the item and, for logs, in the `X-Request-ID` header.
+
+`X-Edgeroute-First-Send: 1` is the sender's promise that no item of the call was ever sent
+before (the edge node generated their request ids for this call, and this is its first
+try): the cloud may then compute them without asking its idempotency store first (see
+docs/cloud.md). Absent, or any other value: every item is claimed in the store. A cloud
+that does not know the header ignores it, so old and new versions interoperate.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NODE_HEADER = "X-Edgeroute-Node"
 REQUEST_ID_HEADER = "X-Request-ID"
+FIRST_SEND_HEADER = "X-Edgeroute-First-Send"
 INPUTS_REQUIRED = "inputs_required"  # RerankFailure code: the model needs the inputs
 
 

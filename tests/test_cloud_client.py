@@ -96,6 +96,23 @@ def test_success_sends_batch_and_headers() -> None:
     assert client.base_url == "http://127.0.0.1:8000"
 
 
+def test_first_send_header_goes_with_the_first_try_only() -> None:
+    """first_send=True marks the first try X-Edgeroute-First-Send: 1 and no retry; without
+    it no try is marked."""
+    marks: list[str | None] = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        marks.append(req.headers.get("X-Edgeroute-First-Send"))
+        if len(marks) in (1, 3):
+            return httpx.Response(503)
+        return httpx.Response(200, json=ok_body(req))
+
+    client, _ = make(handler, FakeTime())
+    asyncio.run(client.rerank(items(1), deadline_s=10.0, first_send=True))
+    asyncio.run(client.rerank(items(1), deadline_s=10.0))
+    assert marks == ["1", None, None, None]
+
+
 def test_retries_5xx_then_succeeds_with_exponential_backoff() -> None:
     """Two 500s then 200: three tries, sleeps 0.1 then 0.2 (no jitter)."""
     calls = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,10 @@ class MapStore:
         self.map = TtlResultMap(60.0, clock=self.clock, claim_timeout_s=claim_timeout_s)
         self.claim_timeout_s = claim_timeout_s
         self.waits = 0
+        self.claims = 0
 
     async def claim(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
+        self.claims += 1
         return self.map.claim_many(claims)
 
     async def wait(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
@@ -128,6 +131,20 @@ def test_ttl_map_counts_computations_hits_and_conflicts() -> None:
         "claims": 0,
         "claims_abandoned": 0,
     }
+
+
+def test_ttl_map_put_over_another_item_keeps_the_first_and_counts_a_conflict() -> None:
+    """A put whose fingerprint differs from the live entry's keeps the entry and counts a
+    conflict; a put of the same item again counts a second computation."""
+    m = TtlResultMap(60.0, clock=FakeClock())
+    key = ("n", "a")
+    m.put_many([(key, StoredResult("fp1", {"label": "1"}))])
+    m.put_many([(key, StoredResult("fp2", {"label": "2"}))])
+    assert m.get_many([(key, "fp1")]) == [StoredResult("fp1", {"label": "1"})]
+    m.put_many([(key, StoredResult("fp1", {"label": "1"}))])
+    stats = m.stats()
+    assert stats["conflicts"] == 1 and stats["computed_total"] == 2
+    assert stats["computed_by_key_max"] == 2
 
 
 def test_ttl_map_drops_oldest_beyond_max_entries() -> None:
@@ -182,6 +199,40 @@ def test_dedup_flow_reports_request_id_reused_for_other_item() -> None:
     assert not isinstance(again[0], RerankResult)
     assert again[0].error.code == "request_id_conflict"
     assert model.calls == [["a"]]
+
+
+def test_first_send_is_computed_without_a_claim_and_answers_its_retries() -> None:
+    """claim=False computes at once without asking the store, stores the result, and a
+    later retry (claimed) of the same item is answered from it, cached."""
+    store, model = MapStore(), FakeModel()
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": model}, items)
+
+    first = asyncio.run(
+        answer_with_dedup([item("a"), item("a")], "n", store=store, compute=compute, claim=False)
+    )
+    assert store.claims == 0 and model.calls == [["a"]]
+    assert [getattr(r, "cached", None) for r in first] == [False, True]
+    retry = asyncio.run(answer_with_dedup([item("a")], "n", store=store, compute=compute))
+    assert store.claims == 1 and model.calls == [["a"]]
+    assert isinstance(retry[0], RerankResult) and retry[0].cached
+    assert store.map.stats()["computed_by_key_max"] == 1
+
+
+def test_failed_first_send_releases_no_claim_it_does_not_hold() -> None:
+    """A first send whose model fails leaves another caller's claim of the key in place."""
+    store = MapStore()
+    assert store.map.claim_many([(("n", "a"), "fp")]) == ["claimed"]  # a retry computing it
+
+    async def compute(items: list[RerankItem]) -> list[Answer]:
+        return rerank_by_task({"t": FakeModel(crash=True)}, items)
+
+    out = asyncio.run(
+        answer_with_dedup([item("a")], "n", store=store, compute=compute, claim=False)
+    )
+    assert not isinstance(out[0], RerankResult) and out[0].error.code == "internal_error"
+    assert store.map.claim_many([(("n", "a"), "fp")]) == ["pending"]
 
 
 def test_rerank_by_task_maps_unknown_task_and_model_crash_to_item_failures() -> None:
@@ -344,6 +395,26 @@ def test_repeated_item_is_computed_once(client: httpx.Client, digits: list[list[
     results = [a["results"][0] for a in answers]
     assert [r["cached"] for r in results] == [False, True, True, True, True]
     assert all({**r, "cached": None} == {**results[0], "cached": None} for r in results)
+    assert after["computed_total"] - before["computed_total"] == 1
+    assert after["dedup_hits"] - before["dedup_hits"] == 4
+    assert after["computed_by_key_max"] == 1
+
+
+@pytest.mark.ray
+def test_first_send_skips_the_claim_and_its_retries_are_cached(
+    client: httpx.Client, digits: list[list[float]]
+) -> None:
+    """A call marked X-Edgeroute-First-Send is computed as a first send; 4 retries of its
+    item (unmarked) are answered from the store: computed once, 4 dedup hits."""
+    before = client.get("/v1/stats").json()
+    body = digit_item("first-send-1", digits[21])
+    answers = [client.post("/v1/rerank", json=body, headers={"X-Edgeroute-First-Send": "1"})]
+    time.sleep(0.1)  # the result reaches the store within dedup_flush_delay_s (20 ms)
+    answers += [client.post("/v1/rerank", json=body) for _ in range(4)]
+    after = client.get("/v1/stats").json()
+    results = [a.json()["results"][0] for a in answers]
+    assert [r["cached"] for r in results] == [False, True, True, True, True]
+    assert after["replica"]["first_send_items"] - before["replica"]["first_send_items"] == 1
     assert after["computed_total"] - before["computed_total"] == 1
     assert after["dedup_hits"] - before["dedup_hits"] == 4
     assert after["computed_by_key_max"] == 1

@@ -13,7 +13,7 @@ import pytest
 from edge_node.decision_log import DecisionLogError, read_decision_log
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
-from tests.edge_fixtures import EdgeNode, policy_text
+from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
 
 pytestmark = pytest.mark.ray
 
@@ -82,6 +82,32 @@ def test_each_route_and_reason(
     r = node.infer(_body(x, unsure, task="digits_private")).json()
     assert (r["route"], r["reason"]) == ("edge", "edge_only_task")
     assert node.status()["cloud"]["calls"] == calls_before  # type: ignore[index]
+
+
+def test_escalation_is_a_first_send_only_when_the_node_made_the_id(
+    start_edge: Callable[..., EdgeNode],
+    cloud_url: str,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+    edge_margins: np.ndarray,
+) -> None:
+    """An escalated request without a request_id reaches the cloud as a first send (no
+    store claim); one with the client's own id (maybe a retry) is claimed as before."""
+    x, _ = digits_split
+    node = start_edge(_policy(demo_bundles_dir), cloud_url)
+    unsure = int(np.argmin(edge_margins))
+    auth = {"X-Edgeroute-Node": CLOUD_NODE, "Authorization": f"Bearer {CLOUD_TOKEN}"}
+
+    def first_sends() -> int:
+        stats = httpx.get(f"{cloud_url}/v1/stats", headers=auth, timeout=10).json()
+        return int(stats["replica"]["first_send_items"])
+
+    before = first_sends()
+    assert node.infer(_body(x, unsure)).json()["route"] == "cloud"
+    assert first_sends() == before + 1
+    r = node.infer(_body(x, unsure, rid="client-own-id-1")).json()
+    assert (r["route"], r["request_id"]) == ("cloud", "client-own-id-1")
+    assert first_sends() == before + 1
 
 
 def test_cloud_cut_queues_then_syncs(

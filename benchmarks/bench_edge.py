@@ -321,7 +321,8 @@ def bench_escalation(
                 c.post(
                     f"http://127.0.0.1:{cp}/v1/rerank",
                     json=body,
-                    headers={"X-Edgeroute-Node": "bench-direct"},
+                    # what the edge sends for a request whose id it generated (see wire.py)
+                    headers={"X-Edgeroute-Node": "bench-direct", "X-Edgeroute-First-Send": "1"},
                 )
                 dt = (time.perf_counter() - t) * 1e3
                 if i >= 50:

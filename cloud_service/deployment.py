@@ -222,7 +222,8 @@ class CloudReranker:
         self._batches = 0
         self._batched_items = 0
         self._first_sends = 0
-        """Items computed without a claim because their call was a first send."""
+        """Items received in calls marked as first sends (answered without a claim; repeats
+        inside such a call and failed items included)."""
         self._max_batch_seen = 0
         self._item_cost_s = self._measure_item_cost()
         batched: Any = self.compute_one
@@ -279,13 +280,15 @@ class CloudReranker:
         return await self._run_local(items)
 
     async def _compute_single(self, items: list[RerankItem]) -> list[Answer]:
-        """The claimed item of a single-item call: through `@serve.batch` when other calls
-        reach this step with it (company to batch with), else computed at once.
+        """The item to compute of a single-item call: through `@serve.batch` when other
+        calls reach this step with it (company to batch with), else computed at once.
 
         With `batch_wait_timeout_s` 0 a batch is whatever is queued when the batch task
         runs, and the batch machinery (queue, batch task, Serve's batch metrics) costs a
-        call more than its model run, so a batch of one is pure overhead. Calls arrive here
-        together when one store call answered their claims: each marks itself ready and
+        call more than its model run, so a batch of one is pure overhead. Claimed calls
+        arrive here together when one store call answered their claims; first sends (no
+        claim) arrive as their bodies are read, together only when the proxy delivered
+        them in the same turn of the event loop. Each marks itself ready and
         yields once to the event loop, so the others of its group mark themselves too; if
         it is then not alone, they go through `@serve.batch` and share one model run,
         otherwise it is computed at once. A lone call (no other call in progress) skips
@@ -475,12 +478,15 @@ class CloudReranker:
         return json_response(orjson.dumps({"status": "ok", "tasks": tasks}))
 
     async def stats(self, request: Request) -> Response:
-        """Store counters (shared), this replica's batch counters and metrics mirror."""
+        """Store counters (shared; this replica's queued writes are sent first, other
+        replicas' arrive within `dedup_flush_delay_s`), this replica's batch counters and
+        metrics mirror."""
         try:
             self._authorize(request, node_id_of(request.headers.get(NODE_HEADER)))
         except EdgerouteError as err:
             return json_response(error_body(err), err.status)
         try:
+            await self._shared.client.flush()  # this replica's queued writes count too
             store_stats: dict[str, Any] = await self._store.stats.remote()
         except RayError as exc:
             _log.warning("result_store_unavailable", reason=type(exc).__name__)
@@ -501,7 +507,8 @@ class CloudReranker:
 
     async def computed(self, request: Request) -> Response:
         """Read-only: how many times each of `{"request_ids": [...]}` was computed for the
-        caller's node (`{"computed": {id: n}}`; 0 = never or expired). For exactly-once checks."""
+        caller's node (`{"computed": {id: n}}`; 0 = never or expired). For exactly-once checks.
+        This replica's queued writes are sent first (see `stats`)."""
         try:
             node_id = node_id_of(request.headers.get(NODE_HEADER))
             self._authorize(request, node_id)
@@ -514,6 +521,7 @@ class CloudReranker:
         except EdgerouteError as err:
             return json_response(error_body(err), err.status)
         try:
+            await self._shared.client.flush()  # this replica's queued writes count too
             counts: list[int] = await self._store.computed_counts.remote(
                 [(node_id, i) for i in ids]
             )

@@ -141,17 +141,18 @@ class TtlResultMap:
         """Store freshly computed results (each counts as one computation of its key).
 
         A put over a live entry of the same item counts a second computation (e.g. a first
-        send's result arriving after a retry of it was computed too). A put over a live
-        entry of a *different* item (a request_id reused by a sender that promised a first
-        send) keeps the entry stored first and counts a conflict."""
+        send's result arriving after a retry of it was computed too). First put wins: a put
+        over a live entry of a *different* item (a request_id reused by a sender that
+        promised a first send) is dropped, leaving the entry and any claim as they were,
+        and counted as a conflict."""
         now = self._clock()
         self._purge(now)
         for key, stored in entries:
-            self._claims.pop(key, None)
             previous = self._entries.get(key)
             if previous is not None and previous.stored.fingerprint != stored.fingerprint:
                 self._conflicts += 1
                 continue
+            self._claims.pop(key, None)
             self._entries.pop(key, None)
             computed = 1 if previous is None else previous.computed + 1
             self._entries[key] = _Entry(now + self._ttl_s, stored, computed)
@@ -206,7 +207,8 @@ class TtlResultMap:
         return [self.computed_count(k) for k in keys]
 
     def stats(self) -> dict[str, int]:
-        """Counters: computed_total, dedup_hits, conflicts, entries, computed_by_key_max,
+        """Counters: computed_total, dedup_hits, conflicts (request_id_conflict answers
+        plus dropped puts of another item, see `put_many`), entries, computed_by_key_max,
         claims (live) and claims_abandoned (expired before their put or release)."""
         self._purge(self._clock())
         return {

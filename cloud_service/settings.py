@@ -32,10 +32,13 @@ class CloudServiceSettings(BaseModel):
     waits. `dedup_claim_timeout_s` is how long a claimed key may stay uncomputed before
     another caller takes it over (longer than any model run; see `result_store`);
     `dedup_flush_delay_s` is the longest a computed result waits in the replica for a claim
-    call to ride with before it is sent on its own (a store setting: the store actor keeps
-    the claim timeout it was created with). `dedup_claim_linger_s` is the longest a claim
-    waits for the claims of other requests in progress in the same replica, to share one
-    store call (never when the request is the replica's only one).
+    call to ride with before it is sent on its own: a replica sends at most 1/delay calls
+    per second of writes alone (10 at the default 0.1 s; many replicas share one store
+    actor), and other replicas see a result at most that late (a first send's retry landing
+    elsewhere within it is computed again; a concurrent duplicate waits up to it). The
+    store actor keeps the claim timeout it was created with. `dedup_claim_linger_s` is the
+    longest a claim waits for the claims of other requests in progress in the same replica,
+    to share one store call (never when the request is the replica's only one).
 
     `dedup_trust_first_send` lets a call marked `X-Edgeroute-First-Send: 1` (the edge's
     first try of ids it generated itself) skip the claim: its items are computed at once
@@ -67,7 +70,7 @@ class CloudServiceSettings(BaseModel):
     dedup_ttl_s: float = Field(default=3600.0, gt=0.0)
     dedup_max_entries: int = Field(default=1_000_000, ge=1)
     dedup_claim_timeout_s: float = Field(default=10.0, gt=0.0, le=3600.0)
-    dedup_flush_delay_s: float = Field(default=0.02, ge=0.0, le=10.0)
+    dedup_flush_delay_s: float = Field(default=0.1, ge=0.0, le=10.0)
     dedup_claim_linger_s: float = Field(default=0.002, ge=0.0, le=1.0)
     dedup_trust_first_send: bool = True
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)

@@ -6,7 +6,8 @@ the claims of every request that arrives while a call is in flight travel togeth
 next one, with the puts and releases queued since (`settle(puts, releases, claims)`: puts
 and releases applied first, then the claims, atomically on the actor).
 
-A request awaits exactly one round trip: its `claim`. Writing the result back (`put_later`)
+A claimed request awaits exactly one round trip: its `claim` (a first send awaits none,
+see `rerank_flow.answer_with_dedup`). Writing the result back (`put_later`)
 and dropping the claim of a failed item (`release_later`) are not awaited: they ride with
 the next claim call, or go out on their own after `flush_delay_s` when no claim comes (so
 under load they cost no call of their own). Nothing waits on a timer before a claim: a lone
@@ -15,11 +16,13 @@ requests are in progress, so more claims are about to come), a claim lingers up 
 `linger_s` for company before the call goes out: fewer actor calls per request when the
 CPU is the bottleneck, at the price of at most `linger_s` of latency.
 
-Guarantee kept (see `cloud_service.result_store`): a key is claimed before it is computed,
-so once a client has its answer, a later claim of that key on any replica gets the stored
-result, or PENDING and waits on the actor until the put arrives. A put still queued here is
-lost if the replica dies; the key's claim is then abandoned and, after the claim timeout,
-computed again by whoever asks next. Free of Ray: `settle` is injected (the actor method in
+Guarantee kept (see `cloud_service.result_store`): a claimed key is claimed before it is
+computed, so once a client has its answer, a later claim of that key on any replica gets
+the stored result, or PENDING and waits on the actor until the put arrives. (A first send's
+key is not claimed: a claim that reaches the actor before its put is granted.) A put still
+queued here is lost if the replica dies; the key's claim is then abandoned and, after the
+claim timeout, computed again by whoever asks next; a lost first-send put is simply
+computed again by the next claim. Free of Ray: `settle` is injected (the actor method in
 a replica, a fake in tests).
 """
 
@@ -58,7 +61,7 @@ class CoalescingStore:
         settle: Settle,
         *,
         max_items_per_call: int = 8192,
-        flush_delay_s: float = 0.02,
+        flush_delay_s: float = 0.1,
         on_write_error: OnWriteError | None = None,
         linger_s: float = 0.0,
         busy: Callable[[], bool] | None = None,
@@ -110,6 +113,16 @@ class CoalescingStore:
     def queued_writes(self) -> int:
         """Puts and releases queued and not sent yet."""
         return len(self._puts) + len(self._releases)
+
+    async def flush(self) -> None:
+        """Send the queued puts and releases now and return once the store has applied
+        them, or the call carrying them failed (reported to `on_write_error`, not raised)."""
+        while (
+            self._puts or self._releases or (self._flusher is not None and not self._flusher.done())
+        ):
+            self._start_flush()
+            if self._flusher is not None:
+                await asyncio.shield(self._flusher)
 
     def _arm_timer(self, delay_s: float) -> None:
         """Flush within `delay_s` (unless a call is in flight: it takes the queue along)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -404,20 +403,31 @@ def test_repeated_item_is_computed_once(client: httpx.Client, digits: list[list[
 def test_first_send_skips_the_claim_and_its_retries_are_cached(
     client: httpx.Client, digits: list[list[float]]
 ) -> None:
-    """A call marked X-Edgeroute-First-Send is computed as a first send; 4 retries of its
-    item (unmarked) are answered from the store: computed once, 4 dedup hits."""
+    """A call marked X-Edgeroute-First-Send is computed without a claim (a stored id sent
+    marked with another item is computed, not a conflict; first put wins), and 4 unmarked
+    retries of a first send are answered from the store: that key is computed once."""
+    first = {"X-Edgeroute-First-Send": "1"}
     before = client.get("/v1/stats").json()
+    stored = client.post("/v1/rerank", json=digit_item("first-send-0", digits[22])).json()
+    reused = client.post(
+        "/v1/rerank", json=digit_item("first-send-0", digits[23]), headers=first
+    ).json()["results"][0]
+    assert "error" not in reused and reused["cached"] is False
+    again = client.post("/v1/rerank", json=digit_item("first-send-0", digits[22])).json()
+    assert again["results"][0] == {**stored["results"][0], "cached": True}
+
     body = digit_item("first-send-1", digits[21])
-    answers = [client.post("/v1/rerank", json=body, headers={"X-Edgeroute-First-Send": "1"})]
-    time.sleep(0.1)  # the result reaches the store within dedup_flush_delay_s (20 ms)
+    answers = [client.post("/v1/rerank", json=body, headers=first)]
     answers += [client.post("/v1/rerank", json=body) for _ in range(4)]
-    after = client.get("/v1/stats").json()
     results = [a.json()["results"][0] for a in answers]
     assert [r["cached"] for r in results] == [False, True, True, True, True]
-    assert after["replica"]["first_send_items"] - before["replica"]["first_send_items"] == 1
-    assert after["computed_total"] - before["computed_total"] == 1
-    assert after["dedup_hits"] - before["dedup_hits"] == 4
-    assert after["computed_by_key_max"] == 1
+    computed = client.post(
+        "/v1/stats/computed", json={"request_ids": ["first-send-0", "first-send-1"]}
+    ).json()["computed"]
+    assert computed == {"first-send-0": 1, "first-send-1": 1}
+    after = client.get("/v1/stats").json()
+    assert after["replica"]["first_send_items"] - before["replica"]["first_send_items"] == 2
+    assert after["conflicts"] - before["conflicts"] == 1
 
 
 @pytest.mark.ray

@@ -95,6 +95,28 @@ def test_queued_put_goes_out_alone_after_the_flush_delay() -> None:
     assert ex.calls == [(1, 1, 0)] and store.queued_writes == 0
 
 
+def test_flush_sends_queued_writes_now_and_waits_for_a_call_in_flight() -> None:
+    """`flush` returns only once the queued writes are applied, without waiting for the
+    flush delay, also when a claim call is in flight as it is called."""
+    ex = RecordingSettle(delay_s=0.02)
+    store = CoalescingStore(ex, flush_delay_s=60.0)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        claim = asyncio.create_task(store.claim([(("n", "b"), "fp")]))
+        await asyncio.sleep(0.005)  # the claim call is in flight (it takes 20 ms)
+        store.put_later([(("n", "a"), StoredResult("fp", {}))])
+        started = loop.time()
+        await store.flush()
+        assert await claim == [CLAIMED]
+        return loop.time() - started
+
+    took = asyncio.run(run())
+    assert ex.calls == [(0, 0, 1), (1, 0, 0)] and store.queued_writes == 0
+    assert asyncio.run(ex.actor.computed_counts([("n", "a")])) == [1]
+    assert took < 5.0
+
+
 def test_concurrent_callers_share_calls_and_get_their_own_answers() -> None:
     """Callers arriving together share one call; answers stay theirs."""
     ex = RecordingSettle(delay_s=0.01)

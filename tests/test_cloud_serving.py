@@ -286,7 +286,13 @@ def test_abandoned_claim_is_taken_over_after_its_timeout(dup_app: str) -> None:
     waited = time.monotonic() - started
     assert r.status_code == 200 and r.json()["results"][0]["cached"] is False
     assert waited >= 0.9, f"answered after {waited:.2f} s, before the claim expired"
-    assert _computed(dup_app, [body["request_id"]]) == {body["request_id"]: 1}
+    # The answering replica sends its put within dedup_flush_delay_s; /v1/stats/computed may
+    # be served by the other replica, so wait for the count to show (one call: it stays 1).
+    rid = body["request_id"]
+    deadline = time.monotonic() + 5
+    while (counts := _computed(dup_app, [rid])) == {rid: 0} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counts == {rid: 1}
     assert ray.get(store.stats.remote())["claims_abandoned"] >= 1
 
 

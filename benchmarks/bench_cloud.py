@@ -56,6 +56,7 @@ import orjson
 
 from benchmarks.stats import line, record, summary
 from edgeroute import processes
+from router.wire import FIRST_SEND_HEADER
 
 CONCURRENCY = (1, 16, 64)
 SCALE = float(os.environ.get("EDGEROUTE_BENCH_CLOUD_SCALE", "1"))
@@ -67,7 +68,7 @@ INTERLEAVED = ("ours_batched", "ours_unbatched", "ours_claimed", "plain_serve")
 BATCH_ITEMS = 256
 BATCH_CALLS = max(5, int(30 * SCALE))
 NODE, TOKEN = "bench-node", "bench-token"
-FIRST_SEND = "X-Edgeroute-First-Send: 1"
+FIRST_SEND = f"{FIRST_SEND_HEADER}: 1"
 RID = "__RID__"
 APP = "bench"
 # Ray starts its workers at niceness 15 by default, so on a machine shared with other work

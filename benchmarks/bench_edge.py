@@ -28,6 +28,7 @@ from benchmarks import loadgen
 from benchmarks.pin import pinned
 from benchmarks.stats import line, record, summary
 from edgeroute import processes
+from router.wire import FIRST_SEND_HEADER, NODE_HEADER
 
 MODELS = Path(os.environ.get("EDGEROUTE_MODELS", "models"))
 WARMUP = 200
@@ -322,7 +323,7 @@ def bench_escalation(
                     f"http://127.0.0.1:{cp}/v1/rerank",
                     json=body,
                     # what the edge sends for a request whose id it generated (see wire.py)
-                    headers={"X-Edgeroute-Node": "bench-direct", "X-Edgeroute-First-Send": "1"},
+                    headers={NODE_HEADER: "bench-direct", FIRST_SEND_HEADER: "1"},
                 )
                 dt = (time.perf_counter() - t) * 1e3
                 if i >= 50:

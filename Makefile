@@ -27,8 +27,8 @@ test: setup lint typecheck
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check router edge_node cloud_service edgeroute tests benchmarks
-	$(BIN)/ruff format --check router edge_node cloud_service edgeroute tests benchmarks
+	$(BIN)/ruff check router runtime edge_node cloud_service edgeroute tests benchmarks
+	$(BIN)/ruff format --check router runtime edge_node cloud_service edgeroute tests benchmarks
 
 typecheck: setup
 	$(BIN)/mypy

@@ -53,8 +53,8 @@ def _inputs() -> tuple[np.ndarray, np.ndarray, Path]:
     from edgeroute.demo_models import load_test_split
 
     x, _ = load_test_split(MODELS)
-    from edge_node.model_runner import EdgeModel
     from router.scores import margin
+    from runtime.onnx_model import EdgeModel
 
     model = EdgeModel.load(MODELS / "edge" / "digits")
     margins = np.array([margin(p.tolist()) for p in model.predict(x)])
@@ -70,9 +70,9 @@ def bench_in_process(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[
     (`EdgeService.infer`: input validation, route + infer, metrics, decision-log record,
     answer body) is reported alongside, against the same baseline.
     """
-    from edge_node.api_models import InferRequest
     from edge_node.factory import build_service
     from edge_node.settings import EdgeSettings
+    from router.edge_api import InferRequest
 
     (tmp / "inproc.yaml").write_text(_policy(bundle.resolve(), 0.5))
     svc = build_service(

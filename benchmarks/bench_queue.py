@@ -60,7 +60,7 @@ _SYNCHRONOUS = {"os_crash_safe": "NORMAL", "per_write": "FULL"}
 
 
 def _item(i: int) -> Any:
-    from edge_node.queue_store import QueuedItem
+    from edge_node.storage.queue_store import QueuedItem
 
     return QueuedItem(
         request_id=f"bench-{i:08d}",
@@ -114,7 +114,7 @@ def _producers(work: Any, n_each: int) -> tuple[float, list[float]]:
 
 def bench_enqueue(tmp: Path, fsync: str) -> dict[str, object]:
     """Durable puts/s vs raw sqlite inserts/s at the same synchronous level."""
-    from edge_node.queue_store import DurableQueue
+    from edge_node.storage.queue_store import DurableQueue
 
     n_each = PUTS_PER_PRODUCER[fsync]
     items = [_item(i) for i in range(PRODUCERS * n_each)]
@@ -224,11 +224,11 @@ async def _serve(port: int) -> None:
 
 
 async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float, int, int]:
-    from edge_node.cloud_client import CloudClient
-    from edge_node.connectivity import ConnectivityMonitor
-    from edge_node.queue_store import DurableQueue
-    from edge_node.result_store import ResultStore
-    from edge_node.sync_worker import SyncWorker
+    from edge_node.cloud.client import CloudClient
+    from edge_node.cloud.connectivity import ConnectivityMonitor
+    from edge_node.storage.queue_store import DurableQueue
+    from edge_node.storage.result_store import ResultStore
+    from edge_node.sync.worker import SyncWorker
     from router.policy import CloudSettings, SyncSettings
     from router.wire import RerankItem
 
@@ -350,7 +350,7 @@ def _prefill(queue_dir: Path, n: int) -> None:
     """Queue `n` task-`later` items straight into a (stopped) node's queue directory."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edge_node.queue_store import DurableQueue
+    from edge_node.storage.queue_store import DurableQueue
 
     q = DurableQueue(queue_dir, _queue_settings("os_crash_safe"))
     items = [_item(i).model_copy(update={"task": "later"}) for i in range(n)]

@@ -26,11 +26,11 @@ TOP_K = 4
 def _data() -> tuple[list[dict[str, float]], list[list[tuple[str, float]]], Any, Any]:
     """Per request: scores, edge top-k; and arrays edge_ok, cloud_ok."""
     from cloud_service.model import CloudModel
-    from edge_node.model_runner import EdgeModel
     from edgeroute.demo_models import build_demo_bundles, bundles_present, load_test_split
     from router.candidates import top_k
     from router.scores import all_scores
     from router.wire import RerankItem, RerankResult
+    from runtime.onnx_model import EdgeModel
 
     if not bundles_present(MODELS):
         build_demo_bundles(MODELS)

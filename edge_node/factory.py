@@ -7,18 +7,18 @@ import os
 import random
 import time
 
-from edge_node.active_policy import activate
-from edge_node.budget_store import BudgetStore
-from edge_node.cloud_client import CloudClient
-from edge_node.connectivity import ConnectivityMonitor
-from edge_node.data_dir_lock import hold
-from edge_node.decision_log import DecisionLog
-from edge_node.metrics import EdgeMetrics
-from edge_node.model_store import ModelStore
-from edge_node.queue_store import DurableQueue
-from edge_node.result_store import ResultStore
+from edge_node.cloud.client import CloudClient
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.lifecycle.active_policy import activate
+from edge_node.lifecycle.model_store import ModelStore
+from edge_node.observe.decision_log import DecisionLog
+from edge_node.observe.metrics import EdgeMetrics
 from edge_node.service import EdgeService
 from edge_node.settings import EdgeSettings
+from edge_node.storage.budget_store import BudgetStore
+from edge_node.storage.data_dir_lock import hold
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.result_store import ResultStore
 from router.log_setup import sampler
 
 

@@ -21,16 +21,14 @@ import numpy as np
 import orjson
 import structlog
 
-from edge_node.active_policy import ActivePolicy
-from edge_node.api_models import InferRequest
-from edge_node.budget_store import BudgetStore, Reservation
-from edge_node.cloud_client import CloudClient
-from edge_node.connectivity import ConnectivityMonitor
-from edge_node.decision_log import DecisionLog
-from edge_node.metrics import EdgeMetrics, NodeLevels
-from edge_node.model_runner import EdgeModel
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore
+from edge_node.cloud.client import CloudClient
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.lifecycle.active_policy import ActivePolicy
+from edge_node.observe.decision_log import DecisionLog
+from edge_node.observe.metrics import EdgeMetrics, NodeLevels
+from edge_node.storage.budget_store import BudgetStore, Reservation
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore
 from router.budget import BudgetLedger, limits_for
 from router.decision import (
     Decision,
@@ -40,6 +38,7 @@ from router.decision import (
     on_cloud_failure,
     on_inputs_required,
 )
+from router.edge_api import InferRequest
 from router.errors import (
     BudgetRejected,
     CloudError,
@@ -56,6 +55,7 @@ from router.inputs import coerce_inputs, coerce_many
 from router.local_result import complete_scores, local_result, local_results_many
 from router.policy import TaskPolicy
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
+from runtime.onnx_model import EdgeModel
 
 log = structlog.get_logger("edgeroute.edge")
 

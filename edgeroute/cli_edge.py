@@ -37,7 +37,7 @@ def edge_serve(
     import uvicorn
 
     from edge_node.gc_tuning import tune_gc
-    from edge_node.http_app import create_app
+    from edge_node.http.app import create_app
     from edge_node.settings import EdgeSettings
     from router.log_setup import configure_logging
 

@@ -79,9 +79,9 @@ def pack_cmd(src_dir: Path, out: Path, key_path: Path, version: str | None) -> N
 def verify_cmd(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
     """Check BUNDLE: signature by a trusted key, every file's sha256, the ONNX graph against
     the manifest. Exit 0 if it would be loaded, 1 with the reason if not."""
-    from edge_node.bundle import BundleTrust, load_bundle
     from router.errors import BundleError
     from router.signing import key_id_of, public_key_from_pem
+    from runtime.bundle import BundleTrust, load_bundle
 
     try:
         keys = {
@@ -143,8 +143,8 @@ def install_cmd(
     """
     import time
 
-    from edge_node.active_policy import bundle_trust, load_policy_file
-    from edge_node.model_store import ModelStore, read_manifest
+    from edge_node.lifecycle.active_policy import bundle_trust, load_policy_file
+    from edge_node.lifecycle.model_store import ModelStore, read_manifest
     from edgeroute.cli_common import fail
     from router.errors import BundleError, EdgerouteError
     from router.model_updates import InstallRequest, UpdateMode
@@ -211,7 +211,7 @@ def rollback_cmd(data_dir: Path, task: str, to_version: str | None) -> None:
     verified and smoke-tested before the swap); a second rollback undoes the first."""
     import time
 
-    from edge_node.model_store import ModelStore
+    from edge_node.lifecycle.model_store import ModelStore
     from edgeroute.cli_common import fail
     from router.errors import EdgerouteError
     from router.model_updates import InstallRequest
@@ -248,7 +248,7 @@ def list_cmd(data_dir: Path, as_json: bool) -> None:
     canary, pending request, last event)."""
     import json
 
-    from edge_node.model_store import ModelStore
+    from edge_node.lifecycle.model_store import ModelStore
     from edgeroute.cli_common import fail
     from router.errors import EdgerouteError
 

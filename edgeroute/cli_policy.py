@@ -33,7 +33,7 @@ def policy() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def policy_check(files: tuple[Path, ...]) -> None:
     """Validate policy FILES; print every problem with file:line:column. Exit 1 on errors."""
-    from edge_node.active_policy import load_policy_file
+    from edge_node.lifecycle.active_policy import load_policy_file
 
     failed = False
     for path in files:
@@ -95,7 +95,7 @@ def policy_explain(file: Path, task_name: str | None) -> None:
 def _load(file: Path, *, offline: bool = False) -> tuple[Policy, str]:
     """Load and validate a policy file, or print its problems and exit 1. `offline` tools
     (simulate, diff, calibrate) never call the cloud, so an unset token_env is fine."""
-    from edge_node.active_policy import load_policy_file
+    from edge_node.lifecycle.active_policy import load_policy_file
 
     try:
         return load_policy_file(file, check_token_env=not offline)
@@ -299,7 +299,7 @@ def _add_learned(
 ) -> list[LoggedRequest]:
     """The requests with the task's learned score computed from its learned_score file
     (for logs written while the node used another score)."""
-    from edge_node.active_policy import load_learned_scores
+    from edge_node.lifecycle.active_policy import load_learned_scores
     from router.calibration import with_score
 
     model = load_learned_scores(pol, policy_file.parent)[task]

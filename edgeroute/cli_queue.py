@@ -3,7 +3,7 @@ queue and result store of an edge node's data dir.
 
 `stats` and `list` only read and are safe while the node runs. `drain` and `purge` write,
 and the node keeps an in-memory index of its queue, so they take the data dir's writer
-lock (`edge_node.data_dir_lock`, held by a running node) and refuse with exit code 2 while
+lock (`edge_node.storage.data_dir_lock`, held by a running node) and refuse with exit code 2 while
 another process holds it.
 """
 
@@ -27,8 +27,8 @@ _READ_LIMITS: dict[str, Any] = {"max_items": 100_000_000, "max_bytes": 1 << 40, 
 
 
 def _open(data_dir: Path, queue_settings: Any = None) -> tuple[Any, Any]:
-    from edge_node.queue_store import DurableQueue
-    from edge_node.result_store import ResultStore
+    from edge_node.storage.queue_store import DurableQueue
+    from edge_node.storage.result_store import ResultStore
     from router.policy import QueueSettings
 
     if not (data_dir / "queue").is_dir():
@@ -116,7 +116,7 @@ def list_items(data_dir: Path, state: str, limit: int) -> None:
 def purge(data_dir: Path, yes: bool) -> None:
     """Delete every queued item (recorded as expired, reason `purged`). Asks first unless
     --yes; refuses while the node (or another drain/purge) runs on DATA_DIR."""
-    from edge_node.data_dir_lock import exclusive
+    from edge_node.storage.data_dir_lock import exclusive
 
     try:
         with exclusive(data_dir, "edgeroute queue purge"):
@@ -145,12 +145,12 @@ def purge(data_dir: Path, yes: bool) -> None:
 def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: float) -> None:
     """Sync the queue to the cloud now, with a progress bar. Refuses while the node (or
     another drain/purge) runs on DATA_DIR."""
-    from edge_node.budget_store import BudgetStore
-    from edge_node.connectivity import ConnectivityMonitor
-    from edge_node.data_dir_lock import exclusive
-    from edge_node.decision_log import DecisionLog, sync_recorder
-    from edge_node.sync_budget import budget_reserver
-    from edge_node.sync_worker import SyncWorker
+    from edge_node.cloud.connectivity import ConnectivityMonitor
+    from edge_node.observe.decision_log import DecisionLog, sync_recorder
+    from edge_node.storage.budget_store import BudgetStore
+    from edge_node.storage.data_dir_lock import exclusive
+    from edge_node.sync.budget import budget_reserver
+    from edge_node.sync.worker import SyncWorker
     from router.policy_loader import parse_policy, policy_revision
 
     try:
@@ -185,7 +185,7 @@ def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: f
 
 
 def _client(policy: Any, cloud_url: str | None) -> Any:
-    from edge_node.cloud_client import CloudClient
+    from edge_node.cloud.client import CloudClient
 
     token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
     return CloudClient(policy.cloud, node_id=policy.node.id, token=token, base_url=cloud_url)

@@ -1,7 +1,7 @@
 """Client library for product backends calling an edge node: `Client` and `AsyncClient`.
 
 Both speak the edge node's HTTP API (`POST /v1/infer`, `GET /v1/results/{id}`) over httpx
-and return typed results (the pydantic models of `edge_node.api_models`). They:
+and return typed results (the pydantic models of `router.edge_api`). They:
 
 - apply a timeout to every call (`timeout_s`);
 - honour `Retry-After` on 429 and 503: up to `max_retries` more tries, sleeping
@@ -33,8 +33,8 @@ import orjson
 from pydantic import TypeAdapter
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
-from edge_node.api_models import InferResponse, ItemError, ResultResponse
-from edge_node.cloud_client import parse_retry_after
+from edge_node.cloud.client import parse_retry_after
+from router.edge_api import InferResponse, ItemError, ResultResponse
 from router.errors import (
     BudgetRejected,
     EdgerouteError,

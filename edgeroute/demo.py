@@ -181,9 +181,9 @@ def _fetch_finals(edge_url: str, outcomes: list[Outcome]) -> None:
 
 def _offline_accuracies(models_dir: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     from cloud_service.model import CloudModel
-    from edge_node.bundle import load_bundle
-    from edge_node.model_runner import EdgeModel
     from router.wire import RerankItem, RerankResult
+    from runtime.bundle import load_bundle
+    from runtime.onnx_model import EdgeModel
 
     edge = EdgeModel(load_bundle(models_dir / "edge" / "digits"))
     cloud = CloudModel.load(models_dir / "cloud" / "digits")

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edge_node.atomic_files import atomic_write
+from edge_node.storage.atomic_files import atomic_write
 from router.errors import BundleError
 from router.manifest import (
     MANIFEST_FILE,

@@ -25,7 +25,7 @@ def load_requests(
     from a `sync` record, or else from the node's result store at `results` (a data dir's
     `results/` folder; read only). Raises LogInputError if there is no log or the labels
     file is bad."""
-    from edge_node.decision_log import DecisionRecord, read_decision_log
+    from edge_node.observe.decision_log import DecisionRecord, read_decision_log
 
     if log.is_file():
         records = [
@@ -66,7 +66,7 @@ def load_requests(
 def synced_answers(results: Path, request_ids: set[str]) -> dict[str, str]:
     """request_id -> the cloud's label, for the ids the node's result store has as `done`
     (queued requests the sync worker got a cloud answer for)."""
-    from edge_node.result_store import ResultStore
+    from edge_node.storage.result_store import ResultStore
 
     store = ResultStore(results, retention_s=float("inf"))
     try:

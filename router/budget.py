@@ -4,7 +4,7 @@ A *counter* (`BudgetState`) holds the calls and money spent in one period; a `Bu
 maps counter keys (`node/day`, `task/digits/hour`, ...) to counters. A `Limit` caps one
 counter in calls or money and has a stable, machine-readable name (`node/day/calls`,
 `task/digits/hour/money`) that an exhausted request reports. The edge node owns the durable,
-locked ledger and reserves before each cloud call (see edge_node.budget_store); everything
+locked ledger and reserves before each cloud call (see edge_node.storage.budget_store); everything
 here is pure.
 """
 

@@ -1,6 +1,6 @@
 """Model updates on the edge node: the per-task update state, the checks a new model
 version must pass, and the canary rule. Pure: data in, verdicts out (the store and the
-node in `edge_node.model_store` / `edge_node.model_updater` do the I/O).
+node in `edge_node.lifecycle.model_store` / `edge_node.lifecycle.model_updater` do the I/O).
 
 A task's state (`DATA/models/<task>/state.json`) says which version serves it (`current`;
 `POLICY_BUNDLE` for the policy's `edge_bundle`), what `edgeroute model rollback` returns

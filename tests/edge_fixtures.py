@@ -170,8 +170,8 @@ def digits_split(demo_bundles_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="session")
 def edge_margins(demo_bundles_dir: Path, digits_split: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The edge model's margin score on each test item (to pick confident/unsure inputs)."""
-    from edge_node.model_runner import EdgeModel
     from router.scores import margin
+    from runtime.onnx_model import EdgeModel
 
     model = EdgeModel.load(demo_bundles_dir / "edge" / "digits")
     probs = model.predict(digits_split[0])

@@ -1,7 +1,7 @@
 """Edge API auth (`api.auth`): bearer token on /v1/*, health and metrics open.
 
 The end-to-end test runs a real edge node process (its cloud URL points at a closed port:
-auth does not need the cloud); the rest are unit tests of edge_node.api_auth.
+auth does not need the cloud); the rest are unit tests of edge_node.http.auth.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_node.api_auth import check_token_configured, token_matches
+from edge_node.http.auth import check_token_configured, token_matches
 from edgeroute.client import Client
 from router.errors import PolicyError, Unauthorized
 from router.policy import ApiAuthSettings

@@ -16,8 +16,8 @@ import orjson
 import pytest
 import uvloop
 
-from edge_node.asyncio_transport import AsyncioHTTPTransport
-from edge_node.cloud_client import CloudClient
+from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
+from edge_node.cloud.client import CloudClient
 from router.errors import CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankItem, RerankResult

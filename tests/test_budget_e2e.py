@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_node.decision_log import read_decision_log
+from edge_node.observe.decision_log import read_decision_log
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
 

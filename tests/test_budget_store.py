@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.budget_store import BudgetStore, Reservation
+from edge_node.storage.budget_store import BudgetStore, Reservation
 from router.budget import DAY_S, BudgetState
 from router.policy import CostSettings
 
@@ -163,7 +163,7 @@ def test_restart_keeps_spending(tmp_path: Path) -> None:
 def test_a_ledger_written_by_the_previous_format_is_read_and_kept(tmp_path: Path) -> None:
     """A ledger stored by an older version (a pickled dict via diskcache's set) still
     counts after an upgrade, and the next reservation adds to it."""
-    from edge_node.durable_cache import open_durable_cache
+    from edge_node.storage.durable_cache import open_durable_cache
 
     cache = open_durable_cache(tmp_path)
     cache.set("budget_ledger", {"node/day": (int(DAY0), 2, 3.0)})

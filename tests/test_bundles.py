@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 
 from cloud_service.model import CloudModel, load_cloud_models
-from edge_node.bundle import load_bundle
-from edge_node.model_runner import EdgeModel
 from edgeroute.demo_models import DemoBuild, load_test_split, read_demo_build
 from router.candidates import top_k
 from router.errors import BundleError, InputError
@@ -26,6 +24,8 @@ from router.manifest import (
     sha256_hex,
 )
 from router.wire import RerankFailure, RerankItem, RerankResult
+from runtime.bundle import load_bundle
+from runtime.onnx_model import EdgeModel
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_node.decision_log import DecisionLog, DecisionRecord, sync_record
+from edge_node.observe.decision_log import DecisionLog, DecisionRecord, sync_record
 from edgeroute.cli_policy import policy
 from edgeroute.policy_log import load_requests
 from router.calibration import (
@@ -214,7 +214,7 @@ def test_learned_score_ranks_wrong_answers_lower() -> None:
 def test_cloud_answers_of_synced_items_come_from_the_result_store(tmp_path: Path) -> None:
     """A queued request's final cloud answer in the node's result store fills its
     cloud_label (so the what-if tools need not estimate it)."""
-    from edge_node.result_store import ResultStore
+    from edge_node.storage.result_store import ResultStore
 
     _write_log(tmp_path / "decisions")
     store = ResultStore(tmp_path / "results")

@@ -9,7 +9,7 @@ import httpx
 import orjson
 import pytest
 
-from edge_node.cloud_client import CloudClient, parse_retry_after
+from edge_node.cloud.client import CloudClient, parse_retry_after
 from router.errors import CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankFailure, RerankItem, RerankResult

@@ -83,7 +83,7 @@ def test_edge_service_command_resolves_and_matches_ports_and_paths(demo_bundles_
     """The edge command parses with the real CLI; it reaches the cloud on the config's
     port, listens where Prometheus scrapes it, keeps data on a volume and mounts a valid
     policy read-only that takes its token from the environment."""
-    from edge_node.active_policy import load_policy_file
+    from edge_node.lifecycle.active_policy import load_policy_file
 
     services = compose()["services"]
     edge = services["edge"]

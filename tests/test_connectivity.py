@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_node.connectivity import ConnectivityMonitor
+from edge_node.cloud.connectivity import ConnectivityMonitor
 from router.policy import BreakerSettings
 
 

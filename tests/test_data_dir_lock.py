@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.data_dir_lock import DataDirBusy, exclusive, hold, release
+from edge_node.storage.data_dir_lock import DataDirBusy, exclusive, hold, release
 
 REPO = Path(__file__).resolve().parents[1]
 _ENV = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -21,7 +21,7 @@ _ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 _HOLDER = textwrap.dedent(
     """
     import sys, time
-    from edge_node.data_dir_lock import hold
+    from edge_node.storage.data_dir_lock import hold
     hold(sys.argv[1], "edge node")
     print("held", flush=True)
     time.sleep(60)
@@ -31,7 +31,7 @@ _HOLDER = textwrap.dedent(
 _TRY = textwrap.dedent(
     """
     import sys
-    from edge_node.data_dir_lock import DataDirBusy, hold
+    from edge_node.storage.data_dir_lock import DataDirBusy, hold
     try:
         hold(sys.argv[1], "queue drain")
     except DataDirBusy as exc:

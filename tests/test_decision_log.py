@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from edge_node.decision_log import (
+from edge_node.observe.decision_log import (
     LOG_NAME,
     DecisionLog,
     DecisionLogError,

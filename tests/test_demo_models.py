@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_node.model_runner import EdgeModel
 from edgeroute.demo_models import (
     SPLIT_FILE,
     DemoBuild,
@@ -23,6 +22,7 @@ from edgeroute.demo_models import (
 )
 from router.errors import BundleError
 from router.manifest import MANIFEST_FILE, MODEL_FILE, parse_manifest, sha256_hex
+from runtime.onnx_model import EdgeModel
 
 FIXED_NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 

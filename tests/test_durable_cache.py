@@ -11,7 +11,7 @@ from pathlib import Path
 import diskcache
 import pytest
 
-from edge_node.durable_cache import (
+from edge_node.storage.durable_cache import (
     compare_and_set,
     delete_many,
     get_many,

@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_node.decision_log import DecisionLogError, read_decision_log
+from edge_node.observe.decision_log import DecisionLogError, read_decision_log
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text

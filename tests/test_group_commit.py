@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from edge_node.group_commit import GroupCommitter
+from edge_node.storage.group_commit import GroupCommitter
 
 
 def test_concurrent_submits_are_grouped_and_answered_in_order() -> None:

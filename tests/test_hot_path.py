@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from edge_node.model_runner import EdgeModel
-from edge_node.ort_call import direct_runner
 from edge_node.service import request_ids
+from runtime.onnx_model import EdgeModel
+from runtime.ort_call import direct_runner
 
 
 def test_direct_runner_matches_session_run(demo_bundles_dir: Path) -> None:
@@ -64,10 +64,10 @@ def test_service_decision_records_validate_with_every_score(
     """Records built off the request path validate as DecisionRecord and carry all scores."""
     import asyncio
 
-    from edge_node.api_models import InferRequest
-    from edge_node.decision_log import read_decision_log
     from edge_node.factory import build_service
+    from edge_node.observe.decision_log import read_decision_log
     from edge_node.settings import EdgeSettings
+    from router.edge_api import InferRequest
     from router.scores import SCORERS
     from tests.edge_fixtures import policy_text
 
@@ -96,7 +96,7 @@ def test_infer_endpoint_answers_like_the_route_and_maps_bugs_to_json(
 ) -> None:
     """POST /v1/infer (served in front of the router) answers, rejects bad JSON with 400,
     oversized bodies with 413, a bug with a JSON 500; GET falls through to FastAPI (405)."""
-    from edge_node.http_app import create_app
+    from edge_node.http.app import create_app
     from edge_node.settings import EdgeSettings
     from tests.edge_fixtures import policy_text
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from edge_node.light_histogram import LightHistogram
+from edge_node.observe.light_histogram import LightHistogram
 
 BUCKETS = (1e-6, 5e-6, 1e-5, 2e-5, 0.5)
 

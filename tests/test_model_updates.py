@@ -18,10 +18,8 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_node.bundle import BundleTrust, load_bundle
-from edge_node.canary import CanaryModel
-from edge_node.model_runner import EdgeModel, smoke_check
-from edge_node.model_store import ModelStore
+from edge_node.lifecycle.canary import CanaryModel
+from edge_node.lifecycle.model_store import ModelStore
 from edgeroute import processes
 from edgeroute.bundle_tools import keygen
 from edgeroute.cli import main
@@ -36,6 +34,8 @@ from router.model_updates import (
 )
 from router.policy import CanaryRule
 from router.policy_loader import parse_policy
+from runtime.bundle import BundleTrust, load_bundle
+from runtime.onnx_model import EdgeModel, smoke_check
 from tests.edge_fixtures import EdgeNode
 from tests.model_update_support import (
     Traffic,

@@ -3,7 +3,7 @@ forgets outcomes older than the window (fake clock, no sleeps)."""
 
 from __future__ import annotations
 
-from edge_node.connectivity import ConnectivityMonitor
+from edge_node.cloud.connectivity import ConnectivityMonitor
 from router.policy import BreakerSettings
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edge_node.budget_store import BudgetStore
-from edge_node.decision_log import read_decision_log
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore
+from edge_node.observe.decision_log import read_decision_log
+from edge_node.storage.budget_store import BudgetStore
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore
 from edgeroute import processes
 from edgeroute.cli_queue import queue
 from router.policy import CostSettings, QueueSettings
@@ -203,7 +203,7 @@ def test_drain_charges_the_budget_and_stops_when_it_is_spent(
 _HOLD_LOCK = textwrap.dedent(
     """
     import sys, time
-    from edge_node.data_dir_lock import hold
+    from edge_node.storage.data_dir_lock import hold
     hold(sys.argv[1], "edge node")
     print("held", flush=True)
     time.sleep(60)

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from edge_node.connectivity import ConnectivityMonitor
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore, ResultStoreError
-from edge_node.sync_worker import Charge, SyncReport, SyncWorker
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore, ResultStoreError
+from edge_node.sync.worker import Charge, SyncReport, SyncWorker
 from router.errors import CloudUnavailable
 from router.policy import BreakerSettings, QueueSettings, SyncSettings
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError

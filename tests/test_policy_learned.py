@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_node.active_policy import load_policy_file
-from edge_node.decision_log import read_decision_log
+from edge_node.lifecycle.active_policy import load_policy_file
+from edge_node.observe.decision_log import read_decision_log
 from router.candidates import top_k
 from router.errors import PolicyError
 from router.learned_score import fit_learned_score, from_json, to_json
@@ -19,7 +19,7 @@ from tests.edge_fixtures import EdgeNode, policy_text
 
 
 def _learned_file(bundles: Path, split: tuple[np.ndarray, np.ndarray], out: Path) -> Path:
-    from edge_node.model_runner import EdgeModel
+    from runtime.onnx_model import EdgeModel
 
     model = EdgeModel.load(bundles / "edge" / "digits")
     x, y = split

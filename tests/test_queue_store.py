@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore, ResultStoreError
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore, ResultStoreError
 from router.errors import QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
@@ -243,7 +243,7 @@ def test_many_concurrent_puts_share_commits(tmp_path: Path) -> None:
 _KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from edge_node.queue_store import DurableQueue, QueuedItem
+    from edge_node.storage.queue_store import DurableQueue, QueuedItem
     from router.policy import QueueSettings
     s = QueueSettings(max_items=100000, max_bytes=1 << 30, on_full="reject", fsync=sys.argv[2])
     q = DurableQueue(sys.argv[1], s)

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from edge_node.policy_reloader import restart_only_changes
+from edge_node.lifecycle.policy_reloader import restart_only_changes
 from router.policy_loader import parse_policy, policy_revision
 from tests.edge_fixtures import EdgeNode, policy_text
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edge_node.bundle import BundleTrust, load_bundle
 from edgeroute.bundle_tools import keygen, pack
 from edgeroute.cli import main
 from router.errors import BundleError
 from router.manifest import sha256_hex
 from router.signing import SIGNATURE_FILE, key_id_of, public_key_from_pem, sign_manifest
+from runtime.bundle import BundleTrust, load_bundle
 
 
 @pytest.fixture(scope="module")

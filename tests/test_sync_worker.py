@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 import structlog
 
-from edge_node.cloud_client import CloudClient
-from edge_node.connectivity import ConnectivityMonitor
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore
-from edge_node.sync_worker import SyncWorker
+from edge_node.cloud.client import CloudClient
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore
+from edge_node.sync.worker import SyncWorker
 from router.errors import CloudRejected, CloudUnavailable
 from router.log_setup import sampler
 from router.policy import (

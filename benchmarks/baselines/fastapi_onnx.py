@@ -27,7 +27,7 @@ def build_app(bundle: Path) -> Any:
     import onnxruntime as ort
     from fastapi import FastAPI
 
-    from edge_node.bundle import session_options
+    from runtime.bundle import session_options
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     labels = manifest["labels"]

@@ -27,9 +27,9 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from edge_node.active_policy import ActivePolicy, activate
-from edge_node.budget_store import BudgetStore
-from edge_node.model_store import ModelStore
+from edge_node.lifecycle.active_policy import ActivePolicy, activate
+from edge_node.lifecycle.model_store import ModelStore
+from edge_node.storage.budget_store import BudgetStore
 from router.errors import BundleError, PolicyError
 from router.policy import Policy
 from router.policy_loader import policy_revision

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -20,8 +20,20 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
 from pydantic import BaseModel
 
-from edge_node.api_auth import BearerAuth, check_token_configured
-from edge_node.api_models import (
+from edge_node.factory import build_service, model_store
+from edge_node.http.auth import BearerAuth, check_token_configured
+from edge_node.http.body_limit import BodyLimit
+from edge_node.http.errors import error_response
+from edge_node.http.infer_route import InferEndpoint, answer_infer, error_detail_of
+from edge_node.lifecycle.model_updater import ModelUpdater
+from edge_node.lifecycle.policy_reloader import PolicyReloader
+from edge_node.observe.decision_log import sync_recorder
+from edge_node.service import EdgeService
+from edge_node.settings import EdgeSettings
+from edge_node.sync.budget import budget_reserver
+from edge_node.sync.worker import SyncWorker
+from router.budget import all_limits, budget_status
+from router.edge_api import (
     ErrorResponse,
     InferBatchRequest,
     InferBatchResponse,
@@ -29,88 +41,14 @@ from edge_node.api_models import (
     InferResponse,
     ResultResponse,
 )
-from edge_node.decision_log import sync_recorder
-from edge_node.factory import build_service, model_store
-from edge_node.infer_route import InferEndpoint, answer_infer, error_detail_of
-from edge_node.model_updater import ModelUpdater
-from edge_node.policy_reloader import PolicyReloader
-from edge_node.service import EdgeService
-from edge_node.settings import EdgeSettings
-from edge_node.sync_budget import budget_reserver
-from edge_node.sync_worker import SyncWorker
-from router.budget import all_limits, budget_status
 from router.errors import (
     EdgerouteError,
-    RequestTooLarge,
-    RetryableRejection,
 )
 
 log = structlog.get_logger("edgeroute.edge")
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-ASGIApp = Callable[
-    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
-]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 404, 413, 422, 429)
 }
-
-
-def error_response(exc: EdgerouteError) -> JSONResponse:
-    """The JSON error for an edgeroute error, with Retry-After where it applies."""
-    headers = {}
-    if isinstance(exc, RetryableRejection):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over `max_bytes` (by Content-Length or as streamed)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(scope, receive, send)
-                return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_bytes:
-                raise _TooLarge
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        except _TooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(
-        self,
-        scope: Scope,
-        receive: Callable[[], Awaitable[Message]],
-        send: Callable[[Message], Awaitable[None]],
-    ) -> None:
-        err = RequestTooLarge(f"request body exceeds {self.max_bytes} bytes")
-        await error_response(err)(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> FastAPI:
@@ -201,7 +139,7 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         openapi_extra={"requestBody": _infer_body_schema()},
     )
     async def infer(request: Request) -> Response:
-        # Served by `InferEndpoint` (edge_node.infer_route) in front of the router; this
+        # Served by `InferEndpoint` (edge_node.http.infer_route) in front of the router; this
         # route documents the endpoint in the OpenAPI schema (body given by `openapi_extra`)
         # and answers the same way if reached.
         answer = await answer_infer(svc, await request.body())

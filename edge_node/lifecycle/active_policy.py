@@ -5,7 +5,7 @@ attribute assignment) on reload, and each request reads it exactly once, so ever
 request is decided by exactly one whole policy.
 
 A task's edge model is the policy's `edge_bundle` unless the node's model store
-(`edge_node.model_store`, `DATA/models`) has installed another version for it: then that
+(`edge_node.lifecycle.model_store`, `DATA/models`) has installed another version for it: then that
 version serves (and wins over the policy across restarts and policy reloads), wrapped in a
 `CanaryModel` while a canary or shadow run is in progress.
 """
@@ -18,10 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from edge_node.bundle import BundleTrust, load_bundle
-from edge_node.canary import CanaryModel
-from edge_node.model_runner import EdgeModel
-from edge_node.model_store import ModelStore
+from edge_node.lifecycle.canary import CanaryModel
+from edge_node.lifecycle.model_store import ModelStore
 from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
 from router.learned_score import LearnedScore, from_json
 from router.manifest import parse_manifest
@@ -29,6 +27,8 @@ from router.model_updates import POLICY_BUNDLE, TaskModelState, check_compatible
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
 from router.signing import key_id_of, public_key_from_pem
+from runtime.bundle import BundleTrust, load_bundle
+from runtime.onnx_model import EdgeModel
 
 log = structlog.get_logger("edgeroute.edge")
 

@@ -13,22 +13,19 @@ here, used by both.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
 import structlog
 from pydantic import ValidationError
 
-from edge_node.api_models import MAX_BATCH_ITEMS, InferRequest
+from edge_node.http.asgi import ASGIApp, Receive, Scope, Send
+from edge_node.http.errors import error_response
 from edge_node.service import Answer, EdgeService
+from router.edge_api import MAX_BATCH_ITEMS, InferRequest
 from router.errors import EdgerouteError, InputError, MalformedRequest
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PATH = "/v1/infer"
 _JSON = [(b"content-type", b"application/json")]
 log = structlog.get_logger("edgeroute.edge")
@@ -39,12 +36,9 @@ class InferEndpoint:
     the service; safe for concurrent requests on one event loop."""
 
     def __init__(self, app: ASGIApp, service: EdgeService) -> None:
-        # http_app imports this module; its helpers are bound here, once, at app build.
-        from edge_node import http_app
-
         self.app = app
         self.service = service
-        self._error_response = http_app.error_response
+        self._error_response = error_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":

@@ -1,6 +1,6 @@
 """Safe model updates on a running node: install, swap, canary, roll back.
 
-`ModelUpdater.watch` polls the node's model store (`edge_node.model_store`) every
+`ModelUpdater.watch` polls the node's model store (`edge_node.lifecycle.model_store`) every
 `poll_interval_s`:
 
 1. **Drop-ins**: a bundle folder in `DATA/models/incoming/` that has not changed for one
@@ -44,11 +44,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from edge_node.active_policy import ActivePolicy, bundle_trust
-from edge_node.canary import CanaryMode, CanaryModel
-from edge_node.metrics import EdgeMetrics
-from edge_node.model_runner import EdgeModel
-from edge_node.model_store import ModelStore, read_manifest, verify_version
+from edge_node.lifecycle.active_policy import ActivePolicy, bundle_trust
+from edge_node.lifecycle.canary import CanaryMode, CanaryModel
+from edge_node.lifecycle.model_store import ModelStore, read_manifest, verify_version
+from edge_node.observe.metrics import EdgeMetrics
 from router.errors import BundleError, EdgerouteError
 from router.model_updates import (
     POLICY_BUNDLE,
@@ -60,6 +59,7 @@ from router.model_updates import (
     canary_verdict,
 )
 from router.policy_loader import resolve_bundle_path
+from runtime.onnx_model import EdgeModel
 
 log = structlog.get_logger("edgeroute.edge")
 

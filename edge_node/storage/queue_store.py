@@ -19,9 +19,9 @@ which diskcache does not fsync), and the cache never evicts (`eviction_policy="n
 items leave only through `remove`, `take_expired` or `on_full: drop_oldest`.
 
 Concurrency: one process per directory (this class does not check it; an edge node's data
-dir is guarded by `edge_node.data_dir_lock`). Within the process every method is
+dir is guarded by `edge_node.storage.data_dir_lock`). Within the process every method is
 thread-safe (one lock around the index and the SQLite writes). Concurrent `put`s are
-group-committed (`edge_node.group_commit`): one transaction (one multi-row INSERT) for all
+group-committed (`edge_node.storage.group_commit`): one transaction (one multi-row INSERT) for all
 the items that arrived while the previous commit ran, each `put` returning once its
 transaction is durable.
 """
@@ -36,8 +36,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
-from edge_node.group_commit import GroupCommitter
+from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
+from edge_node.storage.group_commit import GroupCommitter
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from edge_node.bundle import LoadedBundle, load_bundle
-from edge_node.ort_call import Runner, direct_runner
 from router.errors import BundleError, InputError
 from router.manifest import InputSpec
 from router.model_updates import check_probabilities
+from runtime.bundle import LoadedBundle, load_bundle
+from runtime.ort_call import Runner, direct_runner
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -37,7 +37,7 @@ class EdgeModel:
     )
 
     def __init__(self, bundle: LoadedBundle) -> None:
-        """Wrap an already verified bundle (see edge_node.bundle.load_bundle)."""
+        """Wrap an already verified bundle (see runtime.bundle.load_bundle)."""
         spec = bundle.manifest.input
         self._bundle = bundle
         self._input_name = spec.name

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import orjson
 
-from edge_node.durable_cache import delete_many, get_many, open_durable_cache, put_many
+from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
 from router.errors import EdgerouteError
 from router.policy import Durability
 

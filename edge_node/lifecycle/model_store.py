@@ -26,9 +26,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from edge_node.atomic_files import atomic_write, fsync_dir
-from edge_node.bundle import BundleTrust, load_bundle
-from edge_node.model_runner import EdgeModel, smoke_check
+from edge_node.storage.atomic_files import atomic_write, fsync_dir
 from router.errors import BundleError
 from router.manifest import MANIFEST_FILE, BundleManifest, parse_manifest
 from router.model_updates import (
@@ -39,6 +37,8 @@ from router.model_updates import (
     check_version_name,
 )
 from router.signing import SIGNATURE_FILE
+from runtime.bundle import BundleTrust, load_bundle
+from runtime.onnx_model import EdgeModel, smoke_check
 
 STATE_FILE = "state.json"
 INCOMING = "incoming"

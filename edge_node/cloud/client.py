@@ -1,6 +1,6 @@
 """The edge node's client of the cloud re-ranker (`POST {cloud}/v1/rerank`, `GET /healthz`).
 
-One httpx transport (a keep-alive connection pool on `edge_node.asyncio_transport`'s
+One httpx transport (a keep-alive connection pool on `edge_node.cloud.asyncio_transport`'s
 asyncio network backend, no transport-level retries), called directly with prebuilt
 requests: httpx's `AsyncClient` layers (URL merging, cookies, auth and redirect handling,
 event hooks) cost ~0.2 ms per call (0.74 -> 0.53 ms p50 against a trivial server) and
@@ -31,7 +31,7 @@ import structlog
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from edge_node.asyncio_transport import AsyncioHTTPTransport
+from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
 from router.errors import CloudError, CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import (
@@ -44,7 +44,7 @@ from router.wire import (
     RerankResult,
 )
 
-_log = structlog.get_logger("edge_node.cloud_client")
+_log = structlog.get_logger("edge_node.cloud.client")
 _MIN_TRY_S = 0.001  # do not start a try with less time than this left
 _RETRY_STATUSES = frozenset({429, 503})
 

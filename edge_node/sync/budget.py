@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from edge_node.budget_store import BudgetStore
-from edge_node.queue_store import QueuedItem
-from edge_node.sync_worker import Charge, Reserve
+from edge_node.storage.budget_store import BudgetStore
+from edge_node.storage.queue_store import QueuedItem
+from edge_node.sync.worker import Charge, Reserve
 from router.budget import limits_for
 from router.policy import Policy
 

@@ -8,7 +8,7 @@ store read or wrote, and written with one SQLite statement that succeeds only if
 still holds exactly those bytes; if another store (another process) changed it in between,
 the row is read again and the change retried. So a reservation costs one statement when
 this store is the only writer (as in a node, whose data dir is locked to one process:
-`edge_node.data_dir_lock`), and concurrent stores on one directory still never overspend.
+`edge_node.storage.data_dir_lock`), and concurrent stores on one directory still never overspend.
 Within a process, changes are serialised by a lock. Periods are UTC hours and days
 (`router.budget.period_start`); a new period starts from zero.
 """
@@ -24,7 +24,7 @@ from typing import Literal
 import diskcache
 import orjson
 
-from edge_node.durable_cache import compare_and_set, get_many, open_durable_cache, put_many
+from edge_node.storage.durable_cache import compare_and_set, get_many, open_durable_cache, put_many
 from router.budget import NODE_DAY, BudgetLedger, BudgetState, Limit, limits_for
 from router.errors import EdgerouteError
 from router.policy import CostSettings

@@ -50,10 +50,10 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
-from edge_node.connectivity import ConnectivityMonitor
-from edge_node.decision_log import SYNCED_REASON
-from edge_node.queue_store import DurableQueue, QueuedItem
-from edge_node.result_store import ResultStore
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.observe.decision_log import SYNCED_REASON
+from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.result_store import ResultStore
 from router.errors import CloudError
 from router.policy import SyncSettings
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
@@ -63,7 +63,7 @@ EXPIRED_TTL = "ttl_expired"
 
 
 class RerankClient(Protocol):
-    """What the worker needs from `edge_node.cloud_client.CloudClient`."""
+    """What the worker needs from `edge_node.cloud.client.CloudClient`."""
 
     async def rerank(
         self, items: list[RerankItem], *, deadline_s: float, request_id: str | None = None
@@ -73,7 +73,7 @@ class RerankClient(Protocol):
 
 
 class Charge(Protocol):
-    """One reserved unit of budget (`edge_node.budget_store.Reservation`)."""
+    """One reserved unit of budget (`edge_node.storage.budget_store.Reservation`)."""
 
     def commit(self) -> None: ...
 

@@ -30,9 +30,9 @@ import numpy as np
 import numpy.typing as npt
 import structlog
 
-from edge_node.model_runner import EdgeModel, FloatArray
 from router.errors import BundleError, InputError
 from router.model_updates import CanaryCounts
+from runtime.onnx_model import EdgeModel, FloatArray
 
 log = structlog.get_logger("edgeroute.edge")
 CanaryMode = Literal["fraction", "shadow"]

@@ -54,32 +54,36 @@ def _inputs() -> tuple[np.ndarray, np.ndarray, Path]:
 
     x, _ = load_test_split(MODELS)
     from router.scores import margin
-    from runtime.onnx_model import EdgeModel
+    from runtime.onnx_model import OnnxModel
 
-    model = EdgeModel.load(MODELS / "edge" / "digits")
-    margins = np.array([margin(p.tolist()) for p in model.predict(x)])
+    model = OnnxModel.load(MODELS / "edge" / "digits")
+    margins = np.array([margin(p.tolist()) for p in model.predict(x).probs])
     return x, margins, MODELS / "edge" / "digits"
 
 
 def bench_in_process(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[dict[str, Any]]:
     """route + infer for one item vs raw InferenceSession.run, p50; plus the whole request.
 
-    route + infer is `EdgeService.route` on a prepared item: the edge model's inference,
-    the local result (top-k, deciding score), `decide`, and the inference and decision
-    latency metrics, as every request runs them. The whole in-process request
+    route + infer is `EdgeService.route` on a prepared batch of one item (a single
+    request is a batch of one): the edge model's inference, the local result (top-k,
+    deciding score), `decide`, and the inference and decision latency metrics, as every
+    request runs them. The whole in-process request
     (`EdgeService.infer`: input validation, route + infer, metrics, decision-log record,
     answer body) is reported alongside, against the same baseline.
     """
-    from edge_node.factory import build_service
+    from edge_node.node import Node
+    from edge_node.prepared import PreparedItem, prepare
     from edge_node.settings import EdgeSettings
     from router.edge_api import InferRequest
 
     (tmp / "inproc.yaml").write_text(_policy(bundle.resolve(), 0.5))
-    svc = build_service(
+    node = Node(
         EdgeSettings(policy_path=tmp / "inproc.yaml", data_dir=tmp / "inproc", log_sample_rate=0.0)
     )
+    svc = node.service
     req = InferRequest(task="digits", inputs=x[sure].tolist())
-    active, item = svc.prepare(req)
+    active = svc.active
+    items = [p for p in prepare(active, [req], node.client.ids.new) if isinstance(p, PreparedItem)]
     sess = svc.active.models["digits"].bundle.session
     name, arr = sess.get_inputs()[0].name, x[sure : sure + 1].astype(np.float32)
     n = 5000
@@ -97,7 +101,7 @@ def bench_in_process(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[
         out = []
         for i in range(n + WARMUP):
             t = time.perf_counter()
-            _, _, decision = svc.route(active, item, time.time(), t)
+            decision = svc.route(active, items, time.time(), t)[0].decision
             if i >= WARMUP:
                 out.append((time.perf_counter() - t) * 1e6)
         assert decision.route == "edge", decision
@@ -121,7 +125,7 @@ def bench_in_process(tmp: Path, x: np.ndarray, sure: int, bundle: Path) -> list[
         route_l += route()
         whole_l += asyncio.run(whole())
     base, mine, full = summary(base_l), summary(route_l), summary(whole_l)
-    svc.decisions.close()
+    node.close_stores()
     print("in process, one item (us)")
     print(line("raw InferenceSession.run", base, "us"))
     print(line("EdgeService.route (route+infer)", mine, "us"))

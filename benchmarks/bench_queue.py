@@ -223,27 +223,42 @@ async def _serve(port: int) -> None:
         await server.serve_forever()
 
 
+def _drain_policy(bundle: Path, batch: int) -> str:
+    """Task `digits` (what the backlog holds), synced `batch` items per call."""
+    return f"""\
+version: 1
+node: {{id: bench-node}}
+queue: {{max_items: 10000000, max_bytes: 1099511627776, on_full: reject}}
+sync: {{batch_size: {batch}}}
+tasks:
+  digits: {{edge_bundle: {bundle}, threshold: 0.5, placement: cloud_first}}
+"""
+
+
 async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float, int, int]:
-    from edge_node.cloud.client import CloudClient
-    from edge_node.cloud.connectivity import ConnectivityMonitor
-    from edge_node.storage.queue_store import DurableQueue
-    from edge_node.storage.result_store import ResultStore
-    from edge_node.sync.worker import SyncWorker
-    from router.policy import CloudSettings, SyncSettings
+    """Drain a prefilled queue through a node built by its composition root (`Node`): its
+    own sync worker, escalation step and budget, as a running node drains."""
+    from edge_node.node import Node
+    from edge_node.settings import EdgeSettings
+    from edgeroute.demo_models import build_demo_bundles
     from router.wire import RerankItem
 
+    if not (MODELS / "edge" / "digits" / "manifest.json").exists():
+        build_demo_bundles(MODELS)
     n = DRAIN_ITEMS[batch]
-    queue = DurableQueue(tmp / f"drain-q-{batch}{tag}", _queue_settings("os_crash_safe"))
-    results = ResultStore(tmp / f"drain-r-{batch}{tag}")
+    policy = tmp / f"drain-{batch}{tag}.yaml"
+    policy.write_text(_drain_policy((MODELS / "edge" / "digits").resolve(), batch))
+    node = Node(
+        EdgeSettings(
+            policy_path=policy, data_dir=tmp / f"drain-{batch}{tag}", cloud_url=url,
+            log_sample_rate=0.0,
+        )
+    )  # fmt: skip
+    queue, worker = node.queue, node.sync
     for i in range(n):
         queue.put(_item(i))
-    cloud = CloudSettings.model_validate({"url": url})
-    client = CloudClient(cloud, node_id="bench-node", token="t")
-    monitor = ConnectivityMonitor(cloud.breaker)
-    sync = SyncSettings.model_validate({"batch_size": batch})
-    worker = SyncWorker(queue, results, client, monitor, sync, log=_NullLog())
     warm = RerankItem(task="digits", request_id=f"warm-{batch}", inputs=[0.0] * 64)
-    await client.rerank([warm], deadline_s=5.0)  # untimed: connection, lazy imports
+    await node.client.rerank([warm], deadline_s=5.0)  # untimed: connection, lazy imports
     drains = 0
     t0 = time.perf_counter()
     try:
@@ -254,17 +269,8 @@ async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float,
                 raise RuntimeError(f"drain made no progress: {report}")
         elapsed = time.perf_counter() - t0
     finally:
-        await client.aclose()
-        queue.close()
-        results.close()
+        await node.stop()
     return elapsed, n, drains
-
-
-class _NullLog:
-    """A logger that drops everything (the drain's per-item info logs are not measured)."""
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: None
 
 
 @contextlib.contextmanager

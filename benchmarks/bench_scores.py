@@ -30,14 +30,14 @@ def _data() -> tuple[list[dict[str, float]], list[list[tuple[str, float]]], Any,
     from router.candidates import top_k
     from router.scores import all_scores
     from router.wire import RerankItem, RerankResult
-    from runtime.onnx_model import EdgeModel
+    from runtime.onnx_model import OnnxModel
 
     if not bundles_present(MODELS):
         build_demo_bundles(MODELS)
     x, y = load_test_split(MODELS)
-    edge = EdgeModel.load(MODELS / "edge" / "digits")
+    edge = OnnxModel.load(MODELS / "edge" / "digits")
     cloud = CloudModel.load(MODELS / "cloud" / "digits")
-    probs = edge.predict(x)
+    probs = edge.predict(x).probs
     truth = [str(int(v)) for v in y]
     scores, tops, items = [], [], []
     for i, p in enumerate(probs.tolist()):

@@ -18,81 +18,23 @@ One ingress deployment (`CloudReranker`, a plain Serve HTTP handler) serves ever
 Errors are JSON `{"error": {"code", "message", "field"}}`: 400 bad JSON, 413 body too large,
 422 schema error, 401 bad token, 503/429 with `Retry-After` on overload (more than
 `max_queued_requests` waiting at a caller). Nothing here runs at import: ray is imported
-by `build_app`.
+by `build_app` and `deployment_options`. The deployments (`cloud_service.deployment`,
+`cloud_service.task_deployment`) never import this module, so the module graph has no
+circle: request parsing and error bodies live in `cloud_service.http_parsing`.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import orjson
-from pydantic import ValidationError
-
 from cloud_service.settings import CloudServiceSettings
-from router.errors import (
-    BundleError,
-    EdgerouteError,
-    InputError,
-    MalformedRequest,
-    RequestTooLarge,
-)
+from router.errors import BundleError
 from router.manifest import MANIFEST_FILE, parse_manifest
-from router.wire import (
-    NODE_HEADER,
-    REQUEST_ID_PATTERN,
-    RerankBatch,
-    RerankItem,
-)
 
 if TYPE_CHECKING:
     from ray.serve import Application
     from ray.serve.deployment import Deployment
-
-ANONYMOUS_NODE = "anonymous"
-ID_RE = re.compile(REQUEST_ID_PATTERN)
-
-
-def parse_rerank_body(body: bytes, max_body_bytes: int) -> list[RerankItem]:
-    """The items of a `/v1/rerank` body (one item or `{"items": [...]}`), in order.
-
-    Raises RequestTooLarge (413), MalformedRequest (400: not JSON, not an object) or
-    InputError (422, `field` = the dotted path of the first schema error).
-    """
-    if len(body) > max_body_bytes:
-        raise RequestTooLarge(f"body exceeds {max_body_bytes} bytes")
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise MalformedRequest("body is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise MalformedRequest("body must be a JSON object")
-    try:
-        if "items" in data:
-            return list(RerankBatch.model_validate(data).items)
-        return [RerankItem.model_validate(data)]
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or None
-        raise InputError(f"{first['msg']}", field=field) from None
-
-
-def node_id_of(header: str | None) -> str:
-    """The node id from the `X-Edgeroute-Node` header (default "anonymous").
-
-    Raises InputError when the header does not match the request-id pattern.
-    """
-    if header is None or header == "":
-        return ANONYMOUS_NODE
-    if not ID_RE.match(header):
-        raise InputError("invalid node id", field=NODE_HEADER)
-    return header
-
-
-def error_body(err: EdgerouteError) -> bytes:
-    """The JSON error body for `err`."""
-    return orjson.dumps({"error": err.to_dict()})
 
 
 def discover_tasks(bundles_dir: Path) -> dict[str, Path]:

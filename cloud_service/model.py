@@ -1,13 +1,14 @@
 """The cloud's re-ranking models: load verified bundles and re-rank edge candidates.
 
-cloud_service never imports edge_node, so this module has its own small loader; the pure
-checks (manifest parsing, sha256, graph I/O) are shared through router.manifest.
+Bundles are loaded and verified by the shared runtime (`runtime.bundle.load_bundle`, the
+edge node's loader too, so both refuse a bad bundle with the same message) and run through
+`runtime.onnx_model.OnnxModel`. cloud_service never imports edge_node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,15 +18,7 @@ import structlog
 
 from router.candidates import restrict_and_rank
 from router.errors import BundleError, EdgerouteError, InputError, UnknownTask
-from router.manifest import (
-    MANIFEST_FILE,
-    MODEL_FILE,
-    BundleManifest,
-    GraphTensor,
-    check_file_hash,
-    check_graph_io,
-    parse_manifest,
-)
+from router.manifest import MANIFEST_FILE, BundleManifest
 from router.wire import (
     INPUTS_REQUIRED,
     RerankFailure,
@@ -34,6 +27,8 @@ from router.wire import (
     WireCandidate,
     WireError,
 )
+from runtime.bundle import LoadedBundle, load_bundle
+from runtime.onnx_model import OnnxModel
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -43,34 +38,33 @@ _log = structlog.get_logger(__name__)
 
 @dataclass(frozen=True)
 class CloudModel:
-    """One task's cloud model. Immutable; `rerank` is thread-safe (InferenceSession.run is)."""
+    """One task's cloud model: a verified bundle run through an `OnnxModel` (built from
+    `manifest`, `session` and `path`, so `dataclasses.replace` of any of them rebuilds it).
+
+    Immutable; `rerank` and `self_check` are thread-safe (InferenceSession.run is).
+    """
 
     manifest: BundleManifest
     session: onnxruntime.InferenceSession
     path: Path
+    _model: OnnxModel = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bundle = LoadedBundle(manifest=self.manifest, session=self.session, path=self.path)
+        object.__setattr__(self, "_model", OnnxModel(bundle))
 
     @classmethod
     def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> CloudModel:
-        """Load and verify the bundle folder at `path`.
+        """Load and verify the bundle folder at `path` with `runtime.bundle.load_bundle`
+        (no signature check); each session run uses `intra_op_threads` threads.
 
-        Raises BundleError (naming the path and reason) when the folder or a file is missing,
-        the manifest is invalid, the sha256 differs, onnxruntime rejects the model, or the
-        graph's input/output do not match the manifest.
+        Raises BundleError exactly as the edge's loader does (same messages, naming the
+        path and reason): the folder or a file is missing, the manifest is invalid, the
+        sha256 differs, onnxruntime rejects the model, or the graph's input/output do not
+        match the manifest. Thread-safe.
         """
-        folder = Path(path)
-        if not folder.is_dir():
-            raise BundleError(f"{folder}: no such bundle folder")
-        manifest = parse_manifest(_read(folder / MANIFEST_FILE), str(folder / MANIFEST_FILE))
-        model_bytes = _read(folder / MODEL_FILE)
-        check_file_hash(manifest, MODEL_FILE, model_bytes)
-        session = _open_session(model_bytes, folder / MODEL_FILE, intra_op_threads)
-        check_graph_io(
-            manifest,
-            [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_inputs()],
-            [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_outputs()],
-            str(folder),
-        )
-        return cls(manifest=manifest, session=session, path=folder)
+        bundle = load_bundle(path, intra_op_threads=intra_op_threads)
+        return cls(manifest=bundle.manifest, session=bundle.session, path=bundle.path)
 
     @property
     def task(self) -> str:
@@ -161,18 +155,11 @@ class CloudModel:
         return None
 
     def _run(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-        spec = self.manifest.input
-        shaped = batch.reshape((batch.shape[0], *(d for d in spec.shape[1:] if d is not None)))
+        """Probabilities [N, C] of flat rows [N, item_size] (BundleError if the model fails)."""
         try:
-            out = self.session.run([self.manifest.output.name], {spec.name: shaped})[0]
-        except Exception as exc:  # onnxruntime's own exception types
-            raise BundleError(f"model {self.task}@{self.version} failed to run: {exc}") from None
-        probs: npt.NDArray[np.float32] = np.asarray(out, dtype=np.float32)
-        if probs.shape != (batch.shape[0], len(self.manifest.labels)):
-            raise BundleError(
-                f"model {self.task}@{self.version} returned shape {list(probs.shape)}"
-            )
-        return probs
+            return self._model.predict(batch).probs
+        except InputError as exc:  # rows are checked by `_check`: the model disagrees
+            raise BundleError(f"model {self.task}@{self.version}: {exc.message}") from None
 
     def _result(self, item: RerankItem, probs: list[float]) -> RerankResult:
         ranked = restrict_and_rank(probs, self.manifest.labels, item.candidates)
@@ -220,43 +207,3 @@ def load_cloud_models(
         models[model.task] = model
         _log.info("cloud_model_loaded", task=model.task, model_version=model.version)
     return models
-
-
-def _read(file: Path) -> bytes:
-    try:
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise BundleError(f"{file}: missing from the bundle") from None
-    except OSError as exc:
-        raise BundleError(f"{file}: cannot be read ({exc.strerror or exc})") from None
-
-
-def session_options(intra_op_threads: int = 1) -> onnxruntime.SessionOptions:
-    """The onnxruntime options every cloud model session uses (sequential execution,
-    `intra_op_threads` threads, full graph optimisation, warnings silenced). Public so
-    benchmarks' baselines can open the same session."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = intra_op_threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    return opts
-
-
-def _open_session(
-    model_bytes: bytes, source: Path, intra_op_threads: int
-) -> onnxruntime.InferenceSession:
-    import onnxruntime as ort
-
-    opts = session_options(intra_op_threads)
-    try:
-        return ort.InferenceSession(
-            model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # onnxruntime raises several unrelated types
-        text = str(exc).strip()
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        raise BundleError(f"{source}: onnxruntime cannot load the model ({reason})") from None

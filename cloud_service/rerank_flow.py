@@ -1,7 +1,10 @@
 """The re-rank request flow, free of Ray: claim, compute the claimed items, store, merge.
 
-`app.py` plugs the Ray pieces (the store actor, the `@serve.batch` method) into these
-functions; tests plug in fakes.
+This is the cloud's dedup module, the first-send optimisation included (`ReplicaDedup`:
+a call the sender marks as a first send skips the claim). `cloud_service.deployment`
+plugs the Ray pieces (the store actor through `shared_store.SharedStore`, the
+`@serve.batch` method of `replica_compute.ReplicaCompute`) into these functions; tests
+plug in fakes.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ lasts up to the claim timeout, so this is reached only if the store keeps answer
 
 
 class DedupStore(Protocol):
-    """The idempotency store as the flow sees it (`cloud_service.deployment` adapts the
-    shared actor through `CoalescingStore`; tests use `TtlResultMap`)."""
+    """The idempotency store as the flow sees it (`cloud_service.shared_store.SharedStore`
+    adapts the shared actor through `CoalescingStore`; tests use `TtlResultMap`)."""
 
     async def claim(self, claims: list[tuple[StoreKey, str]]) -> list[Outcome]:
         """`TtlResultMap.claim_many` semantics."""
@@ -186,6 +189,50 @@ async def answer_with_dedup(
         else:
             answers[i] = answer
     return _filled(answers)
+
+
+FIRST_SEND_MARK = "1"
+"""The value of header `X-Edgeroute-First-Send` (`router.wire.FIRST_SEND_HEADER`) that
+marks a call as a first send; any other value, or none, does not."""
+
+
+class ReplicaDedup:
+    """One replica's dedup handling: `answer_with_dedup` over `store`, and the first-send
+    optimisation.
+
+    A call is a first send when `trust_first_send` is on and the sender marked it with
+    `FIRST_SEND_MARK` (the edge node does so only for the first try of request ids it
+    generated itself, so nothing can have sent them before): its items are computed without
+    a claim (`claim=False`: no store round trip) and their results stored for later
+    retries. Every other call is claimed. `first_send_items` counts the items received in
+    first sends (repeats inside such a call and failed items included).
+    """
+
+    def __init__(self, store: DedupStore, *, trust_first_send: bool) -> None:
+        self.store = store
+        self._trust_first_send = trust_first_send
+        self.first_send_items = 0
+
+    def is_first_send(self, mark: str | None) -> bool:
+        """Whether a call whose first-send header holds `mark` (None: absent) skips the claim."""
+        return self._trust_first_send and mark == FIRST_SEND_MARK
+
+    async def answer(
+        self,
+        items: Sequence[RerankItem],
+        node_id: str,
+        *,
+        compute: Compute,
+        first_send_mark: str | None,
+    ) -> list[Answer]:
+        """`answer_with_dedup(items, node_id)` through `compute`, claimed unless
+        `first_send_mark` makes the call a first send (see the class docstring)."""
+        first_send = self.is_first_send(first_send_mark)
+        if first_send:
+            self.first_send_items += len(items)
+        return await answer_with_dedup(
+            items, node_id, store=self.store, compute=compute, claim=not first_send
+        )
 
 
 async def _settle(

@@ -258,25 +258,10 @@ class ResultStoreActor:
             self._changed.set()
             self._changed = None
 
-    async def get_many(self, lookups: Sequence[tuple[StoreKey, str]]) -> list[StoredResult | None]:
-        """See `TtlResultMap.get_many`."""
-        return self._map.get_many(lookups)
-
     async def put_many(self, entries: Sequence[tuple[StoreKey, StoredResult]]) -> None:
         """See `TtlResultMap.put_many` (wakes callers waiting for these keys)."""
         self._map.put_many(entries)
         self._notify()
-
-    async def exchange(
-        self,
-        puts: Sequence[tuple[StoreKey, StoredResult]],
-        lookups: Sequence[tuple[StoreKey, str]],
-    ) -> list[StoredResult | None]:
-        """`put_many(puts)` then `get_many(lookups)` in one call (kept for replicas of the
-        previous version, which may still run against this actor during a redeploy)."""
-        if puts:
-            await self.put_many(puts)
-        return self._map.get_many(lookups) if lookups else []
 
     async def settle(
         self,

@@ -14,8 +14,9 @@ from router.log_setup import LogLevel
 class CloudServiceSettings(BaseModel):
     """Everything the Ray Serve app needs; immutable and validated (unknown keys rejected).
 
-    `max_ongoing_requests` defaults far above Ray Serve's default of 5, which throttles a
-    2-core machine to about 10 requests/s. Auth is on when `tokens_file` or `tokens_env`
+    `max_ongoing_requests` defaults far above Ray Serve's default of 5, which caps a
+    replica's concurrency so low that it throttles throughput (figures in
+    docs/performance.md). Auth is on when `tokens_file` or `tokens_env`
     is set: every `/v1/*` request must then carry `Authorization: Bearer <token>` for its
     `X-Edgeroute-Node`. `tokens_env` names an environment variable (read in each replica)
     holding `node_id token` pairs separated by newlines or commas.

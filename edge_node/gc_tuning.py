@@ -2,8 +2,8 @@
 
 CPython collects its youngest generation every 700 net container allocations by default
 and, every 100 such collections, traverses every tracked object of the process (modules,
-pydantic schemas, onnxruntime wrappers...): a full collection takes tens of ms on a small
-edge CPU, during which the event loop answers nothing. A node allocates thousands of
+pydantic schemas, onnxruntime wrappers...): on a small edge CPU a full collection is a
+long pause, during which the event loop answers nothing. A node allocates thousands of
 short-lived containers per drained batch and per burst of requests, almost all freed by
 reference counting, so those collections find little to free.
 

@@ -10,7 +10,6 @@ another process holds it.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -145,38 +144,13 @@ def purge(data_dir: Path, yes: bool) -> None:
 def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: float) -> None:
     """Sync the queue to the cloud now, with a progress bar. Refuses while the node (or
     another drain/purge) runs on DATA_DIR."""
-    from edge_node.cloud.connectivity import ConnectivityMonitor
-    from edge_node.observe.decision_log import DecisionLog, sync_recorder
-    from edge_node.storage.budget_store import BudgetStore
-    from edge_node.storage.data_dir_lock import exclusive
-    from edge_node.sync.budget import budget_reserver
-    from edge_node.sync.worker import SyncWorker
-    from router.policy_loader import parse_policy, policy_revision
+    from edge_node.node import Node
+    from edge_node.settings import EdgeSettings
 
     try:
-        text = policy_path.read_text()
-        policy = parse_policy(text, source=str(policy_path))
-        with exclusive(data_dir, "edgeroute queue drain"):
-            q, rs = _open(data_dir, policy.queue)
-            budget = BudgetStore(data_dir / "budget", policy.cost, clock=time.time)
-            decisions = DecisionLog(data_dir / "decisions", clock=time.time)
-            try:
-                client = _client(policy, cloud_url)
-                worker = SyncWorker(
-                    q,
-                    rs,
-                    client,
-                    ConnectivityMonitor(policy.cloud.breaker),
-                    policy.sync,
-                    reserve=budget_reserver(budget, lambda: policy),
-                    on_synced=sync_recorder(decisions, lambda: policy_revision(text)),
-                )
-                left = asyncio.run(_drain(worker, client, q, policy, timeout_s))
-            finally:
-                decisions.close()
-                budget.close()
-                q.close()
-                rs.close()
+        settings = EdgeSettings(policy_path=policy_path, data_dir=data_dir, cloud_url=cloud_url)
+        node = Node(settings, role="edgeroute queue drain")
+        left = asyncio.run(_drain(node, timeout_s))
     except EdgerouteError as exc:
         fail(exc)
     if left:
@@ -184,14 +158,11 @@ def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: f
     click.echo("queue drained")
 
 
-def _client(policy: Any, cloud_url: str | None) -> Any:
-    from edge_node.cloud.client import CloudClient
-
-    token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
-    return CloudClient(policy.cloud, node_id=policy.node.id, token=token, base_url=cloud_url)
-
-
-async def _drain(worker: Any, client: Any, q: Any, policy: Any, timeout_s: float) -> int:
+async def _drain(node: Any, timeout_s: float) -> int:
+    """Drain rounds through the node's own sync worker (the same escalation step, budget
+    and decision records as the running node) until the queue is empty, the budget is
+    spent, or `timeout_s` has passed; returns the items left. Closes the node."""
+    q, worker = node.queue, node.sync
     total = q.depth
     end = time.monotonic() + timeout_s
     try:
@@ -205,10 +176,10 @@ async def _drain(worker: Any, client: Any, q: Any, policy: Any, timeout_s: float
                     click.echo("\nstopped: the cost budget is exhausted", err=True)
                     break
                 if report.done == 0:
-                    await asyncio.sleep(policy.sync.interval_ms / 1000)
+                    await asyncio.sleep(node.service.active.policy.sync.interval_ms / 1000)
                 elif report.pace_s:
                     await asyncio.sleep(report.pace_s)
+        left: int = q.depth
     finally:
-        await client.aclose()
-    left: int = q.depth
+        await node.stop()
     return left

@@ -33,7 +33,6 @@ import orjson
 from pydantic import TypeAdapter
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_result, stop_after_attempt
 
-from edge_node.cloud.client import parse_retry_after
 from router.edge_api import InferResponse, ItemError, ResultResponse
 from router.errors import (
     BudgetRejected,
@@ -47,6 +46,7 @@ from router.errors import (
     Unauthorized,
     UnknownTask,
 )
+from router.wire import parse_retry_after
 
 __all__ = [
     "AsyncClient",
@@ -100,7 +100,11 @@ class RetryPolicy:
 
         def wait(state: RetryCallState) -> float:
             resp = state.outcome.result() if state.outcome is not None else None
-            after = parse_retry_after(resp.headers.get("retry-after")) if resp else None
+            after = (
+                parse_retry_after(resp.headers.get("retry-after"), now_wall=time.time())
+                if resp
+                else None
+            )
             return self.wait_s(state.attempt_number - 1, after)
 
         return {
@@ -129,7 +133,7 @@ def error_from_response(resp: httpx.Response) -> EdgerouteError:
     field = detail.get("field")
     status = resp.status_code
     if status == 429:
-        after = parse_retry_after(resp.headers.get("retry-after")) or 1.0
+        after = parse_retry_after(resp.headers.get("retry-after"), now_wall=time.time()) or 1.0
         cls: type[RetryableRejection] = BudgetRejected if code == "budget_exhausted" else QueueFull
         return cls(message, retry_after_s=after, field=field, code=code)
     if status == 404:

@@ -183,12 +183,12 @@ def _offline_accuracies(models_dir: Path, x: np.ndarray, y: np.ndarray) -> tuple
     from cloud_service.model import CloudModel
     from router.wire import RerankItem, RerankResult
     from runtime.bundle import load_bundle
-    from runtime.onnx_model import EdgeModel
+    from runtime.onnx_model import OnnxModel
 
-    edge = EdgeModel(load_bundle(models_dir / "edge" / "digits"))
+    edge = OnnxModel(load_bundle(models_dir / "edge" / "digits"))
     cloud = CloudModel.load(models_dir / "cloud" / "digits")
     labels = np.array(edge.labels)
-    edge_pred = labels[edge.predict(x.astype(np.float32)).argmax(axis=1)]
+    edge_pred = labels[edge.predict(x.astype(np.float32)).probs.argmax(axis=1)]
     items = [
         RerankItem(task="digits", request_id=f"acc-{i}", inputs=row.tolist())
         for i, row in enumerate(x)

@@ -5,8 +5,9 @@ Nothing in this package does I/O of its own: no network, disk, clock or randomne
 Callers pass those in (file *text*, the current time, the node's state).
 """
 
-from router.decision import Decision, LocalResult, NodeState, decide, on_cloud_failure
+from router.decision import Decision, LocalResult, NodeState, decide
 from router.errors import EdgerouteError
+from router.outcome import after
 from router.policy import Policy, TaskPolicy
 
 __all__ = [
@@ -16,6 +17,6 @@ __all__ = [
     "NodeState",
     "Policy",
     "TaskPolicy",
+    "after",
     "decide",
-    "on_cloud_failure",
 ]

@@ -1,18 +1,20 @@
-"""The pure routing decision: `decide(local, state, task_policy, cost, now)` -> `Decision`.
+"""The pure routing decision: `decide(local, state, task_policy, deadline_left_ms)` ->
+`Decision`.
 
-No I/O, no clock: the caller passes the time and the node's state. Fast enough to run on
-every request (a handful of comparisons). Every decision carries a machine-readable
-`reason`; the reasons are the constants below and never change meaning.
+No I/O, no clock: the caller passes the node's state. Fast enough to run on every request
+(a handful of comparisons). Every decision carries a machine-readable `reason`; the
+reasons are the constants below and never change meaning. What follows a cloud outcome
+(breaker refused, budget exhausted at the reservation, a failed call, a full queue) is
+decided by `router.outcome.after`; the budget is checked there, at the reservation, never
+read here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
-from router.budget import BudgetLedger, limits_for
-from router.policy import CostSettings, TaskPolicy
+from router.policy import TaskPolicy
 
 Route = Literal["edge", "cloud", "queued"]
 Connectivity = Literal["online", "degraded", "offline"]
@@ -32,9 +34,9 @@ CLOUD_ERROR = "cloud_error"
 QUEUE_FULL = "queue_full"
 
 
-# The four types below are made once or more per request and never changed after: they
-# are not `frozen` only because a frozen dataclass's __init__ costs 2-3x more (about 1 us
-# for a Decision), on the hot path of every request. Treat them as immutable.
+# The types below are made once or more per request and never changed after: they are not
+# `frozen` only because a frozen dataclass's __init__ costs more, on the hot path of every
+# request (docs/performance.md). Treat them as immutable.
 
 
 @dataclass(slots=True)
@@ -59,18 +61,9 @@ class LocalResult:
 
 @dataclass(slots=True)
 class NodeState:
-    """The edge node's state at decision time (a snapshot; the caller owns the live state).
-
-    `budget` is the ledger, or a zero-argument function returning it: `decide` calls it only
-    when it reaches the budget rule, so confident and edge-only requests never read it.
-    """
+    """The edge node's state at decision time (a snapshot; the caller owns the live state)."""
 
     connectivity: Connectivity = "online"
-    budget: BudgetLedger | Callable[[], BudgetLedger] = field(default_factory=BudgetLedger)
-
-    def ledger(self) -> BudgetLedger:
-        """The budget ledger (calling the provider if one was given)."""
-        return self.budget if isinstance(self.budget, BudgetLedger) else self.budget()
 
 
 @dataclass(slots=True)
@@ -104,20 +97,15 @@ def decide(
     local: LocalResult,
     state: NodeState,
     task: TaskPolicy,
-    cost: CostSettings,
-    now: float,
     deadline_left_ms: float | None = None,
-    *,
-    task_name: str | None = None,
 ) -> Decision:
     """Route one request. Pure and total: always returns a Decision, never raises.
 
     Order of rules: `send: nothing` (privacy, before everything: such a task is never
     escalated nor queued, online or offline); edge-only placement; confidence (hybrid
-    only); budget; connectivity; deadline. `now` is a UNIX time in seconds (for budget
-    periods); `deadline_left_ms` is the time left for this request (defaults to the
-    task's `deadline_ms`); `task_name` selects the task's own budgets
-    (`tasks.<name>.budgets`) in the ledger.
+    only); connectivity; deadline; otherwise escalate. `deadline_left_ms` is the time left
+    for this request (defaults to the task's `deadline_ms`). The budget is not a rule here:
+    an escalation reserves it, and `router.outcome.after` decides when it is exhausted.
     """
     conf, thr = local.scores.get(task.score, 0.0), task.threshold
     if task.send == "nothing":
@@ -126,59 +114,26 @@ def decide(
         return Decision("edge", EDGE_ONLY_TASK, conf, thr)
     if task.placement == "hybrid" and conf >= thr:
         return Decision("edge", CONFIDENT, conf, thr)
-    wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
-
-    limits = limits_for(cost, task, task_name)
-    # no limits, nothing to exhaust: the ledger (a disk read in the node) is not needed
-    spent = state.ledger().exhausted(limits, cost.price_per_call, now) if limits else None
-    if spent is not None:
-        action = cost.on_budget_exhausted
-        if action == "queue":
-            return Decision("queued", BUDGET_EXHAUSTED, conf, thr, enqueue=True, budget=spent)
-        if action == "reject":
-            return Decision(
-                "edge", BUDGET_EXHAUSTED, conf, thr, reject=True, answer_now=False, budget=spent
-            )
-        return Decision("edge", BUDGET_EXHAUSTED, conf, thr, budget=spent)
-
     if state.connectivity == "offline":
-        if task.when_offline == "answer_only":
-            return Decision("edge", CLOUD_UNREACHABLE, conf, thr)
-        return Decision(
-            "queued",
-            CLOUD_UNREACHABLE,
-            conf,
-            thr,
-            enqueue=True,
-            answer_now=task.when_offline == "answer_and_queue",
-        )
-
+        return when_offline(conf, thr, task)
     left = task.deadline_ms if deadline_left_ms is None else deadline_left_ms
     if left < task.min_cloud_ms:
         return Decision("edge", DEADLINE_TOO_SHORT, conf, thr)
+    wanted = CLOUD_FIRST if task.placement == "cloud_first" else BELOW_THRESHOLD
     return Decision("cloud", wanted, conf, thr, escalate=True)
 
 
-def on_cloud_failure(decision: Decision, task: TaskPolicy, *, timed_out: bool) -> Decision:
-    """The decision after an escalation failed: the local answer, queued for verification
-    if the policy says so. Pure."""
-    reason = CLOUD_TIMEOUT if timed_out else CLOUD_ERROR
+def when_offline(conf: float, thr: float, task: TaskPolicy) -> Decision:
+    """The decision for a request that needs the cloud while it is unreachable: the
+    task's `when_offline` (a final local answer, or queued with or without a provisional
+    answer). Pure."""
+    if task.when_offline == "answer_only":
+        return Decision("edge", CLOUD_UNREACHABLE, conf, thr)
     return Decision(
-        "edge",
-        reason,
-        confidence=decision.confidence,
-        threshold=decision.threshold,
-        enqueue=task.verify_on_cloud_failure,
-    )
-
-
-def on_inputs_required(decision: Decision) -> Decision:
-    """The decision after the cloud refused an item of a `send: candidates_only` task
-    because its model needs the inputs: the local answer, final, never queued (a retry
-    would be refused the same way). Pure."""
-    return Decision(
-        "edge",
-        CLOUD_NEEDS_INPUTS,
-        confidence=decision.confidence,
-        threshold=decision.threshold,
+        "queued",
+        CLOUD_UNREACHABLE,
+        conf,
+        thr,
+        enqueue=True,
+        answer_now=task.when_offline == "answer_and_queue",
     )

@@ -61,6 +61,11 @@ def coerce_many(raws: Sequence[Any], spec: InputSpec) -> tuple[np.ndarray, list[
     outcome of each item equals `coerce_inputs`'s. Pure.
     """
     size = spec.item_size
+    if len(raws) == 1:  # a single request: no batch bookkeeping
+        try:
+            return coerce_inputs(raws[0], spec).reshape(1, size), [None]
+        except InputError as exc:
+            return np.zeros((1, size), dtype=np.float32), [exc]
     out = np.zeros((len(raws), size), dtype=np.float32)
     errors: list[InputError | None] = [None] * len(raws)
     fast = [

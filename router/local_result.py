@@ -59,8 +59,14 @@ def local_results_many(
 
     Vectorised over the batch: the top-k and the max_prob and margin scores equal the
     per-row functions exactly; entropy agrees to about 1e-15 (see
-    `router.scores.entropy_confidence_many`). Pure and thread-safe.
+    `router.scores.entropy_confidence_many`). A batch of one (a single request) is scored
+    by the per-row functions, which cost less than the vectorised ones for one row.
+    Pure and thread-safe.
     """
+    if len(probs) == 1:
+        row = probs[0].tolist()
+        one = local_result(row, labels, task, learned)
+        return [one], [complete_scores(row, one.scores)]
     rows = np.asarray(probs, dtype=np.float64)
     cands = top_k_many(rows, labels, task.top_k)
     complete = all_scores_many(rows)

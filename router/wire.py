@@ -13,6 +13,7 @@ that does not know the header ignores it, so old and new versions interoperate.
 
 from __future__ import annotations
 
+import email.utils
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,6 +76,23 @@ class RerankFailure(_Wire):
 class RerankResponse(_Wire):
     # left_to_right: the two shapes share no valid input (both forbid extra fields, and each
     # requires a field the other forbids), so trying RerankResult first picks what pydantic's
-    # default "smart" mode would, at about half the validation cost per result; a malformed
+    # default "smart" mode would, at a lower validation cost per result; a malformed
     # result still reports the errors against both shapes.
     results: list[Annotated[RerankResult | RerankFailure, Field(union_mode="left_to_right")]]
+
+
+def parse_retry_after(value: str | None, *, now_wall: float) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds, or an HTTP-date counted from
+    `now_wall`, UNIX seconds); None if absent or unparseable; never negative. Pure."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now_wall)

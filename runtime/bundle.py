@@ -1,9 +1,11 @@
-"""Model bundles on the edge: read a bundle folder, verify it, open an onnxruntime session.
+"""Model bundles: read a bundle folder, verify it, open an onnxruntime session.
 
-A bundle is `manifest.json` + `model.onnx` (see router.manifest). Loading checks, in order:
-the folder and files exist, the manifest validates, the model's sha256 matches, onnxruntime
-accepts the bytes, and the graph's input/output agree with the manifest. Any fault raises
-router.errors.BundleError naming the path and the reason; nothing is half-loaded.
+The one loader of the edge node and the cloud service, so both refuse a bad bundle with
+the same message. A bundle is `manifest.json` + `model.onnx` (see router.manifest).
+Loading checks, in order: the folder and files exist, the manifest validates, the model's
+sha256 matches, onnxruntime accepts the bytes, and the graph's input/output agree with the
+manifest. Any fault raises router.errors.BundleError naming the path and the reason;
+nothing is half-loaded.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class LoadedBundle:
     signed_by: str | None = None
 
 
-def load_bundle(path: str | Path, trust: BundleTrust | None = None) -> LoadedBundle:
-    """Load and verify the bundle folder at `path`.
+def load_bundle(
+    path: str | Path, trust: BundleTrust | None = None, *, intra_op_threads: int = 1
+) -> LoadedBundle:
+    """Load and verify the bundle folder at `path`; its session runs each call on
+    `intra_op_threads` threads (see `session_options`).
 
     Raises BundleError (message names the path and the reason) when the folder or a file is
     missing or unreadable, the manifest is invalid (field = the offending manifest field),
@@ -61,6 +66,7 @@ def load_bundle(path: str | Path, trust: BundleTrust | None = None) -> LoadedBun
     graph's input/output do not match the manifest. With `trust`, a signed bundle must
     verify against a trusted key, and `require_signed` refuses unsigned bundles (codes in
     router.signing); every file the manifest lists must then match its sha256.
+    Thread-safe (reads files, shares nothing).
     """
     folder = Path(path)
     if not folder.is_dir():
@@ -74,7 +80,7 @@ def load_bundle(path: str | Path, trust: BundleTrust | None = None) -> LoadedBun
         for name in manifest.files:
             if name != MODEL_FILE:
                 check_file_hash(manifest, name, _read(folder / name))
-    session = _open_session(model_bytes, folder / MODEL_FILE)
+    session = _open_session(model_bytes, folder / MODEL_FILE, intra_op_threads)
     check_graph_io(
         manifest,
         [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_inputs()],
@@ -103,17 +109,19 @@ def _read(file: Path) -> bytes:
         raise BundleError(f"{file}: cannot be read ({exc.strerror or exc})") from None
 
 
-def session_options() -> onnxruntime.SessionOptions:
-    """Options tuned for low single-item latency on a small (2-core) shared machine.
+def session_options(intra_op_threads: int = 1) -> onnxruntime.SessionOptions:
+    """The options of every session `load_bundle` opens; public so benchmark baselines can
+    open the same session. A fresh object per call.
 
-    One intra-op and one inter-op thread with sequential execution: the demo models are tiny,
-    so thread hand-offs cost more than they save, and request-level concurrency comes from
-    the server's threads (each `run` uses one core). All graph optimisations are on.
+    `intra_op_threads` threads per run (default 1) and one inter-op thread with sequential
+    execution: the demo models are tiny, so thread hand-offs cost more than they save, and
+    request-level concurrency comes from the server's threads (each `run` uses one core);
+    a cloud with bigger models may give a run more threads. All graph optimisations are on.
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -121,12 +129,15 @@ def session_options() -> onnxruntime.SessionOptions:
     return opts
 
 
-def _open_session(model_bytes: bytes, source: Path) -> onnxruntime.InferenceSession:
+def _open_session(
+    model_bytes: bytes, source: Path, intra_op_threads: int
+) -> onnxruntime.InferenceSession:
     import onnxruntime as ort
 
+    opts = session_options(intra_op_threads)
     try:
         return ort.InferenceSession(
-            model_bytes, sess_options=session_options(), providers=["CPUExecutionProvider"]
+            model_bytes, sess_options=opts, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # onnxruntime raises several unrelated types (Fail, RuntimeError)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

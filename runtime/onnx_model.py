@@ -1,9 +1,13 @@
-"""The edge model: a verified bundle's onnxruntime session behind a small, typed API."""
+"""`OnnxModel`: a verified bundle's onnxruntime session behind the `runtime.model.Model` API.
+
+The edge node serves its requests through it and the cloud service re-ranks through it;
+both load bundles with `runtime.bundle.load_bundle`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -11,48 +15,58 @@ import numpy.typing as npt
 from router.errors import BundleError, InputError
 from router.manifest import InputSpec
 from router.model_updates import check_probabilities
-from runtime.bundle import LoadedBundle, load_bundle
+from runtime.bundle import BundleTrust, LoadedBundle, load_bundle
+from runtime.model import Model, Prediction, new_prediction
 from runtime.ort_call import Runner, direct_runner
 
 FloatArray = npt.NDArray[np.float32]
 
 
-class EdgeModel:
-    """Runs one task's edge model and returns class probabilities.
+class OnnxModel:
+    """Runs one task's model (one verified bundle) and returns class probabilities.
 
-    Thread-safe: the object is immutable after construction and onnxruntime's
-    InferenceSession.run may be called from several threads at once.
+    Implements `runtime.model.Model`. Thread-safe: the object is immutable after
+    construction and onnxruntime's InferenceSession.run may be called from several threads
+    at once.
     """
 
     __slots__ = (
-        "_batch_of_one",
         "_bundle",
         "_dtype",
         "_input_name",
         "_item_shape",
         "_item_size",
         "_labels",
+        "_one_item",
         "_output_names",
         "_runner",
+        "_task",
+        "_version",
     )
 
     def __init__(self, bundle: LoadedBundle) -> None:
-        """Wrap an already verified bundle (see runtime.bundle.load_bundle)."""
-        spec = bundle.manifest.input
+        """Wrap an already verified bundle (see runtime.bundle.load_bundle). Raises nothing."""
+        manifest = bundle.manifest
+        spec = manifest.input
         self._bundle = bundle
         self._input_name = spec.name
         self._item_shape = tuple(d for d in spec.shape[1:] if d is not None)
         self._item_size = spec.item_size
-        self._batch_of_one = (1, *self._item_shape)
+        self._one_item = (1, *self._item_shape)
         self._dtype = np.dtype(spec.dtype)
-        self._output_names = [bundle.manifest.output.name]
-        self._labels = tuple(bundle.manifest.labels)
+        self._output_names = [manifest.output.name]
+        self._labels = tuple(manifest.labels)
+        self._task = manifest.task
+        self._version = manifest.version
         self._runner: Runner = direct_runner(bundle.session)
 
     @classmethod
-    def load(cls, path: str | Path) -> EdgeModel:
-        """Load and verify the bundle at `path`; raises BundleError like load_bundle."""
-        return cls(load_bundle(path))
+    def load(
+        cls, path: str | Path, trust: BundleTrust | None = None, *, intra_op_threads: int = 1
+    ) -> OnnxModel:
+        """Load and verify the bundle at `path` with `load_bundle` (same arguments); raises
+        BundleError like it."""
+        return cls(load_bundle(path, trust, intra_op_threads=intra_op_threads))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -62,12 +76,12 @@ class EdgeModel:
     @property
     def version(self) -> str:
         """The bundle's model version (manifest `version`)."""
-        return self._bundle.manifest.version
+        return self._version
 
     @property
     def task(self) -> str:
         """The task this model serves (manifest `task`)."""
-        return self._bundle.manifest.task
+        return self._task
 
     @property
     def input_spec(self) -> InputSpec:
@@ -79,52 +93,43 @@ class EdgeModel:
         """The loaded bundle (manifest, session, folder)."""
         return self._bundle
 
-    def predict(self, batch: npt.ArrayLike) -> FloatArray:
-        """Probabilities float32 [N, C] for a batch shaped [N, *item_shape].
+    def predict(self, batch: npt.ArrayLike) -> Prediction:
+        """`Prediction(probs, self.version)`: probabilities float32 [N, C] for a batch shaped
+        [N, *item_shape] or [N, item_size] (flat rows).
 
-        The batch is converted to the manifest dtype (no copy when it already is). Raises
-        InputError (field "inputs") for a wrong shape or an empty batch, and BundleError if
-        the model fails or returns probabilities of the wrong shape. Value limits are the
-        caller's check (the HTTP layer validates against input_spec).
+        The batch is converted to the manifest dtype (no copy when it already is); a batch
+        already in the model's shape and dtype goes straight to onnxruntime, so a validated
+        row (`router.inputs.coerce_inputs`) as a batch of one costs no further checks.
+        Raises InputError (field "inputs") for a wrong shape or an empty batch, and
+        BundleError if the model fails or returns probabilities of the wrong shape. Value
+        limits are the caller's check (the HTTP layer validates against input_spec).
+        Thread-safe.
         """
         arr = np.asarray(batch, dtype=self._dtype)
-        if arr.ndim != len(self._item_shape) + 1 or arr.shape[1:] != self._item_shape:
+        if arr.shape != self._one_item:  # one item in shape is the request path: no more checks
+            arr = self._conform(arr)
+        return new_prediction(self._run(arr), self._version)
+
+    def _conform(self, arr: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """`arr` as [N, *item_shape]: flat rows reshaped; InputError for anything else."""
+        shaped = arr.ndim == len(self._item_shape) + 1 and arr.shape[1:] == self._item_shape
+        flat = arr.ndim == 2 and arr.shape[1] == self._item_size
+        if not (shaped or flat):
+            dims = ", ".join(map(str, self._item_shape))
+            flat_form = f" or [N, {self._item_size}]" if len(self._item_shape) > 1 else ""
             raise InputError(
-                f"expected inputs shaped [N, {', '.join(map(str, self._item_shape))}], "
-                f"got {list(arr.shape)}",
+                f"expected inputs shaped [N, {dims}]{flat_form}, got {list(arr.shape)}",
                 field="inputs",
             )
         if arr.shape[0] == 0:
             raise InputError("the batch is empty", field="inputs")
-        return self._run(arr)
+        return arr if shaped else arr.reshape((arr.shape[0], *self._item_shape))
 
-    def predict_one(self, item: Sequence[float] | npt.ArrayLike) -> FloatArray:
-        """Probabilities float32 [C] for one item given flat (item_size numbers) or shaped.
-
-        Raises InputError (field "inputs") when the item has the wrong number of values.
-        """
-        arr = np.asarray(item, dtype=self._dtype)
-        if arr.size != self._item_size:
-            raise InputError(f"expected {self._item_size} numbers, got {arr.size}", field="inputs")
-        probs: FloatArray = self._run(arr.reshape((1, *self._item_shape)))[0]
-        return probs
-
-    def predict_row(self, item: npt.NDArray[np.float32]) -> list[float]:
-        """Probabilities of one item already checked by `router.inputs.coerce_inputs` (a
-        flat float32 array of `item_size` numbers), as a list. The request path's form of
-        `predict_one`: it skips the re-checks of a validated row. Raises BundleError like
-        `predict`."""
-        row = item.reshape(self._batch_of_one)
-        if self._dtype != np.float32:
-            row = row.astype(self._dtype)
-        probs: list[float] = self._run(row)[0].tolist()
-        return probs
-
-    def _run(self, arr: npt.NDArray[np.generic]) -> FloatArray:
+    def _run(self, arr: npt.NDArray[Any]) -> FloatArray:
         try:
             out = self._runner(self._output_names, {self._input_name: arr})[0]
         except Exception as exc:  # onnxruntime's own exception types
-            raise BundleError(f"model {self.task}@{self.version} failed to run: {exc}") from None
+            raise BundleError(f"model {self._task}@{self._version} failed to run: {exc}") from None
         probs: FloatArray = (
             out
             if isinstance(out, np.ndarray) and out.dtype == np.float32
@@ -132,7 +137,7 @@ class EdgeModel:
         )
         if probs.shape != (arr.shape[0], len(self._labels)):
             raise BundleError(
-                f"model {self.task}@{self.version} returned shape {list(probs.shape)}, "
+                f"model {self._task}@{self._version} returned shape {list(probs.shape)}, "
                 f"expected [{arr.shape[0]}, {len(self._labels)}]"
             )
         return probs
@@ -149,7 +154,7 @@ def smoke_inputs(spec: InputSpec) -> npt.NDArray[np.generic]:
     return np.stack(rows).astype(np.dtype(spec.dtype))
 
 
-def smoke_check(model: EdgeModel) -> None:
+def smoke_check(model: Model) -> None:
     """Run `model` once on `smoke_inputs` of its input spec and check that it returns one
     probability vector per item (finite, in [0, 1], summing to 1).
 
@@ -157,7 +162,7 @@ def smoke_check(model: EdgeModel) -> None:
     cannot run. Thread-safe (a plain model run).
     """
     try:
-        probs = model.predict(smoke_inputs(model.input_spec))
+        probs = model.predict(smoke_inputs(model.input_spec)).probs
     except InputError as exc:  # the manifest's own spec does not fit the model
         raise BundleError(f"model {model.task}@{model.version}: {exc.message}") from None
     check_probabilities(probs.tolist(), len(model.labels), f"model {model.task}@{model.version}")

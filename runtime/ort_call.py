@@ -1,8 +1,8 @@
 """The cheapest correct way to call an onnxruntime session once per request.
 
 `InferenceSession.run` re-validates the feed's input names and builds a fresh RunOptions
-on every call; for the microsecond-scale models edge nodes serve that is about a third of
-the call (measured: 7.1 us -> 4.2 us for the demo digits model). `direct_runner` binds the
+on every call; for the microsecond-scale models edge nodes serve that is a large share of
+the call (figures in docs/performance.md). `direct_runner` binds the
 session's compiled runner and one shared RunOptions once, so each call only does the work
 that depends on the input. Input names are checked once by the caller (the bundle's
 manifest was checked against the graph at load), so nothing is lost.

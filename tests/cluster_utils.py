@@ -13,11 +13,11 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from edgeroute.processes import free_port
+from tests.waiting import holds_within
 
 BIN = Path(sys.executable).parent
 
@@ -104,9 +104,5 @@ def stop_cluster(temp_dir: Path, timeout_s: float = 15.0) -> set[int]:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout_s
-    left = cluster_pids(temp_dir) & pids
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = cluster_pids(temp_dir) & pids
-    return left
+    holds_within(lambda: not (cluster_pids(temp_dir) & pids), timeout_s, 0.2)
+    return cluster_pids(temp_dir) & pids

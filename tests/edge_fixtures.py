@@ -171,8 +171,8 @@ def digits_split(demo_bundles_dir: Path) -> tuple[np.ndarray, np.ndarray]:
 def edge_margins(demo_bundles_dir: Path, digits_split: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The edge model's margin score on each test item (to pick confident/unsure inputs)."""
     from router.scores import margin
-    from runtime.onnx_model import EdgeModel
+    from runtime.onnx_model import OnnxModel
 
-    model = EdgeModel.load(demo_bundles_dir / "edge" / "digits")
-    probs = model.predict(digits_split[0])
+    model = OnnxModel.load(demo_bundles_dir / "edge" / "digits")
+    probs = model.predict(digits_split[0]).probs
     return np.array([margin(p.tolist()) for p in probs])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -17,6 +16,7 @@ import numpy.typing as npt
 
 from edgeroute.bundle_tools import pack
 from tests.edge_fixtures import policy_head
+from tests.waiting import wait_until
 
 CoefEdit = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
@@ -121,16 +121,17 @@ class Traffic:
         return [len(client) for client in self.seen]
 
     def wait_each(self, version: str, mark: list[int], timeout_s: float = 20.0) -> bool:
-        """Wait until every client got an answer from `version` after `mark`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(
+        """Wait until every client got an answer from `version` after `mark` (True); raises
+        AssertionError after `timeout_s`."""
+        return wait_until(
+            lambda: all(
                 any(v == version for _, v, _ in client[n:])
                 for client, n in zip(self.seen, mark, strict=True)
-            ):
-                return True
-            time.sleep(0.05)
-        return False
+            ),
+            timeout_s,
+            0.05,
+            f"every client to get an answer from {version}",
+        )
 
     def all(self) -> list[tuple[int, str | None, str | None]]:
         """Every answer so far, all clients."""

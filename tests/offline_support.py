@@ -4,7 +4,6 @@ polling, and the cloud's per-id computation counts."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, policy_head
+from tests.waiting import holds_within
 
 
 def offline_policy(
@@ -92,16 +92,9 @@ async def fetch_results(url: str, ids: Sequence[str]) -> dict[str, dict[str, Any
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 0.05) -> bool:
-    """Poll `predicate` until it is true (True) or `timeout_s` passes (False)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(step_s)
-    return False
+    """Poll `predicate` until it is true (True) or `timeout_s` passes (False); an HTTP error
+    counts as "not yet" (`tests.waiting.holds_within`)."""
+    return holds_within(predicate, timeout_s, step_s, ignore=(httpx.HTTPError,))
 
 
 def _cloud_headers() -> dict[str, str]:

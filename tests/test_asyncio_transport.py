@@ -22,6 +22,7 @@ from router.errors import CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankItem, RerankResult
 from tests.rerank_fakes import results_body
+from tests.waiting import until
 
 
 class HttpServer:
@@ -53,11 +54,12 @@ class HttpServer:
                 body = bytearray()
                 while len(body) < length:
                     if self.read_delay_s:
+                        # the delay is the behaviour under test
                         await asyncio.sleep(self.read_delay_s)
                     body += await reader.read(min(65536, length - len(body)))
                 self.bodies.append(bytes(body))
                 if self.mode == "hang":
-                    await asyncio.sleep(3600)
+                    await asyncio.sleep(3600)  # the delay is the behaviour under test
                 answer = _answer(bytes(body))
                 if self.mode == "cut":
                     writer.write(answer[: len(answer) // 2])
@@ -138,9 +140,14 @@ def test_a_connection_the_server_closed_is_replaced_without_an_error() -> None:
         server = HttpServer(mode="close")
         async with serving(server) as port:
             c = client(port)
+            pool = c._transport._pool  # the transport's httpcore connection pool
             for _ in range(3):
                 await c.rerank(items(), deadline_s=2.0)
-                await asyncio.sleep(0.02)  # let the close reach the client
+                await until(  # the client saw the close: no idle connection it would reuse
+                    lambda: all(conn.has_expired() for conn in pool.connections),
+                    timeout_s=2.0,
+                    what="the server's close to reach the client",
+                )
             await c.aclose()
         assert server.connections == 3
 

@@ -25,7 +25,7 @@ from router.manifest import (
 )
 from router.wire import RerankFailure, RerankItem, RerankResult
 from runtime.bundle import load_bundle
-from runtime.onnx_model import EdgeModel
+from runtime.onnx_model import OnnxModel
 
 
 @pytest.fixture(scope="module")
@@ -75,13 +75,13 @@ def _item(x: np.ndarray, rid: str, candidates: list[str] | None = None, **kw: An
 
 def test_edge_bundle_loads_and_predicts(built: DemoBuild, split: tuple[Any, Any]) -> None:
     """A good bundle loads; predict returns [N, 10] float32 rows summing to 1."""
-    model = EdgeModel.load(built.edge_dir)
+    model = OnnxModel.load(built.edge_dir)
     x, _ = split
-    probs = model.predict(x[:5])
+    probs = model.predict(x[:5]).probs
     assert probs.shape == (5, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(model.predict_one(x[0]), probs[0], atol=1e-7)
-    row = model.predict_row(np.asarray(x[1], dtype=np.float32))
+    np.testing.assert_allclose(model.predict(x[:1]).probs[0], probs[0], atol=1e-7)
+    row = model.predict(np.asarray(x[1:2], dtype=np.float32)).probs[0].tolist()
     assert isinstance(row, list)
     np.testing.assert_allclose(row, probs[1], atol=1e-7)
     assert model.labels == tuple(str(d) for d in range(10))
@@ -91,13 +91,13 @@ def test_edge_bundle_loads_and_predicts(built: DemoBuild, split: tuple[Any, Any]
 
 def test_edge_predict_rejects_wrong_shapes(built: DemoBuild) -> None:
     """Wrong item sizes and empty batches raise InputError on field 'inputs'."""
-    model = EdgeModel.load(built.edge_dir)
+    model = OnnxModel.load(built.edge_dir)
     for bad in (np.zeros((2, 63)), np.zeros(64), np.zeros((0, 64))):
         with pytest.raises(InputError) as err:
             model.predict(bad)
         assert err.value.field == "inputs"
     with pytest.raises(InputError):
-        model.predict_one(np.zeros(65))
+        model.predict(np.zeros((1, 65)))
 
 
 def test_sha256_mismatch_is_rejected(built: DemoBuild, tmp_path: Path) -> None:
@@ -271,8 +271,8 @@ def test_edge_candidates_then_cloud_rerank(
 ) -> None:
     """Re-ranking the edge's top-3 on the cloud beats the edge alone (report the figure)."""
     x, y = split
-    edge = EdgeModel.load(built.edge_dir)
-    probs = edge.predict(x)
+    edge = OnnxModel.load(built.edge_dir)
+    probs = edge.predict(x).probs
     items = [
         _item(row, f"r{i}", [c.label for c in top_k(p.tolist(), edge.labels, 3)])
         for i, (row, p) in enumerate(zip(x, probs, strict=True))

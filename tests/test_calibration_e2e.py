@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from click.testing import CliRunner
 from edgeroute.cli_policy import policy
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -59,9 +59,7 @@ def test_calibrated_threshold_escalates_as_predicted(
     assert any(d["route"] == "cloud" for d in first)
     labels = tmp_path / "labels.json"
     labels.write_text(json.dumps({f"cal-{i}": str(int(v)) for i, v in enumerate(y)}))
-    t_end = time.monotonic() + 10
-    while _log_lines(node) < len(x) and time.monotonic() < t_end:
-        time.sleep(0.1)
+    wait_until(lambda: _log_lines(node) >= len(x), 10, 0.1, f"{len(x)} decision log lines")
     assert _log_lines(node) == len(x)
 
     new_policy, plot, report = tmp_path / "new.yaml", tmp_path / "cal.png", tmp_path / "r.json"

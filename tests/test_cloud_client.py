@@ -9,10 +9,10 @@ import httpx
 import orjson
 import pytest
 
-from edge_node.cloud.client import CloudClient, parse_retry_after
+from edge_node.cloud.client import CloudClient
 from router.errors import CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
-from router.wire import RerankFailure, RerankItem, RerankResult
+from router.wire import RerankFailure, RerankItem, RerankResult, parse_retry_after
 from tests.rerank_fakes import results_body
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -97,8 +97,8 @@ def test_success_sends_batch_and_headers() -> None:
 
 
 def test_first_send_header_goes_with_the_first_try_only() -> None:
-    """first_send=True marks the first try X-Edgeroute-First-Send: 1 and no retry; without
-    it no try is marked."""
+    """A call whose ids the client's id source made marks its first try
+    X-Edgeroute-First-Send: 1 and no retry; ids it did not make, or a resend, mark no try."""
     marks: list[str | None] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -108,9 +108,12 @@ def test_first_send_header_goes_with_the_first_try_only() -> None:
         return httpx.Response(200, json=ok_body(req))
 
     client, _ = make(handler, FakeTime())
-    asyncio.run(client.rerank(items(1), deadline_s=10.0, first_send=True))
+    minted = [RerankItem(task="iris", request_id=client.ids.new(), inputs=[1.0, 2.0])]
+    asyncio.run(client.rerank(minted, deadline_s=10.0))
     asyncio.run(client.rerank(items(1), deadline_s=10.0))
     assert marks == ["1", None, None, None]
+    asyncio.run(client.rerank(minted, deadline_s=10.0, resend=True))
+    assert marks[4:] == [None]
 
 
 def test_retries_5xx_then_succeeds_with_exponential_backoff() -> None:
@@ -285,10 +288,10 @@ def test_health() -> None:
 
 def test_parse_retry_after() -> None:
     """Delta-seconds and HTTP dates parse; garbage and negatives are handled."""
-    assert parse_retry_after("3") == 3.0
-    assert parse_retry_after("-4") == 0.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
+    assert parse_retry_after("3", now_wall=0.0) == 3.0
+    assert parse_retry_after("-4", now_wall=0.0) == 0.0
+    assert parse_retry_after("soon", now_wall=0.0) is None
+    assert parse_retry_after(None, now_wall=0.0) is None
     assert parse_retry_after(
         "Wed, 21 Oct 2015 07:28:10 GMT", now_wall=1445412480.0
     ) == pytest.approx(10.0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 from edgeroute.processes import free_port
 from tests.cluster_utils import BIN, LocalCluster, cluster_pids, start_head, stop_cluster
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
+from tests.waiting import wait_until
 
 CONFIG = Path(__file__).resolve().parent.parent / "cloud_service" / "serve_config.yaml"
 
@@ -57,17 +57,20 @@ def deploy_config(cluster: LocalCluster, bundles: Path, tokens: Path, http_port:
 
 def wait_ready(url: str, timeout_s: float = 90.0) -> dict[str, object]:
     """Poll GET url/healthz until it answers 200; returns its JSON."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            r = httpx.get(f"{url}/healthz", timeout=5)
-            if r.status_code == 200:
-                data: dict[str, object] = r.json()
-                return data
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the app did not become ready on the cluster"
-        time.sleep(0.5)
+    ok: list[httpx.Response] = []
+
+    def ready() -> bool:
+        """One GET /healthz; a 200 is kept in `ok`."""
+        r = httpx.get(f"{url}/healthz", timeout=5)
+        if r.status_code == 200:
+            ok.append(r)
+        return bool(ok)
+
+    wait_until(
+        ready, timeout_s, 0.5, "the app to become ready on the cluster", ignore=(httpx.HTTPError,)
+    )
+    data: dict[str, object] = ok[0].json()
+    return data
 
 
 @pytest.mark.slow

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_service.app import parse_rerank_body
 from cloud_service.auth import TokenFile, check_bearer
+from cloud_service.http_parsing import parse_rerank_body
 from cloud_service.rerank_flow import Answer, answer_with_dedup, rerank_by_task
 from cloud_service.result_store import (
     Outcome,
@@ -447,7 +447,7 @@ def test_unknown_paths_and_wrong_methods_get_fastapis_answers(client: httpx.Clie
 
 def test_route_path_strips_the_route_prefix() -> None:
     """The path is matched relative to Serve's route prefix (the ASGI root_path)."""
-    from cloud_service.deployment import route_path
+    from cloud_service.http_routes import route_path
 
     assert route_path({"path": "/batched/v1/rerank", "root_path": "/batched"}) == "/v1/rerank"
     assert route_path({"path": "/v1/rerank", "root_path": ""}) == "/v1/rerank"
@@ -565,9 +565,9 @@ def test_run_cloud_serves_until_sigterm_then_cleans_up(
     import signal
     import subprocess
     import sys
-    import time
 
     from tests.ray_fixtures import free_port
+    from tests.waiting import wait_until
 
     ready = tmp_path / "ready"
     settings = CloudServiceSettings(
@@ -588,11 +588,15 @@ def test_run_cloud_serves_until_sigterm_then_cleans_up(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while not ready.exists():
+
+        def started() -> bool:
+            """The ready file exists; fails at once when run_cloud exited before writing it."""
+            if ready.exists():
+                return True
             assert proc.poll() is None, "run_cloud exited before it was ready"
-            assert time.monotonic() < deadline, "run_cloud not ready in 120 s"
-            time.sleep(0.2)
+            return False
+
+        wait_until(started, 120, 0.2, "run_cloud's ready file")
         url = ready.read_text().strip()
         assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
         children = descendants(proc.pid)
@@ -601,10 +605,12 @@ def test_run_cloud_serves_until_sigterm_then_cleans_up(
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0
         assert f"edgeroute cloud ready {url}" in out
-        deadline = time.monotonic() + 15
-        while any(Path(f"/proc/{pid}").exists() for pid in children):
-            assert time.monotonic() < deadline, "Ray processes left after run_cloud stopped"
-            time.sleep(0.2)
+        wait_until(
+            lambda: not any(Path(f"/proc/{pid}").exists() for pid in children),
+            15,
+            0.2,
+            "the Ray processes to exit after run_cloud stopped",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -19,6 +19,7 @@ import pytest
 from cloud_service.auth import EnvTokens, TokenFile, TokenSources, token_sources
 from cloud_service.settings import CloudServiceSettings
 from router.errors import Unauthorized
+from tests.waiting import holds_within, wait_until
 
 AUTH = {"X-Edgeroute-Node": "test-node", "Authorization": "Bearer test-token"}
 
@@ -211,11 +212,15 @@ def test_replica_metrics_reach_rays_prometheus_export(cloud_url: str) -> None:
         "ray_edgeroute_cloud_auth_failures_total{",
         "ray_edgeroute_cloud_items_total{",
     ]
-    deadline = time.monotonic() + 40
-    text = _scrape(port)
-    while not all(w in text for w in wanted) and time.monotonic() < deadline:
-        time.sleep(1.0)
+    text = ""
+
+    def exported() -> bool:
+        """One scrape of the export port into `text`: every wanted series is there."""
+        nonlocal text
         text = _scrape(port)
+        return all(w in text for w in wanted)
+
+    holds_within(exported, 40, 1.0)  # on a timeout the assertion below names what is missing
     missing = [w for w in wanted if w not in text]
     assert not missing, f"not exported: {missing}"
 
@@ -289,9 +294,15 @@ def test_abandoned_claim_is_taken_over_after_its_timeout(dup_app: str) -> None:
     # The answering replica sends its put within dedup_flush_delay_s; /v1/stats/computed may
     # be served by the other replica, so wait for the count to show (one call: it stays 1).
     rid = body["request_id"]
-    deadline = time.monotonic() + 5
-    while (counts := _computed(dup_app, [rid])) == {rid: 0} and time.monotonic() < deadline:
-        time.sleep(0.05)
+    counts: dict[str, int] = {}
+
+    def counted() -> bool:
+        """One read of the computed count into `counts`: it shows (is not 0)."""
+        nonlocal counts
+        counts = _computed(dup_app, [rid])
+        return counts != {rid: 0}
+
+    wait_until(counted, 5, 0.05, "the computed count to show the answering replica's put")
     assert counts == {rid: 1}
     assert ray.get(store.stats.remote())["claims_abandoned"] >= 1
 
@@ -312,14 +323,16 @@ def test_replica_log_line_is_json_with_the_request_id_and_no_inputs(cloud_url: s
     )
     assert resp.status_code == 200, resp.text
     logs = Path(worker._global_node.get_logs_dir_path())
-    deadline = time.monotonic() + 20
     lines: list[str] = []
-    while not lines and time.monotonic() < deadline:
+
+    def logged() -> bool:
+        """One pass over the workers' stderr files: lines naming `rid` go to `lines`."""
         for path in logs.glob("worker-*.err"):
             text = path.read_text(errors="replace").splitlines()
-            lines += [ln for ln in text if rid in ln and ln.startswith("{")]  # not Serve's own
-        if not lines:
-            time.sleep(0.2)
+            lines.extend(ln for ln in text if rid in ln and ln.startswith("{"))  # not Serve's
+        return bool(lines)
+
+    wait_until(logged, 20, 0.2, f"a JSON log line naming {rid}")
     assert len(lines) == 1, lines
     record = json.loads(lines[0])
     assert record["event"] == "rerank_answered" and record["level"] == "info"

@@ -20,6 +20,7 @@ from cloud_service.result_store import (
 from cloud_service.store_client import CoalescingStore
 from router.wire import RerankItem, RerankResult
 from tests.test_cloud_service import FakeClock, FakeModel, MapStore, item
+from tests.waiting import until
 
 
 class RecordingSettle:
@@ -39,7 +40,7 @@ class RecordingSettle:
         claims: list[tuple[StoreKey, str]],
     ) -> list[Outcome]:
         self.calls.append((len(puts), len(releases), len(claims)))
-        await asyncio.sleep(self.delay_s)
+        await asyncio.sleep(self.delay_s)  # the delay is the behaviour under test
         if self.fail:
             raise ConnectionError("store down")
         return await self.actor.settle(puts, releases, claims)
@@ -89,7 +90,7 @@ def test_queued_put_goes_out_alone_after_the_flush_delay() -> None:
     async def run() -> None:
         store.put_later([(("n", "a"), StoredResult("fp", {}))])
         store.release_later([("n", "b")])
-        await asyncio.sleep(0.1)
+        await until(lambda: ex.calls, timeout_s=5.0, what="the queued writes' call")
 
     asyncio.run(run())
     assert ex.calls == [(1, 1, 0)] and store.queued_writes == 0
@@ -104,7 +105,8 @@ def test_flush_sends_queued_writes_now_and_waits_for_a_call_in_flight() -> None:
     async def run() -> float:
         loop = asyncio.get_running_loop()
         claim = asyncio.create_task(store.claim([(("n", "b"), "fp")]))
-        await asyncio.sleep(0.005)  # the claim call is in flight (it takes 20 ms)
+        # the claim call is in flight (it takes 20 ms): settle has recorded it
+        await until(lambda: ex.calls, interval_s=0, what="the claim call to start")
         store.put_later([(("n", "a"), StoredResult("fp", {}))])
         started = loop.time()
         await store.flush()
@@ -144,7 +146,8 @@ def test_callers_arriving_during_a_call_go_together_in_the_next() -> None:
 
     async def run() -> None:
         first = asyncio.create_task(store.claim([(("n", "a"), "fp")]))
-        await asyncio.sleep(0.005)  # the first call is now in flight
+        # the first call is now in flight: settle has recorded it
+        await until(lambda: ex.calls, interval_s=0, what="the first call to start")
         await asyncio.gather(first, *(store.claim([(("n", str(i)), "fp")]) for i in range(4)))
 
     asyncio.run(run())
@@ -156,11 +159,18 @@ def test_busy_replica_lingers_so_claims_share_a_call() -> None:
     for company and go out together; an idle replica's claim goes out at once."""
     ex = RecordingSettle()
     busy = [True]
-    store = CoalescingStore(ex, linger_s=0.05, busy=lambda: busy[0])
+    asked: list[bool] = []
+
+    def busy_now() -> bool:
+        """The replica's busy flag; each answer is kept in `asked` (a claim reached the store)."""
+        asked.append(busy[0])
+        return busy[0]
+
+    store = CoalescingStore(ex, linger_s=0.05, busy=busy_now)
 
     async def run() -> None:
         first = asyncio.create_task(store.claim([(("n", "a"), "fp")]))
-        await asyncio.sleep(0.005)
+        await until(lambda: asked, interval_s=0, what="the first claim to linger")
         await asyncio.gather(first, store.claim([(("n", "b"), "fp")]))
         busy[0] = False
         await store.claim([(("n", "c"), "fp")])
@@ -218,7 +228,8 @@ def test_actor_wait_returns_the_result_put_by_the_claim_holder() -> None:
     async def run() -> list[Outcome]:
         assert await actor.settle([], [], [k]) == [CLAIMED]
         waiter = asyncio.create_task(actor.wait_claims([k], 30.0))
-        await asyncio.sleep(0.02)
+        # the waiter ran: it got PENDING and now waits on the actor's change event
+        await until(lambda: actor._changed is not None, interval_s=0, what="the waiter to wait")
         assert not waiter.done()
         await actor.settle([(("n", "a"), stored)], [], [])
         return await asyncio.wait_for(waiter, 5.0)
@@ -307,7 +318,8 @@ def test_ready_group_batches_only_calls_that_arrive_together() -> None:
             return name
 
         async def together() -> str:
-            await asyncio.sleep(0.01)  # still counted while it runs
+            # still counted while it runs (the delay is the behaviour under test)
+            await asyncio.sleep(0.01)
             paths.append(f"{name}:together")
             return name
 

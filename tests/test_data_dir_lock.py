@@ -20,11 +20,11 @@ _ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 _HOLDER = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from edge_node.storage.data_dir_lock import hold
     hold(sys.argv[1], "edge node")
     print("held", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # hold it until the test kills this process (or its stdin closes)
     """
 )
 
@@ -61,6 +61,7 @@ def holder(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
         [sys.executable, "-c", _HOLDER, str(tmp_path)],
         cwd=REPO,
         env=_ENV,
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -18,6 +18,7 @@ from edge_node.observe.decision_log import (
     read_decision_log,
 )
 from router.wire import WireCandidate
+from tests.waiting import wait_until
 
 
 def _record(i: int, **over: Any) -> DecisionRecord:
@@ -113,10 +114,7 @@ def test_background_thread_flushes_without_being_asked(tmp_path: Path) -> None:
     """With the background thread, records reach disk within a few flush intervals."""
     with DecisionLog(tmp_path, flush_interval_s=0.02, clock=lambda: 42.0) as log:
         log.write(_record(0))
-        deadline = time.monotonic() + 2.0
-        while log.stats().written < 1:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_until(lambda: log.stats().written >= 1, 2.0, what="the background flush")
         assert log.stats().last_flush_at == 42.0
     assert len(list(read_decision_log(tmp_path))) == 1
 

@@ -22,7 +22,7 @@ from edgeroute.demo_models import (
 )
 from router.errors import BundleError
 from router.manifest import MANIFEST_FILE, MODEL_FILE, parse_manifest, sha256_hex
-from runtime.onnx_model import EdgeModel
+from runtime.onnx_model import OnnxModel
 
 FIXED_NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -109,7 +109,7 @@ def test_test_split_replays_the_recorded_items(built: DemoBuild) -> None:
 def test_recorded_accuracy_is_what_the_edge_bundle_gives(built: DemoBuild) -> None:
     """Loading the edge bundle and predicting the split reproduces accuracy and top-k recall."""
     x, y = load_test_split(built.split_path.parent)
-    probs = EdgeModel.load(built.edge_dir).predict(x)
+    probs = OnnxModel.load(built.edge_dir).predict(x).probs
     assert float(np.mean(probs.argmax(axis=1) == y)) == pytest.approx(built.edge_accuracy)
     for k in (2, 3, 4):
         assert topk_recall(probs, y, k) == pytest.approx(built.edge_topk_recall[k])

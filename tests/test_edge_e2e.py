@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from edge_node.observe.decision_log import DecisionLogError, read_decision_log
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
+from tests.waiting import holds_within
 
 pytestmark = pytest.mark.ray
 
@@ -44,12 +44,8 @@ def _body(x: np.ndarray, i: int, task: str = "digits", rid: str | None = None) -
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    """Poll `predicate` every 0.1 s: True once it holds, False after `timeout_s`."""
+    return holds_within(predicate, timeout_s, 0.1)
 
 
 def _results(node: EdgeNode, ids: list[str]) -> list[dict[str, object]]:

@@ -9,20 +9,20 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from edge_node.service import request_ids
-from runtime.onnx_model import EdgeModel
+from edge_node.cloud.request_ids import RequestIds
+from runtime.onnx_model import OnnxModel
 from runtime.ort_call import direct_runner
 
 
 def test_direct_runner_matches_session_run(demo_bundles_dir: Path) -> None:
     """The bound-runner call returns exactly what InferenceSession.run returns."""
-    model = EdgeModel.load(demo_bundles_dir / "edge" / "digits")
+    model = OnnxModel.load(demo_bundles_dir / "edge" / "digits")
     sess = model.bundle.session
     x = np.random.default_rng(0).uniform(0, 16, size=(5, 64)).astype(np.float32)
     want = sess.run(["probabilities"], {"input": x})[0]
     got = direct_runner(sess)(["probabilities"], {"input": x})[0]
     np.testing.assert_array_equal(got, want)
-    np.testing.assert_allclose(model.predict(x), want)
+    np.testing.assert_allclose(model.predict(x).probs, want)
 
 
 def test_direct_runner_falls_back_to_public_run() -> None:
@@ -36,12 +36,14 @@ def test_direct_runner_falls_back_to_public_run() -> None:
 
 
 def test_request_ids_are_unique_hex_and_differ_between_generators() -> None:
-    """Generated ids are 32 hex digits, never repeat, and two processes' prefixes differ."""
-    gen_a, gen_b = request_ids(), request_ids()
-    ids = [gen_a() for _ in range(10_000)]
+    """Generated ids are 32 hex digits, never repeat, two processes' prefixes differ, and
+    each source recognises its own ids only."""
+    gen_a, gen_b = RequestIds(), RequestIds()
+    ids = [gen_a.new() for _ in range(10_000)]
     assert len(set(ids)) == len(ids)
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids[:100])
-    assert gen_b()[:16] != ids[0][:16]
+    assert gen_b.new()[:16] != ids[0][:16]
+    assert gen_a.minted(ids[5]) and not gen_b.minted(ids[5]) and not gen_a.minted("r-1")
 
 
 def test_fastapi_baseline_answers_with_the_models_label(demo_bundles_dir: Path) -> None:
@@ -50,8 +52,8 @@ def test_fastapi_baseline_answers_with_the_models_label(demo_bundles_dir: Path) 
 
     bundle = demo_bundles_dir / "edge" / "digits"
     x = np.random.default_rng(1).uniform(0, 16, size=64).astype(np.float32)
-    model = EdgeModel.load(bundle)
-    want = model.labels[int(np.argmax(model.predict(x.reshape(1, -1))[0]))]
+    model = OnnxModel.load(bundle)
+    want = model.labels[int(np.argmax(model.predict(x.reshape(1, -1)).probs[0]))]
     with TestClient(build_app(bundle)) as client:
         r = client.post("/infer", json={"inputs": x.tolist()})
     assert r.status_code == 200, r.text
@@ -64,7 +66,7 @@ def test_service_decision_records_validate_with_every_score(
     """Records built off the request path validate as DecisionRecord and carry all scores."""
     import asyncio
 
-    from edge_node.factory import build_service
+    from edge_node.node import Node
     from edge_node.observe.decision_log import read_decision_log
     from edge_node.settings import EdgeSettings
     from router.edge_api import InferRequest
@@ -75,12 +77,13 @@ def test_service_decision_records_validate_with_every_score(
     (tmp_path / "p.yaml").write_text(
         policy_text(demo_bundles_dir / "edge" / "digits", threshold=0.001)
     )
-    svc = build_service(EdgeSettings(policy_path=tmp_path / "p.yaml", data_dir=tmp_path / "d"))
+    node = Node(EdgeSettings(policy_path=tmp_path / "p.yaml", data_dir=tmp_path / "d"))
+    svc = node.service
     x = np.random.default_rng(2).uniform(0, 16, size=(3, 64))
     bodies = [
         asyncio.run(svc.infer(InferRequest(task="digits", inputs=row.tolist()))).body for row in x
     ]
-    svc.decisions.close()
+    node.close_stores()
     records = list(read_decision_log(tmp_path / "d" / "decisions"))
     assert [r.request_id for r in records] == [b["request_id"] for b in bodies]
     assert all(set(r.scores) == set(SCORERS) for r in records)

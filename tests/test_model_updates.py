@@ -4,7 +4,6 @@ the CLI, and the policy's canary fields. Real nodes on 127.0.0.1, real onnxrunti
 
 from __future__ import annotations
 
-import contextvars
 import json
 import shutil
 import time
@@ -35,7 +34,7 @@ from router.model_updates import (
 from router.policy import CanaryRule
 from router.policy_loader import parse_policy
 from runtime.bundle import BundleTrust, load_bundle
-from runtime.onnx_model import EdgeModel, smoke_check
+from runtime.onnx_model import OnnxModel, smoke_check
 from tests.edge_fixtures import EdgeNode
 from tests.model_update_support import (
     Traffic,
@@ -45,6 +44,7 @@ from tests.model_update_support import (
     rolled,
     trusted_policy,
 )
+from tests.waiting import holds_within
 
 DEAD_CLOUD = "http://127.0.0.1:9"  # edge-only task: no cloud is ever called
 V1, V2, V3 = "digits-edge-1", "digits-edge-2", "digits-edge-3-rolled"
@@ -86,12 +86,8 @@ def _trust(bundles: dict[str, Path]) -> BundleTrust:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+    """Poll `predicate` every 0.05 s: True once it holds, False after `timeout_s`."""
+    return holds_within(predicate, timeout_s, 0.05)
 
 
 def _update(node: EdgeNode) -> dict[str, Any]:
@@ -153,10 +149,10 @@ def test_smoke_check_and_compatibility_refuse_bad_versions(bundles: dict[str, Pa
     """A model returning NaN fails the smoke inference; other labels, input spec or task
     fail the compatibility check; a good version passes both."""
     trust = _trust(bundles)
-    good = EdgeModel(load_bundle(bundles["v2"], trust))
+    good = OnnxModel(load_bundle(bundles["v2"], trust))
     smoke_check(good)
     with pytest.raises(BundleError) as info:
-        smoke_check(EdgeModel(load_bundle(bundles["nan"], trust)))
+        smoke_check(OnnxModel(load_bundle(bundles["nan"], trust)))
     assert info.value.code == "smoke_failed" and "non-finite" in info.value.message
     ref = good.bundle.manifest
     for changed in (
@@ -174,34 +170,33 @@ def test_smoke_check_and_compatibility_refuse_bad_versions(bundles: dict[str, Pa
 def test_canary_model_serves_its_fraction_compares_and_survives_candidate_faults(
     bundles: dict[str, Path], digits_split: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    """Fraction mode answers exactly its share with the candidate (reporting the
-    candidate's version in that context), compares it with the current model, and a
-    candidate returning NaN is counted as an error while the current model answers."""
+    """Fraction mode answers exactly its share with the candidate (its Prediction carries
+    the candidate's version), compares it with the current model, and a candidate
+    returning NaN is counted as an error while the current model answers."""
     trust = _trust(bundles)
-    current = EdgeModel(load_bundle(bundles["v1"], trust))
-    shifted = EdgeModel(load_bundle(bundles["v3"], trust))
+    current = OnnxModel(load_bundle(bundles["v1"], trust))
+    shifted = OnnxModel(load_bundle(bundles["v3"], trust))
     xs = digits_split[0][:40]
     canary = CanaryModel(current, shifted, "fraction", 0.25, background=False)
     versions = []
     for x in xs:
-        ctx = contextvars.copy_context()
-        probs = ctx.run(canary.predict, x.reshape(1, -1))
-        versions.append(ctx.run(lambda: canary.version))
+        answer = canary.predict(x.reshape(1, -1))
+        versions.append(answer.version)
         expected = shifted if versions[-1] == V3 else current
-        np.testing.assert_allclose(probs, expected.predict(x.reshape(1, -1)))
+        np.testing.assert_allclose(answer.probs, expected.predict(x.reshape(1, -1)).probs)
     c = canary.counts()
     assert versions.count(V3) == 10 and versions.count(V1) == 30
     assert (c.served_by_candidate, c.compared, c.errors) == (10, 10, 0)
     assert c.agreed <= 2  # shifted labels almost never agree
-    assert canary.version == V1  # outside a request context: the current version
+    assert canary.version == V1  # the serving (current) version
 
-    broken = EdgeModel(load_bundle(bundles["nan"], trust))
+    broken = OnnxModel(load_bundle(bundles["nan"], trust))
     faulty = CanaryModel(current, broken, "fraction", 1.0, background=False)
-    probs = faulty.predict(xs[:5])
-    np.testing.assert_allclose(probs, current.predict(xs[:5]))
+    probs = faulty.predict(xs[:5]).probs
+    np.testing.assert_allclose(probs, current.predict(xs[:5]).probs)
     assert faulty.counts().errors == 5 and faulty.counts().served_by_candidate == 0
     shadow = CanaryModel(current, broken, "shadow", 0.0)  # background comparisons
-    np.testing.assert_allclose(shadow.predict(xs[:3]), current.predict(xs[:3]))
+    np.testing.assert_allclose(shadow.predict(xs[:3]).probs, current.predict(xs[:3]).probs)
     assert _wait(lambda: shadow.counts().errors == 3, 5)
     shadow.close()
 
@@ -287,7 +282,7 @@ def test_failed_updates_under_traffic_keep_the_old_version_serving(
             "digits", InstallRequest(version="digits-edge-truncated", requested_at=time.time())
         )
         assert _wait(lambda: store.read_state("digits").pending is None, 10)
-        time.sleep(0.3)
+        assert traffic.wait_each(V1, traffic.mark())  # answers after the failed load
     answers = traffic.all()
     assert len(answers) > 50
     assert all(status == 200 for status, _, _ in answers), {a[0] for a in answers}

@@ -202,11 +202,11 @@ def test_drain_charges_the_budget_and_stops_when_it_is_spent(
 
 _HOLD_LOCK = textwrap.dedent(
     """
-    import sys, time
+    import sys
     from edge_node.storage.data_dir_lock import hold
     hold(sys.argv[1], "edge node")
     print("held", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # hold it until the test kills this process (or its stdin closes)
     """
 )
 
@@ -220,6 +220,7 @@ def locked_data_dir(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         [sys.executable, "-c", _HOLD_LOCK, str(data)],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )

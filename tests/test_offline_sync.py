@@ -18,10 +18,11 @@ import pytest
 from edge_node.cloud.connectivity import ConnectivityMonitor
 from edge_node.storage.queue_store import DurableQueue, QueuedItem
 from edge_node.storage.result_store import ResultStore, ResultStoreError
-from edge_node.sync.worker import Charge, SyncReport, SyncWorker
+from edge_node.sync.worker import SyncReport, SyncWorker
 from router.errors import CloudUnavailable
 from router.policy import BreakerSettings, QueueSettings, SyncSettings
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
+from tests.sync_support import sync_worker
 
 NOW = 10_000.0
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ class Ledger:
         self.committed = 0
         self.released = 0
 
-    def reserve(self, item: QueuedItem) -> Charge | None:
+    def reserve(self, item: QueuedItem | None) -> object | None:
         if self.left <= 0:
             return None
         self.left -= 1
@@ -123,14 +124,14 @@ def _worker(
         return ticks[0]
 
     settings = SyncSettings(**{"batch_size": 4, "interval_ms": 10, "max_attempts": 1, **sync})
-    worker = SyncWorker(
+    worker = sync_worker(
         q,
         rs,
         cloud,
         mon,
         settings,
         clock=lambda: NOW,
-        reserve=ledger.reserve if ledger else None,
+        ledger=ledger,
         monotonic=mono,
     )
     return q, rs, worker, ticks
@@ -310,8 +311,7 @@ def _pipelined(
     rs.cloud, cloud.results = cloud, rs
     mon = ConnectivityMonitor(BreakerSettings(failure_threshold=1), clock=lambda: NOW)
     settings = SyncSettings(batch_size=4, interval_ms=10, max_attempts=3)
-    reserve = ledger.reserve if ledger else None
-    worker = SyncWorker(q, rs, cloud, mon, settings, clock=lambda: NOW, reserve=reserve)
+    worker = sync_worker(q, rs, cloud, mon, settings, clock=lambda: NOW, ledger=ledger)
     return q, rs, cloud, worker
 
 

@@ -19,12 +19,12 @@ from tests.edge_fixtures import EdgeNode, policy_text
 
 
 def _learned_file(bundles: Path, split: tuple[np.ndarray, np.ndarray], out: Path) -> Path:
-    from runtime.onnx_model import EdgeModel
+    from runtime.onnx_model import OnnxModel
 
-    model = EdgeModel.load(bundles / "edge" / "digits")
+    model = OnnxModel.load(bundles / "edge" / "digits")
     x, y = split
     rows, right = [], []
-    for p, t in zip(model.predict(x).tolist(), y, strict=True):
+    for p, t in zip(model.predict(x).probs.tolist(), y, strict=True):
         cands = top_k(p, model.labels, 3)
         rows.append((all_scores(p), [(c.label, c.score) for c in cands]))
         right.append(cands[0].label == str(int(t)))

@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from router.budget import BudgetLedger
 from router.decision import (
     CLOUD_NEEDS_INPUTS,
     PRIVACY_EDGE_ONLY,
@@ -17,8 +16,8 @@ from router.decision import (
     LocalResult,
     NodeState,
     decide,
-    on_inputs_required,
 )
+from router.outcome import after
 from router.policy import CostSettings, TaskPolicy
 from router.wire import RerankItem
 
@@ -54,18 +53,17 @@ def test_send_nothing_never_escalates_nor_queues(
     """Whatever the score, connectivity, placement, budget or deadline, `send: nothing`
     answers on the edge, finally, with reason privacy_edge_only."""
     task = _task(send="nothing", placement=placement, when_offline=when_offline)
-    cost = CostSettings(daily_calls=0, on_budget_exhausted=budget_action)
-    d = decide(_local(conf), NodeState(conn, BudgetLedger()), task, cost, NOW, left)
+    d = decide(_local(conf), NodeState(conn), task, left)
     assert (d.route, d.reason) == ("edge", PRIVACY_EDGE_ONLY)
     assert not (d.escalate or d.enqueue or d.reject) and d.answer_now and d.final
 
 
 def test_inputs_required_answers_locally_and_finally() -> None:
     """After an `inputs_required` refusal the edge answers locally, final, never queued."""
-    d = decide(_local(0.1), NodeState(), _task(send="candidates_only"), CostSettings(), NOW)
+    d = decide(_local(0.1), NodeState(), _task(send="candidates_only"))
     assert d.escalate
-    after = on_inputs_required(d)
-    assert (after.route, after.reason, after.enqueue, after.final) == (
+    then = after(d, "inputs_required", _task(send="candidates_only"), CostSettings())
+    assert (then.route, then.reason, then.enqueue, then.final) == (
         "edge",
         CLOUD_NEEDS_INPUTS,
         False,

@@ -30,6 +30,7 @@ from router.policy import (
     SyncSettings,
 )
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
+from tests.sync_support import sync_worker
 
 NOW = 10_000.0
 
@@ -137,7 +138,7 @@ def setup(
         BreakerSettings(failure_threshold=threshold, open_ms=1000), clock=clock, rng=lambda: 0.5
     )
     cloud = FakeCloud()
-    worker = SyncWorker(
+    worker = sync_worker(
         q,
         rs,
         cloud,
@@ -381,7 +382,7 @@ def test_end_to_end_drain_after_outage(tmp_path: Path) -> None:
 
     async def scenario() -> list[list[str]]:
         client = CloudClient(cloud_settings, node_id="edge-it")
-        worker = SyncWorker(
+        worker = sync_worker(
             q,
             rs,
             client,

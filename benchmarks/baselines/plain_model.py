@@ -16,7 +16,7 @@ class PlainModel:
     def __init__(self, bundle: str | Path) -> None:
         import onnxruntime as ort
 
-        from cloud_service.model import session_options
+        from runtime.bundle import session_options
 
         folder = Path(bundle)
         manifest = json.loads((folder / "manifest.json").read_text())

@@ -19,7 +19,6 @@ caller's deadline. Every httpx / HTTP / schema failure leaves this module as a
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -32,6 +31,7 @@ from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
+from edge_node.cloud.request_ids import RequestIds
 from router.errors import CloudError, CloudRejected, CloudTimeout, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import (
@@ -42,29 +42,12 @@ from router.wire import (
     RerankItem,
     RerankResponse,
     RerankResult,
+    parse_retry_after,
 )
 
 _log = structlog.get_logger("edge_node.cloud.client")
 _MIN_TRY_S = 0.001  # do not start a try with less time than this left
 _RETRY_STATUSES = frozenset({429, 503})
-
-
-def parse_retry_after(value: str | None, *, now_wall: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP-date); None if absent or
-    unparseable; never negative."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    now = time.time() if now_wall is None else now_wall
-    return max(0.0, when.timestamp() - now)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -87,8 +70,10 @@ class CloudClient:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: Callable[[], float] = random.random,
+        ids: RequestIds | None = None,
     ) -> None:
         self.settings = settings
+        self.ids = ids or RequestIds()
         self._clock = clock
         self._sleep = sleep
         self._rng = rng
@@ -145,7 +130,7 @@ class CloudClient:
         *,
         deadline_s: float,
         request_id: str | None = None,
-        first_send: bool = False,
+        resend: bool = False,
     ) -> list[RerankResult | RerankFailure]:
         """Re-rank `items` on the cloud; results in item order, one per item.
 
@@ -153,16 +138,18 @@ class CloudClient:
         left; no backoff sleeps past it). Raises `CloudUnavailable`, `CloudTimeout` or
         `CloudRejected` (see module doc); never an httpx or pydantic error.
 
-        `first_send=True` is the caller's promise that no item was ever sent to the cloud
-        before (ids generated for this call): the first try then carries
-        `X-Edgeroute-First-Send: 1` and the cloud skips its idempotency claim; retries never
-        carry it (the first try may have reached the cloud).
+        `resend=True` says the items may have been sent before (the sync worker's calls).
+        Otherwise, when every item's id was made by `self.ids` (the node made it for this
+        request, so no earlier call carried it), the first try carries
+        `X-Edgeroute-First-Send: 1` and the cloud skips its idempotency claim; retries and
+        resends never carry it (an earlier try may have reached the cloud).
         """
         if not items:
             return []
         end = self._clock() + deadline_s
         body = orjson.dumps({"items": [i.model_dump(mode="json") for i in items]})
         headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
+        first_send = not resend and all(self.ids.minted(i.request_id) for i in items)
         first_headers = {**headers, FIRST_SEND_HEADER: "1"} if first_send else headers
         expected = [i.request_id for i in items]
         retry = self.settings.retry
@@ -226,7 +213,7 @@ class CloudClient:
     ) -> list[RerankResult | RerankFailure]:
         status = resp.status_code
         if status in _RETRY_STATUSES or status >= 500:
-            after = parse_retry_after(resp.headers.get("Retry-After"))
+            after = parse_retry_after(resp.headers.get("Retry-After"), now_wall=time.time())
             raise CloudUnavailable(
                 f"cloud answered {status}{_error_text(resp)}", retry_after_s=after
             )

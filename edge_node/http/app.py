@@ -6,10 +6,7 @@ input; a 500 means a bug. The sync worker runs as a background task of the app.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import signal
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,19 +17,12 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, ORJSONResponse, Response
 from pydantic import BaseModel
 
-from edge_node.factory import build_service, model_store
 from edge_node.http.auth import BearerAuth, check_token_configured
 from edge_node.http.body_limit import BodyLimit
 from edge_node.http.errors import error_response
 from edge_node.http.infer_route import InferEndpoint, answer_infer, error_detail_of
-from edge_node.lifecycle.model_updater import ModelUpdater
-from edge_node.lifecycle.policy_reloader import PolicyReloader
-from edge_node.observe.decision_log import sync_recorder
-from edge_node.service import EdgeService
+from edge_node.node import Node
 from edge_node.settings import EdgeSettings
-from edge_node.sync.budget import budget_reserver
-from edge_node.sync.worker import SyncWorker
-from router.budget import all_limits, budget_status
 from router.edge_api import (
     ErrorResponse,
     InferBatchRequest,
@@ -51,60 +41,20 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> FastAPI:
-    """Build the edge node app. Validates the policy and loads bundles now (raises
-    PolicyError/BundleError); the sync worker starts with the app and stops with it."""
-    svc = service or build_service(settings)
-    store = model_store(settings)
-    reloader = PolicyReloader(svc, settings.policy_path, store=store)
-    updater = ModelUpdater(svc, store, settings.policy_path, reloader.lock)
+def create_app(settings: EdgeSettings, node: Node | None = None) -> FastAPI:
+    """Build the edge node app around `node` (default: `Node(settings)`, which validates
+    the policy and loads bundles now: raises PolicyError/BundleError). The node's
+    background work starts with the app and stops with it."""
+    node = node or Node(settings)
+    svc = node.service
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        stop = asyncio.Event()
-        watch = asyncio.create_task(reloader.watch(stop))
-        model_watch = asyncio.create_task(updater.watch(stop))
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            asyncio.get_running_loop().add_signal_handler(
-                signal.SIGHUP, lambda: asyncio.ensure_future(reloader.reload("sighup"))
-            )
-        cloud = svc.active.policy.cloud
-        worker = SyncWorker(
-            svc.queue,
-            svc.results,
-            svc.client,
-            svc.monitor,
-            svc.active.policy.sync,
-            log=log,
-            deadline_s=cloud.request_timeout_ms / 1000 * cloud.retry.max_attempts,
-            reserve=budget_reserver(svc.budget, lambda: svc.active.policy),
-            on_synced=sync_recorder(svc.decisions, lambda: svc.active.revision),
-            sample=svc.sample,
-        )
-        task = asyncio.create_task(worker.run_forever(stop)) if settings.run_sync_worker else None
-        app.state.sync_worker = worker
-        log.info(
-            "edge_ready", policy_revision=svc.active.revision, models=svc.active.model_versions
-        )
+        await node.start()
         try:
             yield
         finally:
-            stop.set()
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(watch, timeout=5)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(model_watch, timeout=5)
-            updater.close()
-            if task is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, timeout=5)
-            await svc.client.aclose()
-            svc.decisions.close()
-            svc.queue.close()
-            svc.results.close()
-            svc.budget.close()
+            await node.stop()
 
     app = FastAPI(
         title="edgeroute edge node",
@@ -112,9 +62,11 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         lifespan=lifespan,
         default_response_class=ORJSONResponse,
     )
+    app.state.node = node
     app.state.service = svc
-    app.state.reloader = reloader
-    app.state.model_updater = updater
+    app.state.reloader = node.reloader
+    app.state.model_updater = node.updater
+    app.state.sync_worker = node.sync
     app.add_middleware(InferEndpoint, service=svc)  # innermost: POST /v1/infer's hot path
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     check_token_configured(svc.active.policy.api.auth)
@@ -158,30 +110,23 @@ def create_app(settings: EdgeSettings, service: EdgeService | None = None) -> Fa
         return {
             "status": "ready",
             "models": svc.active.model_versions,
-            "connectivity": svc.monitor.state,
+            "connectivity": node.monitor.state,
         }
 
     @app.get("/v1/status")
     async def status() -> dict[str, Any]:
-        body = svc.status()
-        body["policy"] = {**body.get("policy", {}), **reloader.snapshot()}
-        body["models_update"] = updater.snapshot()
-        pol, now = svc.active.policy, time.time()
-        body["budgets"] = budget_status(
-            svc.budget.ledger(now), all_limits(pol.cost, pol.tasks), now
-        )
-        return body
+        return node.status()
 
     @app.post("/v1/policy/reload", summary="Reload the policy file now (validated, atomic)")
     async def policy_reload() -> Response:
-        outcome = await reloader.reload("http")
+        outcome = await node.reloader.reload("http")
         return ORJSONResponse(outcome.to_dict(), status_code=422 if outcome.error else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
         # On the loop, like every other reader of the service's state (the monitor is not
         # thread-safe); a scrape reads the budget store once (one small SQLite read).
-        return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4")
 
     app.openapi = lambda: _openapi_with_body_models(app)  # type: ignore[method-assign]
     return app

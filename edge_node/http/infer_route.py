@@ -20,9 +20,10 @@ import orjson
 import structlog
 from pydantic import ValidationError
 
+from edge_node.answers import Answer
 from edge_node.http.asgi import ASGIApp, Receive, Scope, Send
 from edge_node.http.errors import error_response
-from edge_node.service import Answer, EdgeService
+from edge_node.service import EdgeService
 from router.edge_api import MAX_BATCH_ITEMS, InferRequest
 from router.errors import EdgerouteError, InputError, MalformedRequest
 

@@ -28,20 +28,22 @@ from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
 from router.signing import key_id_of, public_key_from_pem
 from runtime.bundle import BundleTrust, load_bundle
-from runtime.onnx_model import EdgeModel
+from runtime.model import Model
+from runtime.onnx_model import OnnxModel
 
 log = structlog.get_logger("edgeroute.edge")
 
 
 @dataclass(frozen=True)
 class ActivePolicy:
-    """A validated policy, its revision, and the edge model of each task."""
+    """A validated policy, its revision, and the edge model of each task (an `OnnxModel`,
+    or a `CanaryModel` while a canary runs)."""
 
     policy: Policy
     revision: str
     source: str
     loaded_at: float
-    models: dict[str, EdgeModel]
+    models: dict[str, Model]
     learned: dict[str, LearnedScore] = field(default_factory=dict)
     model_errors: dict[str, str] = field(default_factory=dict)
     """Tasks whose installed version failed to load at activation (they serve the
@@ -141,7 +143,7 @@ def activate(
     policy, revision = load_policy_file(path) if text is None else load_policy_text(path, text)
     trust = bundle_trust(policy, path.parent)
     known = _loaded_models(reuse)
-    models: dict[str, EdgeModel] = {}
+    models: dict[str, Model] = {}
     errors: dict[str, str] = {}
     for name, task in policy.tasks.items():
         bundle_dir = Path(resolve_bundle_path(str(path.parent), task.edge_bundle))
@@ -168,9 +170,9 @@ def installed_model(
     policy_bundle: Path,
     store: ModelStore,
     trust: BundleTrust,
-    known: dict[Path, EdgeModel],
-    old: EdgeModel | None,
-) -> EdgeModel:
+    known: dict[Path, Model],
+    old: Model | None,
+) -> Model:
     """The model `state` says serves `task`: its `current` version (POLICY_BUNDLE:
     `policy_bundle`), wrapped in a CanaryModel with the candidate while `state.canary` is
     set. Reuses `old` (a canary with the same versions and settings) or any model in
@@ -198,9 +200,9 @@ def installed_model(
     return CanaryModel(current, candidate, canary.mode, canary.fraction)
 
 
-def _loaded_models(reuse: ActivePolicy | None) -> dict[Path, EdgeModel]:
+def _loaded_models(reuse: ActivePolicy | None) -> dict[Path, Model]:
     """Every plain model `reuse` holds (canary parts included), by bundle folder."""
-    out: dict[Path, EdgeModel] = {}
+    out: dict[Path, Model] = {}
     for model in reuse.models.values() if reuse is not None else ():
         parts = (model.current, model.candidate) if isinstance(model, CanaryModel) else (model,)
         for part in parts:
@@ -208,10 +210,10 @@ def _loaded_models(reuse: ActivePolicy | None) -> dict[Path, EdgeModel]:
     return out
 
 
-def _load_or_reuse(folder: Path, trust: BundleTrust, known: dict[Path, EdgeModel]) -> EdgeModel:
+def _load_or_reuse(folder: Path, trust: BundleTrust, known: dict[Path, Model]) -> Model:
     model = known.get(folder)
     if model is None:
-        model = known[folder] = EdgeModel(load_bundle(folder, trust))
+        model = known[folder] = OnnxModel(load_bundle(folder, trust))
     return model
 
 

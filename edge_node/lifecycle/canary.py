@@ -1,8 +1,9 @@
 """A candidate model version running beside the current one (canary or shadow).
 
-`CanaryModel` is an `EdgeModel` (same labels, input spec and bundle as the current model,
-which is what the rest of the node reads), placed in `ActivePolicy.models[task]` by the
-model updater; `EdgeService` needs no change to serve it.
+`CanaryModel` implements `runtime.model.Model` around two models of one task: it reports
+the current model's labels, input spec, bundle and version (what the rest of the node
+reads), and each `Prediction` it returns names the version that answered it. The model
+updater places it in `ActivePolicy.models[task]`; `EdgeService` needs no change to serve it.
 
 - mode `fraction`: a deterministic share `fraction` of `predict` calls is answered by the
   candidate (call n goes to the candidate when floor((n+1)f) > floor(nf), so exactly that
@@ -21,34 +22,29 @@ The model updater reads `counts()` and applies the canary rule (router.model_upd
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import ContextVar
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import structlog
 
 from router.errors import BundleError, InputError
+from router.manifest import InputSpec
 from router.model_updates import CanaryCounts
-from runtime.onnx_model import EdgeModel, FloatArray
+from runtime.bundle import LoadedBundle
+from runtime.model import Model, Prediction
 
 log = structlog.get_logger("edgeroute.edge")
 CanaryMode = Literal["fraction", "shadow"]
-
-# Which version answered the last `predict` of each CanaryModel (keyed by id) in this
-# context. Each request runs in its own asyncio task, hence its own context, so the
-# `version` the service reads after `predict` is the version that answered *this* request.
-_SERVED: ContextVar[dict[int, str] | None] = ContextVar("edgeroute_canary_served", default=None)
+FloatArray = npt.NDArray[np.float32]
 
 
-class CanaryModel(EdgeModel):
-    """The current model of a task plus a candidate version on trial.
+class CanaryModel:
+    """The current model of a task plus a candidate version on trial (a `Model`).
 
-    Thread-safe: counters are under a lock; both models are thread-safe. `version` is the
-    version that answered the caller's last `predict` in the current context (the current
-    model's version outside of one, e.g. in `/v1/status`).
+    Thread-safe: counters are under a lock; both models are thread-safe. Not a subclass of
+    either model: it holds both, and `predict` says which one answered.
     """
 
     __slots__ = (
@@ -57,6 +53,7 @@ class CanaryModel(EdgeModel):
         "_counter",
         "_counts",
         "_current",
+        "_dtype",
         "_executor",
         "_fraction",
         "_inflight",
@@ -68,8 +65,8 @@ class CanaryModel(EdgeModel):
 
     def __init__(
         self,
-        current: EdgeModel,
-        candidate: EdgeModel,
+        current: Model,
+        candidate: Model,
         mode: CanaryMode,
         fraction: float,
         *,
@@ -79,9 +76,9 @@ class CanaryModel(EdgeModel):
         """`current` answers (all calls in shadow mode, 1 - fraction of them otherwise);
         `candidate` must have the same labels and input spec (checked by the updater).
         `background` False compares on the calling thread (deterministic, for tests)."""
-        super().__init__(current.bundle)
         self._current = current
         self._candidate = candidate
+        self._dtype = np.dtype(current.input_spec.dtype)
         self._mode: CanaryMode = mode
         self._fraction = fraction if mode == "fraction" else 0.0
         self._lock = threading.Lock()
@@ -98,17 +95,18 @@ class CanaryModel(EdgeModel):
         )
 
     @property
-    def current(self) -> EdgeModel:
+    def current(self) -> Model:
         """The model that serves the task unless the candidate is promoted."""
         return self._current
 
     @property
-    def candidate(self) -> EdgeModel:
+    def candidate(self) -> Model:
         """The version on trial."""
         return self._candidate
 
     @property
     def mode(self) -> CanaryMode:
+        """`fraction` (the candidate answers its share) or `shadow` (it is only compared)."""
         return self._mode
 
     @property
@@ -117,14 +115,30 @@ class CanaryModel(EdgeModel):
         return self._fraction
 
     @property
+    def labels(self) -> tuple[str, ...]:
+        """The current model's labels (the candidate's are the same)."""
+        return self._current.labels
+
+    @property
     def version(self) -> str:
-        """The version that answered this context's last `predict` (see module doc)."""
-        served = _SERVED.get()
-        if served is not None:
-            v = served.get(id(self))
-            if v is not None:
-                return v
+        """The current model's version (the serving one); each `Prediction` from `predict`
+        names the version that answered it."""
         return self._current.version
+
+    @property
+    def task(self) -> str:
+        """The task of both models."""
+        return self._current.task
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """The current model's input spec (the candidate's is the same)."""
+        return self._current.input_spec
+
+    @property
+    def bundle(self) -> LoadedBundle:
+        """The current model's bundle."""
+        return self._current.bundle
 
     def counts(self) -> CanaryCounts:
         """A snapshot of the counters."""
@@ -139,38 +153,28 @@ class CanaryModel(EdgeModel):
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
 
-    def predict(self, batch: npt.ArrayLike) -> FloatArray:
-        """Probabilities [N, C] from the candidate (for its share of calls) or the current
-        model. Raises like EdgeModel.predict for bad inputs; never for a candidate fault."""
+    def predict(self, batch: npt.NDArray[Any]) -> Prediction:
+        """The candidate's Prediction (for its share of calls) or the current model's; its
+        `version` says which answered. Raises InputError for bad inputs and BundleError if
+        the current model fails; never for a candidate fault (the current model answers).
+        Thread-safe; the comparison runs off the calling thread unless `background` is off.
+        """
         if self._mode == "fraction" and self._take():
             try:
-                probs = self._candidate.predict(batch)
-                _require_finite(probs, self._candidate)
+                answer = self._candidate.predict(batch)
+                _require_finite(answer.probs, self._candidate)
             except InputError:
                 raise
             except Exception as exc:  # onnxruntime faults arrive as BundleError
                 self._candidate_failed(_rows(batch), exc)
             else:
-                self._add(served_by_candidate=len(probs))
-                self._compare_later(self._current, batch, probs, other_is_candidate=False)
-                return self._answered(self._candidate, probs)
-        probs = self._current.predict(batch)
+                self._add(served_by_candidate=len(answer.probs))
+                self._compare_later(self._current, batch, answer.probs, other_is_candidate=False)
+                return answer
+        answer = self._current.predict(batch)
         if self._mode == "shadow":
-            self._compare_later(self._candidate, batch, probs, other_is_candidate=True)
-        return self._answered(self._current, probs)
-
-    def predict_one(self, item: Sequence[float] | npt.ArrayLike) -> FloatArray:
-        """Probabilities [C] for one item, through `predict` (so it takes part too)."""
-        arr = np.asarray(item, dtype=self._dtype)
-        if arr.size != self._item_size:
-            raise InputError(f"expected {self._item_size} numbers, got {arr.size}", field="inputs")
-        probs: FloatArray = self.predict(arr.reshape((1, *self._item_shape)))[0]
-        return probs
-
-    def predict_row(self, item: npt.NDArray[np.float32]) -> list[float]:
-        """`EdgeModel.predict_row` through `predict`, so single requests take part too."""
-        probs: list[float] = self.predict(item.reshape((1, *self._item_shape)))[0].tolist()
-        return probs
+            self._compare_later(self._candidate, batch, answer.probs, other_is_candidate=True)
+        return answer
 
     # ---- internals ------------------------------------------------------------------
 
@@ -179,11 +183,6 @@ class CanaryModel(EdgeModel):
             n = self._counter
             self._counter = n + 1
         return int((n + 1) * self._fraction) > int(n * self._fraction)
-
-    def _answered(self, model: EdgeModel, probs: FloatArray) -> FloatArray:
-        served = _SERVED.get()
-        _SERVED.set({**(served or {}), id(self): model.version})
-        return probs
 
     def _add(self, **delta: int) -> None:
         with self._lock:
@@ -209,7 +208,7 @@ class CanaryModel(EdgeModel):
             )
 
     def _compare_later(
-        self, other: EdgeModel, batch: npt.ArrayLike, probs: FloatArray, *, other_is_candidate: bool
+        self, other: Model, batch: npt.NDArray[Any], probs: FloatArray, *, other_is_candidate: bool
     ) -> None:
         x = np.array(batch, dtype=self._dtype, copy=True)
         if self._executor is None:
@@ -230,7 +229,7 @@ class CanaryModel(EdgeModel):
             self._add(skipped=len(probs))
 
     def _compare_job(
-        self, other: EdgeModel, x: npt.NDArray[np.generic], probs: FloatArray, is_cand: bool
+        self, other: Model, x: npt.NDArray[Any], probs: FloatArray, is_cand: bool
     ) -> None:
         try:
             self._compare(other, x, probs, is_cand)
@@ -238,11 +237,9 @@ class CanaryModel(EdgeModel):
             with self._lock:
                 self._inflight -= 1
 
-    def _compare(
-        self, other: EdgeModel, x: npt.NDArray[np.generic], probs: FloatArray, is_cand: bool
-    ) -> None:
+    def _compare(self, other: Model, x: npt.NDArray[Any], probs: FloatArray, is_cand: bool) -> None:
         try:
-            other_probs = other.predict(x)
+            other_probs = other.predict(x).probs
             if is_cand:
                 _require_finite(other_probs, other)
         except Exception as exc:  # a fault of `other` must not escape the worker
@@ -255,11 +252,16 @@ class CanaryModel(EdgeModel):
         self._add(compared=len(probs), agreed=same)
 
 
-def _require_finite(probs: FloatArray, model: EdgeModel) -> None:
+def current_of(model: Model) -> Model:
+    """The model that serves outside of a trial: a canary's current model, else `model`."""
+    return model.current if isinstance(model, CanaryModel) else model
+
+
+def _require_finite(probs: FloatArray, model: Model) -> None:
     if not np.isfinite(probs).all():
         raise BundleError(f"model {model.task}@{model.version} returned non-finite probabilities")
 
 
-def _rows(batch: npt.ArrayLike) -> int:
+def _rows(batch: npt.NDArray[Any]) -> int:
     shape = np.shape(batch)
     return int(shape[0]) if shape else 1

@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_node.storage.atomic_files import atomic_write, fsync_dir
-from router.errors import BundleError
+from router.errors import BundleError, EdgerouteError
 from router.manifest import MANIFEST_FILE, BundleManifest, parse_manifest
 from router.model_updates import (
     POLICY_BUNDLE,
@@ -38,7 +38,7 @@ from router.model_updates import (
 )
 from router.signing import SIGNATURE_FILE
 from runtime.bundle import BundleTrust, load_bundle
-from runtime.onnx_model import EdgeModel, smoke_check
+from runtime.onnx_model import OnnxModel, smoke_check
 
 STATE_FILE = "state.json"
 INCOMING = "incoming"
@@ -228,11 +228,11 @@ class ModelStore:
 
 def verify_version(
     folder: Path, task: str, trust: BundleTrust, reference: BundleManifest
-) -> EdgeModel:
+) -> OnnxModel:
     """Load the bundle at `folder` as the node does, check it can replace `reference` and
     smoke-test it; returns the ready model. Raises BundleError (codes: the loader's, plus
     `model_mismatch`, `smoke_failed`)."""
-    model = EdgeModel(load_bundle(folder, trust))
+    model = OnnxModel(load_bundle(folder, trust))
     check_compatible(model.bundle.manifest, reference, task)
     smoke_check(model)
     return model
@@ -246,6 +246,16 @@ def read_manifest(folder: Path) -> BundleManifest:
     except OSError as exc:
         raise BundleError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     return parse_manifest(raw, str(path))
+
+
+def failure_text(exc: BaseException) -> str:
+    """One line saying why a model update step failed, for logs and the state file's
+    `last.detail`: an EdgerouteError's message, an OSError's file and reason."""
+    if isinstance(exc, EdgerouteError):
+        return exc.message
+    if isinstance(exc, OSError):
+        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
+    return str(exc)
 
 
 def _copy_bundle(src: Path, dest: Path, manifest: BundleManifest) -> None:

@@ -3,18 +3,16 @@
 `ModelUpdater.watch` polls the node's model store (`edge_node.lifecycle.model_store`) every
 `poll_interval_s`:
 
-1. **Drop-ins**: a bundle folder in `DATA/models/incoming/` that has not changed for one
-   poll (a `cp -r` has finished; `edgeroute model pack` into that folder is atomic anyway)
-   is installed into the store like `edgeroute model install` does (verified with the
-   policy's trust settings, checked against the serving model, smoke-tested) and
-   requested as the task's new version; a refused one is moved to `DATA/models/rejected/`
-   with `<name>.reason.txt`.
-2. **Requests**: a task whose `state.json` holds a `pending` request (from the CLI, a
-   drop-in, or a rollback) gets it applied: the version is loaded and verified again *by
-   this node* in a worker thread, checked against the serving model (task, labels, input
-   spec) and smoke-tested; then the state file is written and `service.active` is
-   replaced by a copy with only that task's model changed (one attribute assignment:
-   each request reads `active` once, so it is served wholly by the old or the new model).
+1. **Drop-ins** (`edge_node.lifecycle.model_drop_ins`): a finished bundle folder in
+   `DATA/models/incoming/` is installed into the store and requested as the task's new
+   version; a refused one is moved to `DATA/models/rejected/` with its reason.
+2. **Requests** (`edge_node.lifecycle.model_requests`): a task whose `state.json` holds a
+   `pending` request (from the CLI, a drop-in, or a rollback) gets it applied: the version
+   is loaded and verified again *by this node* in a worker thread, checked against the
+   serving model (task, labels, input spec) and smoke-tested; then the state file is
+   written and `service.active` is replaced by a copy with only that task's model changed
+   (one attribute assignment: each request reads `active` once, so it is served wholly by
+   the old or the new model).
    On any failure nothing is swapped: the running version keeps serving, the failure is
    counted (`edgeroute_model_loads_total{result="error"}`,
    `edgeroute_model_updates_total{result="failed"}`), logged, and reported in the state
@@ -34,19 +32,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import os
-import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
-from edge_node.lifecycle.active_policy import ActivePolicy, bundle_trust
-from edge_node.lifecycle.canary import CanaryMode, CanaryModel
-from edge_node.lifecycle.model_store import ModelStore, read_manifest, verify_version
+from edge_node.lifecycle.active_policy import ActivePolicy
+from edge_node.lifecycle.canary import CanaryMode, CanaryModel, current_of
+from edge_node.lifecycle.model_drop_ins import DropIns
+from edge_node.lifecycle.model_requests import PendingRequests
+from edge_node.lifecycle.model_store import ModelStore, failure_text
 from edge_node.observe.metrics import EdgeMetrics
 from router.errors import BundleError, EdgerouteError
 from router.model_updates import (
@@ -58,8 +55,7 @@ from router.model_updates import (
     UpdateResult,
     canary_verdict,
 )
-from router.policy_loader import resolve_bundle_path
-from runtime.onnx_model import EdgeModel
+from runtime.model import Model
 
 log = structlog.get_logger("edgeroute.edge")
 
@@ -67,16 +63,6 @@ log = structlog.get_logger("edgeroute.edge")
 class _Service(Protocol):
     active: ActivePolicy
     metrics: EdgeMetrics
-
-
-@dataclass(frozen=True, slots=True)
-class _Plan:
-    """A pending request, checked and loaded, ready to be committed and swapped."""
-
-    request: InstallRequest
-    current: EdgeModel
-    new: EdgeModel
-    loaded: bool
 
 
 class ModelUpdater:
@@ -96,12 +82,11 @@ class ModelUpdater:
         """`lock` must be the one the policy reloader swaps `active` under."""
         self._svc = service
         self._store = store
-        self._policy_path = policy_path
         self._lock = lock
         self._clock = clock
         self._interval = poll_interval_s
-        self._state_seen: dict[str, bytes] = {}
-        self._incoming_seen: dict[str, tuple[Any, ...]] = {}
+        self._drop_ins = DropIns(store, policy_path, clock)
+        self._requests = PendingRequests(store, policy_path)
         self._last: dict[str, UpdateEvent] = {}
         self._root = store.root.resolve()
         self.polls = 0
@@ -124,17 +109,19 @@ class ModelUpdater:
 
     async def poll(self) -> None:
         """One round: installed versions that failed at activation, drop-ins, pending
-        requests, canary verdicts."""
+        requests, canary verdicts. Raises only for unexpected faults (`watch` logs them)."""
         self.polls += 1
         await self._settle_model_errors()
-        for entry in await asyncio.to_thread(self._ready_drop_ins):
+        for entry in await asyncio.to_thread(self._drop_ins.ready):
             await self._install_drop_in(entry)
-        for task in await asyncio.to_thread(self._tasks_with_pending):
+        tasks = list(self._svc.active.models)
+        for task in await asyncio.to_thread(self._requests.changed, tasks):
             await self._apply_pending(task)
         await self._judge_canaries()
 
     def close(self) -> None:
-        """Stop the comparison workers of running canaries (the node is shutting down)."""
+        """Stop the comparison workers of running canaries (the node is shutting down).
+        Idempotent; never raises."""
         for model in self._svc.active.models.values():
             if isinstance(model, CanaryModel):
                 model.close()
@@ -181,7 +168,7 @@ class ModelUpdater:
             out[task] = entry
         return out
 
-    def _from_store(self, model: EdgeModel) -> bool:
+    def _from_store(self, model: Model) -> bool:
         return self._root in model.bundle.path.resolve().parents
 
     # ---- activation failures -----------------------------------------------------------
@@ -206,91 +193,26 @@ class ModelUpdater:
                 try:
                     await asyncio.to_thread(self._store.update_state, task, fallback)
                 except (BundleError, OSError) as exc:
-                    log.error("model_state_write_failed", task=task, error=_describe(exc))
+                    log.error("model_state_write_failed", task=task, error=failure_text(exc))
                 self._svc.metrics.model_updates.labels(task, "failed").inc()
             self._svc.active = dataclasses.replace(active, model_errors={})
 
     # ---- drop-ins ---------------------------------------------------------------------
 
-    def _ready_drop_ins(self) -> list[Path]:
-        """Entries of `incoming/` unchanged since the previous poll (hidden names, e.g.
-        `pack`'s staging folders, are skipped)."""
-        folder = self._store.incoming
-        if not folder.is_dir():
-            self._incoming_seen = {}
-            return []
-        seen: dict[str, tuple[Any, ...]] = {}
-        ready: list[Path] = []
-        for entry in sorted(folder.iterdir()):
-            if entry.name.startswith("."):
-                continue
-            sig = _tree_signature(entry)
-            seen[entry.name] = sig
-            if self._incoming_seen.get(entry.name) == sig:
-                ready.append(entry)
-        self._incoming_seen = seen
-        return ready
-
     async def _install_drop_in(self, entry: Path) -> None:
         async with self._lock:
             active = self._svc.active
             now = self._clock()
-            task: str | None = None
-            try:
-                task = await asyncio.to_thread(_task_of, entry)
-                version, _ = await asyncio.to_thread(self._install, entry, task, active)
-                await asyncio.to_thread(shutil.rmtree, entry)
-                req = InstallRequest(version=version, requested_at=now)
-                await asyncio.to_thread(self._store.request, task, req)
-            except (EdgerouteError, OSError) as exc:
-                error = f"{entry.name}: {_describe(exc)}"
-                version = await asyncio.to_thread(_version_of, entry)
-                known = task is not None and task in active.models
-                label = task if task is not None and known else "unknown"
-                await self._failed(label, version, error, now, persist=known)
-                await asyncio.to_thread(self._reject, entry, error)
+            out = await asyncio.to_thread(self._drop_ins.install, entry, active, now)
+            if out.error is None:
+                log.info("model_drop_in_installed", task=out.task, model_version=out.version)
                 return
-            log.info("model_drop_in_installed", task=task, model_version=version)
-
-    def _install(self, entry: Path, task: str, active: ActivePolicy) -> tuple[str, bool]:
-        if task not in active.models:
-            raise BundleError(
-                f"the bundle is for task {task!r}, which this node's policy does not define",
-                code="model_mismatch",
-            )
-        current = _current_of(active.models[task])
-        trust = bundle_trust(active.policy, self._policy_path.parent)
-        return self._store.install(entry, task, trust, current.bundle.manifest)
-
-    def _reject(self, entry: Path, error: str) -> None:
-        """Move a refused drop-in out of `incoming/` (with its reason beside it)."""
-        self._store.rejected.mkdir(parents=True, exist_ok=True)
-        dest = self._store.rejected / f"{entry.name}-{int(self._clock() * 1000)}"
-        try:
-            os.rename(entry, dest)
-            (dest.parent / f"{dest.name}.reason.txt").write_text(error + "\n", encoding="utf-8")
-        except OSError as exc:  # cannot move it: remember it so it is not retried each poll
-            log.error("model_drop_in_not_moved", error=_describe(exc))
-        self._incoming_seen.pop(entry.name, None)
+            known = out.task is not None and out.task in active.models
+            label = out.task if out.task is not None and known else "unknown"
+            await self._failed(label, out.version, out.error, now, persist=known)
+            await asyncio.to_thread(self._drop_ins.reject, entry, out.error)
 
     # ---- pending requests -----------------------------------------------------------
-
-    def _tasks_with_pending(self) -> list[str]:
-        """Tasks of the active policy whose state file changed and holds a request."""
-        out = []
-        for task in self._svc.active.models:
-            if not self._store.can_hold(task):
-                continue
-            raw = self._store.state_bytes(task)
-            if raw == self._state_seen.get(task):
-                continue
-            self._state_seen[task] = raw
-            try:
-                if self._store.read_state(task).pending is not None:
-                    out.append(task)
-            except BundleError as exc:
-                log.error("model_state_invalid", task=task, error=exc.message)
-        return out
 
     async def _apply_pending(self, task: str) -> None:
         async with self._lock:
@@ -300,18 +222,18 @@ class ModelUpdater:
                 return
             now = self._clock()
             try:
-                plan = await asyncio.to_thread(self._plan, task, active, serving)
+                plan = await asyncio.to_thread(self._requests.plan, task, active, serving)
             except (EdgerouteError, OSError) as exc:
-                req = await asyncio.to_thread(self._pending_of, task)
+                req = await asyncio.to_thread(self._requests.pending_of, task)
                 version = req.version if req is not None else "?"
-                await self._failed(task, version, _describe(exc), now, persist=True, request=req)
+                await self._failed(task, version, failure_text(exc), now, persist=True, request=req)
                 return
             if plan is None:
                 return
             req = plan.request
             trial: CanaryState | None = None
             if req.mode == "replace":
-                entry: EdgeModel = plan.new
+                entry: Model = plan.new
                 result: UpdateResult = "applied"
                 detail = f"{req.reason}: now serving {req.version}"
                 if isinstance(serving, CanaryModel) and plan.new is plan.current:
@@ -346,7 +268,7 @@ class ModelUpdater:
             except (EdgerouteError, OSError) as exc:
                 if isinstance(entry, CanaryModel):
                     entry.close()
-                await self._failed(task, req.version, _describe(exc), now, persist=False)
+                await self._failed(task, req.version, failure_text(exc), now, persist=False)
                 return
             self._swap(active, task, entry)
             if plan.loaded:
@@ -360,38 +282,8 @@ class ModelUpdater:
                 else req.version,
                 result=result,
                 reason=req.reason,
-                previous_version=_current_of(serving).version,
+                previous_version=current_of(serving).version,
             )
-
-    def _pending_of(self, task: str) -> InstallRequest | None:
-        try:
-            return self._store.read_state(task).pending
-        except BundleError:
-            return None
-
-    def _plan(self, task: str, active: ActivePolicy, serving: EdgeModel) -> _Plan | None:
-        """Load and check the version the task's pending request names (worker thread)."""
-        state = self._store.read_state(task)
-        req = state.pending
-        if req is None:
-            return None
-        current = _current_of(serving)
-        if req.mode == "replace" and req.version == state.current:
-            return _Plan(req, current, current, loaded=False)  # e.g. a rollback ending a canary
-        if req.version == state.current:
-            raise BundleError(
-                f"version {req.version!r} is already serving task {task!r}; a canary needs "
-                "another version",
-                code="model_mismatch",
-            )
-        if req.version == POLICY_BUNDLE:
-            edge_bundle = active.policy.tasks[task].edge_bundle
-            folder = Path(resolve_bundle_path(str(self._policy_path.parent), edge_bundle))
-        else:
-            folder = self._store.version_dir(task, req.version)
-        trust = bundle_trust(active.policy, self._policy_path.parent)
-        new = verify_version(folder, task, trust, current.bundle.manifest)
-        return _Plan(req, current, new, loaded=True)
 
     # ---- canaries -------------------------------------------------------------------
 
@@ -427,7 +319,7 @@ class ModelUpdater:
             try:
                 await asyncio.to_thread(self._store.update_state, task, commit)
             except (EdgerouteError, OSError) as exc:
-                log.error("model_state_write_failed", task=task, error=_describe(exc))
+                log.error("model_state_write_failed", task=task, error=failure_text(exc))
                 return
             self._swap(active, task, canary.candidate if promote else canary.current)
             self._svc.metrics.model_updates.labels(task, result).inc()
@@ -441,7 +333,7 @@ class ModelUpdater:
 
     # ---- shared ---------------------------------------------------------------------
 
-    def _swap(self, active: ActivePolicy, task: str, model: EdgeModel) -> None:
+    def _swap(self, active: ActivePolicy, task: str, model: Model) -> None:
         """Replace `task`'s model in `active` (the caller holds the lock) and stop the
         comparisons of a canary that no longer serves."""
         old = active.models.get(task)
@@ -476,43 +368,4 @@ class ModelUpdater:
         try:
             await asyncio.to_thread(self._store.update_state, task, record)
         except (EdgerouteError, OSError) as exc:
-            log.error("model_state_write_failed", task=task, error=_describe(exc))
-
-
-def _current_of(model: EdgeModel) -> EdgeModel:
-    return model.current if isinstance(model, CanaryModel) else model
-
-
-def _task_of(entry: Path) -> str:
-    if not entry.is_dir():
-        raise BundleError("only bundle folders are installed from incoming/ (not files)")
-    return read_manifest(entry).task
-
-
-def _version_of(entry: Path) -> str:
-    """The manifest version of a drop-in, or its name if it has no readable manifest."""
-    try:
-        return read_manifest(entry).version
-    except (EdgerouteError, OSError):
-        return entry.name
-
-
-def _tree_signature(entry: Path) -> tuple[Any, ...]:
-    """(name, size, mtime_ns) of the entry and every file under it; () if unreadable."""
-    try:
-        paths = [entry, *sorted(entry.rglob("*"))] if entry.is_dir() else [entry]
-        return tuple(
-            (str(p.relative_to(entry)), st.st_size, st.st_mtime_ns)
-            for p in paths
-            for st in (p.stat(),)
-        )
-    except OSError:
-        return ()
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, EdgerouteError):
-        return exc.message
-    if isinstance(exc, OSError):
-        return f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")
-    return str(exc)
+            log.error("model_state_write_failed", task=task, error=failure_text(exc))

@@ -41,7 +41,9 @@ Trigger = Literal["file_change", "sighup", "http", "manual"]
 
 class _Service(Protocol):
     active: ActivePolicy
-    budget: BudgetStore
+
+    @property
+    def budget(self) -> BudgetStore: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,178 @@
+"""One budgeted cloud call: the step every escalation takes, live or from the queue.
+
+`Escalation.run(calls)` carries out, in order: the breaker check (one for the call), a
+budget reservation per item, one `rerank` call for the reserved items, the settlement of
+each item's charge and the breaker's update. What each outcome means for the charge and
+the breaker is decided by the pure rules of `router.outcome` (`settle`, `breaker_effect`),
+so the live path (`edge_node.service`) and the sync worker (`edge_node.sync.worker`)
+charge and count the same outcome the same way; what each outcome means for a request is
+`router.outcome.after`, applied by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from edge_node.cloud.client import CloudClient
+from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.observe.metrics import EdgeMetrics
+from edge_node.storage.budget_store import BudgetStore, Reservation
+from router.budget import Limit
+from router.errors import CloudError, CloudTimeout
+from router.outcome import Outcome, breaker_effect, settle
+from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
+
+log = structlog.get_logger("edgeroute.edge")
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class Call:
+    """One item to send: its wire item, its node task (for metrics) and the budget limits
+    and price its charge is reserved against."""
+
+    item: RerankItem
+    task: str
+    limits: tuple[Limit, ...]
+    price: float
+
+
+@dataclass(slots=True)
+class Settled:
+    """How one item's escalation ended. `outcome` is what `router.outcome.after` reads;
+    `result` is the cloud's answer (`answered` only); `budget` names the exhausted budget
+    (`budget_exhausted` only); `error` is the whole call's error, `code`/`message` the
+    cloud's per-item or call error (failures only)."""
+
+    outcome: Outcome
+    result: RerankResult | None = None
+    budget: str | None = None
+    error: CloudError | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class Escalation:
+    """The one escalation step (see module doc). Use from one event loop; several runs
+    may be in flight at once (the budget store and the client are safe for that)."""
+
+    def __init__(
+        self,
+        client: CloudClient,
+        monitor: ConnectivityMonitor,
+        budget: BudgetStore,
+        metrics: EdgeMetrics,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.client = client
+        self.monitor = monitor
+        self.budget = budget
+        self.metrics = metrics
+        self._clock = clock
+        self._monotonic = monotonic
+        self.calls = 0
+
+    async def run(
+        self,
+        calls: Sequence[Call],
+        *,
+        deadline_s: float,
+        request_id: str | None = None,
+        off_loop: bool = False,
+        resend: bool = False,
+        now: float | None = None,
+    ) -> list[Settled]:
+        """Escalate `calls` in one cloud call; one `Settled` per call, in order.
+
+        `off_loop` runs the budget's disk steps in a worker thread (the sync worker's
+        choice: a drain must not stall live requests); the live path reserves on the loop.
+        `resend` says the items may have been sent before (queued items: the client then
+        never marks the call a first send). `now` is the time budgets are counted at
+        (default: the clock). Every reservation
+        is settled before this returns or raises, whatever is raised (cancellation
+        included). Raises only what the client raises beyond `CloudError` (a bug; counted
+        as a breaker failure) and `BudgetStoreError`.
+        """
+        if not self.monitor.allow_request():
+            return [Settled("breaker_refused") for _ in calls]
+        at = self._clock() if now is None else now
+        held = await self._off(off_loop, lambda: [self._reserve(c, at) for c in calls])
+        out: list[Settled] = [s if isinstance(s, Settled) else Settled("answered") for s in held]
+        sent = [(i, r) for i, r in enumerate(held) if not isinstance(r, Settled)]
+        if not sent:
+            return out
+        t_call = self._monotonic()
+        try:
+            results = await self.client.rerank(
+                [calls[i].item for i, _ in sent],
+                deadline_s=deadline_s,
+                request_id=request_id,
+                resend=resend,
+            )
+        except BaseException as exc:
+            await self._off(off_loop, lambda: [r.release() for _, r in sent])
+            if not isinstance(exc, CloudError):
+                if isinstance(exc, Exception):
+                    self.monitor.record_failure()
+                raise
+            self._breaker(exc)
+            outcome: Outcome = "cloud_timeout" if isinstance(exc, CloudTimeout) else "cloud_error"
+            for i, _ in sent:
+                self.metrics.cloud_errors.labels(calls[i].task, exc.code).inc()
+                out[i] = Settled(outcome, error=exc, code=exc.code, message=exc.message)
+            log.warning(
+                "cloud_failed", request_id=calls[sent[0][0]].item.request_id, reason=exc.code,
+                items=len(sent),
+            )  # fmt: skip
+            return out
+        finally:
+            self.metrics.cloud_seconds.observe(self._monotonic() - t_call)
+        self._breaker(None)
+        self.calls += 1
+        await self._off(off_loop, lambda: self._settle_all(sent, results))
+        for (i, _), res in zip(sent, results, strict=True):
+            out[i] = self._settled(calls[i], res)
+        return out
+
+    def _reserve(self, call: Call, now: float) -> Reservation | Settled:
+        held = self.budget.reserve(now, limits=call.limits, price=call.price)
+        if held is not None:
+            return held
+        spent = self.budget.known_ledger().exhausted(call.limits, call.price, now)
+        return Settled("budget_exhausted", budget=spent)
+
+    @staticmethod
+    def _settle_all(
+        sent: list[tuple[int, Reservation]], results: list[RerankResult | RerankFailure]
+    ) -> None:
+        for (_, held), res in zip(sent, results, strict=True):
+            if settle(res) == "commit":
+                held.commit()
+            else:
+                held.release()
+
+    def _settled(self, call: Call, res: RerankResult | RerankFailure) -> Settled:
+        if isinstance(res, RerankResult):
+            return Settled("answered", result=res)
+        code, message = res.error.code, res.error.message
+        self.metrics.cloud_errors.labels(call.task, code).inc()
+        outcome: Outcome = "inputs_required" if code == INPUTS_REQUIRED else "cloud_error"
+        return Settled(outcome, code=code, message=message)
+
+    def _breaker(self, error: CloudError | None) -> None:
+        if breaker_effect(error) == "success":
+            self.monitor.record_success()
+        else:
+            self.monitor.record_failure(error.retry_after_s if error is not None else None)
+
+    @staticmethod
+    async def _off(off_loop: bool, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn) if off_loop else fn()

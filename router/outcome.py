@@ -1,0 +1,106 @@
+"""What follows a cloud outcome: the next decision, the budget charge and the breaker.
+
+Pure rules shared by the live path and the sync worker (`edge_node.escalation` carries
+them out), so both paths charge and count the same outcome the same way:
+
+- `after(decision, outcome, task, cost)`: the decision once an escalation (or the queue
+  write that carries a decision out) ended in `outcome`;
+- `settle(result)`: whether the reserved budget charge of one item is committed (a fresh
+  cloud answer: the cloud computed it now) or released (a cached answer, computed and
+  charged when it was first sent, or any failure);
+- `breaker_effect(error)`: what a call's outcome tells the connectivity breaker: an answer
+  or a refusal (4xx) shows the cloud is reachable; a retryable error (unreachable,
+  timeout, overload) is a failure.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from router.decision import (
+    BUDGET_EXHAUSTED,
+    CLOUD_ERROR,
+    CLOUD_NEEDS_INPUTS,
+    CLOUD_TIMEOUT,
+    QUEUE_FULL,
+    Decision,
+    when_offline,
+)
+from router.errors import CloudError
+from router.policy import CostSettings, TaskPolicy
+from router.wire import RerankFailure, RerankResult
+
+Outcome = Literal[
+    "answered",
+    "breaker_refused",
+    "budget_exhausted",
+    "cloud_timeout",
+    "cloud_error",
+    "inputs_required",
+    "queue_full",
+]
+Settlement = Literal["commit", "release"]
+BreakerEffect = Literal["success", "failure"]
+
+
+def after(
+    decision: Decision,
+    outcome: Outcome,
+    task: TaskPolicy,
+    cost: CostSettings,
+    *,
+    budget: str | None = None,
+) -> Decision:
+    """The decision that follows `decision` once carrying it out ended in `outcome`. Pure
+    and total.
+
+    - `answered`: `decision` itself (the cloud's answer is the answer);
+    - `breaker_refused` (the breaker is open): the task's `when_offline`;
+    - `budget_exhausted` (the reservation was refused; `budget` names the exhausted
+      budget): `cost.on_budget_exhausted`: a local answer, queued, or rejected (429);
+    - `cloud_timeout` / `cloud_error`: the local answer, queued for verification when
+      `task.verify_on_cloud_failure`;
+    - `inputs_required` (the cloud's model needs the inputs a `send: candidates_only` task
+      keeps): the local answer, final, never queued (a retry would be refused the same);
+    - `queue_full` (the durable queue refused the item): a `queued` route is rejected
+      (reason `queue_full`; the queue's error is the answer); a failed escalation queued
+      only for verification is answered locally, final.
+    """
+    conf, thr = decision.confidence, decision.threshold
+    if outcome == "answered":
+        return decision
+    if outcome == "breaker_refused":
+        return when_offline(conf, thr, task)
+    if outcome == "budget_exhausted":
+        action = cost.on_budget_exhausted
+        if action == "queue":
+            return Decision("queued", BUDGET_EXHAUSTED, conf, thr, enqueue=True, budget=budget)
+        if action == "reject":
+            return Decision(
+                "edge", BUDGET_EXHAUSTED, conf, thr, reject=True, answer_now=False, budget=budget
+            )
+        return Decision("edge", BUDGET_EXHAUSTED, conf, thr, budget=budget)
+    if outcome in ("cloud_timeout", "cloud_error"):
+        reason = CLOUD_TIMEOUT if outcome == "cloud_timeout" else CLOUD_ERROR
+        return Decision("edge", reason, conf, thr, enqueue=task.verify_on_cloud_failure)
+    if outcome == "inputs_required":
+        return Decision("edge", CLOUD_NEEDS_INPUTS, conf, thr)
+    if decision.route == "queued":
+        return Decision(
+            "queued", QUEUE_FULL, conf, thr, reject=True, answer_now=False, budget=decision.budget
+        )
+    return Decision("edge", decision.reason, conf, thr, budget=decision.budget)
+
+
+def settle(result: RerankResult | RerankFailure | None) -> Settlement:
+    """What to do with one item's reserved charge once its call ended: `commit` for a fresh
+    cloud answer, `release` for a cached one, an item failure, or no answer (None: the call
+    failed). Pure."""
+    return "commit" if isinstance(result, RerankResult) and not result.cached else "release"
+
+
+def breaker_effect(error: CloudError | None) -> BreakerEffect:
+    """What a call that ended with `error` (None: the cloud answered) tells the breaker:
+    `failure` for a retryable error (unreachable, timeout, overload), `success` otherwise
+    (an answer, or a refusal: the cloud was reached). Pure."""
+    return "failure" if error is not None and error.retryable else "success"

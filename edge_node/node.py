@@ -179,7 +179,7 @@ class Node:
         release(self.settings.data_dir)
 
     def status(self) -> dict[str, Any]:
-        """The `/v1/status` body: connectivity, queue, results, policy (with the
+        """The `/v1/status` body: connectivity, queue, results, sync drains, policy (with the
         reloader's state), models and their updates, cloud calls and cost, budgets. Reads
         the budget store once. Cheap; safe to poll from the loop. Times are UNIX seconds,
         ages are seconds."""
@@ -197,6 +197,7 @@ class Node:
                 "oldest_age_s": self.queue.oldest_age(now),
             },
             "results": self.results.counts(),
+            "sync": {"drains": self.sync.drains},
             "policy": {
                 "revision": active.revision,
                 "source": active.source,

@@ -338,7 +338,9 @@ def policy_learn_score(log: Path, labels: Path, task_name: str, out: Path) -> No
     scored = with_score(reqs, "learned", held_out.tolist())
     click.echo(f"{task_name}: {len(reqs)} labelled requests; expected accuracy (held out)")
     click.echo(f"  {'score':<10} {'@10%':>8} {'@20%':>8} {'@30%':>8}")
-    for name in ("max_prob", "margin", "entropy", "learned"):
+    from router.scores import LEARNED, SCORE_NAMES
+
+    for name in (*SCORE_NAMES, LEARNED):
         curve = threshold_curve(scored, name, 0.0)
         accs = [choose(curve, task_name, name, target_escalation=r).accuracy for r in RATES]
         click.echo(f"  {name:<10} " + " ".join(f"{a:8.2%}" for a in accs))

@@ -146,11 +146,13 @@ def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: f
     another drain/purge) runs on DATA_DIR."""
     from edge_node.node import Node
     from edge_node.settings import EdgeSettings
+    from edge_node.storage.data_dir_lock import exclusive
 
     try:
         settings = EdgeSettings(policy_path=policy_path, data_dir=data_dir, cloud_url=cloud_url)
-        node = Node(settings, role="edgeroute queue drain")
-        left = asyncio.run(_drain(node, timeout_s))
+        with exclusive(data_dir, "edgeroute queue drain"):  # refuse first if the node runs
+            node = Node(settings, role="edgeroute queue drain")
+            left = asyncio.run(_drain(node, timeout_s))
     except EdgerouteError as exc:
         fail(exc)
     if left:

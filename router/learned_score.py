@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASE_FEATURES = ("max_prob", "margin", "entropy")
+from router.scores import SCORE_NAMES
+
+BASE_FEATURES = SCORE_NAMES
 
 
 @dataclass(frozen=True)

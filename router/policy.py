@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-ScoreName = Literal["max_prob", "margin", "entropy", "learned"]
+from router.scores import LEARNED, SCORE_NAMES
+
 Placement = Literal["edge_only", "hybrid", "cloud_first"]
 OfflineAction = Literal["answer_and_queue", "queue_only", "answer_only"]
 BudgetAction = Literal["answer_locally", "queue", "reject"]
@@ -234,6 +235,15 @@ class CanaryRule(_Model):
     )
 
 
+def _known_score(name: str) -> str:
+    """`name` if it is a registered score (router.scores.REGISTRY) or `learned`."""
+    allowed = [*SCORE_NAMES, LEARNED]
+    if name not in allowed:
+        names = ", ".join(repr(n) for n in allowed[:-1])
+        raise ValueError(f"got {name!r}; allowed: {names} or {allowed[-1]!r}")
+    return name
+
+
 class TaskPolicy(_Model):
     """How one task is routed."""
 
@@ -244,10 +254,11 @@ class TaskPolicy(_Model):
     cloud_task: str | None = Field(
         default=None, description="Task name on the cloud; defaults to this task's name."
     )
-    score: ScoreName = Field(
+    score: Annotated[str, AfterValidator(_known_score)] = Field(
         default="margin",
-        description="Confidence score: max_prob, margin, entropy, or learned (needs "
-        "learned_score).",
+        description="Confidence score: one of router.scores' registry (max_prob, margin, "
+        "entropy), or learned (needs learned_score).",
+        json_schema_extra={"enum": [*SCORE_NAMES, LEARNED]},
     )
     learned_score: str | None = Field(
         default=None,

@@ -1,18 +1,23 @@
 """Confidence scores: functions of class probabilities -> a float in [0, 1], higher = more
 confident. Scorers only return numbers; thresholds are applied in `router.decision`.
 
-Every scorer accepts a 1-D sequence of probabilities (summing to ~1) and is pure.
+`REGISTRY` is the one list of scores: each `Score` has its per-row function (a 1-D
+sequence of probabilities summing to ~1) and its batch function (rows [N, C]); the
+policy's `score` field, the CLI, the decision log and the learned score all read it.
+A new score is one `Score` entry here. Every scorer is pure.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 Scorer = Callable[[Sequence[float]], float]
+BatchScorer = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
 
 def max_probability(probs: Sequence[float]) -> float:
@@ -49,19 +54,9 @@ def _clip(x: float) -> float:
     return 0.0 if x < 0.0 else 1.0 if x > 1.0 else float(x)
 
 
-SCORERS: dict[str, Scorer] = {
-    "max_prob": max_probability,
-    "margin": margin,
-    "entropy": entropy_confidence,
-}
-
-
 def all_scores(probs: Sequence[float]) -> dict[str, float]:
     """Every registered score for one probability vector, keyed by scorer name."""
     return {name: fn(probs) for name, fn in SCORERS.items()}
-
-
-BatchScorer = Callable[[npt.NDArray[np.float64]], npt.NDArray[np.float64]]
 
 
 def _clip_many(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -93,12 +88,31 @@ def entropy_confidence_many(probs: npt.NDArray[np.float64]) -> npt.NDArray[np.fl
     return _clip_many(1.0 + terms.sum(axis=1) / math.log(n))
 
 
-BATCH_SCORERS: dict[str, BatchScorer] = {
-    "max_prob": max_probability_many,
-    "margin": margin_many,
-    "entropy": entropy_confidence_many,
+@dataclass(frozen=True)
+class Score:
+    """One registered confidence score: `one` scores a probability row, `many` every row
+    of a batch (the same numbers; see each batch function for its precision)."""
+
+    name: str
+    one: Scorer
+    many: BatchScorer
+    doc: str
+
+
+REGISTRY: dict[str, Score] = {
+    s.name: s
+    for s in (
+        Score("max_prob", max_probability, max_probability_many, "top-1 probability"),
+        Score("margin", margin, margin_many, "top-1 minus top-2 probability"),
+        Score("entropy", entropy_confidence, entropy_confidence_many, "1 - normalised entropy"),
+    )
 }
-"""The scorers of `SCORERS`, each over a batch of probability rows at once."""
+SCORE_NAMES: tuple[str, ...] = tuple(REGISTRY)
+LEARNED = "learned"
+"""The score a task's learned score file gives (router.learned_score), over every
+registered score as features."""
+SCORERS: dict[str, Scorer] = {name: s.one for name, s in REGISTRY.items()}
+BATCH_SCORERS: dict[str, BatchScorer] = {name: s.many for name, s in REGISTRY.items()}
 
 
 def all_scores_many(probs: npt.NDArray[np.float64]) -> list[dict[str, float]]:

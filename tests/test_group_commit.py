@@ -21,7 +21,7 @@ def test_concurrent_submits_are_grouped_and_answered_in_order() -> None:
     lock = threading.Lock()
 
     def commit(values: Sequence[int]) -> list[int | BaseException]:
-        time.sleep(0.02)
+        time.sleep(0.02)  # the delay is the behaviour under test (a slow commit)
         with lock:
             groups.append(list(values))
             committed.update(values)
@@ -71,7 +71,7 @@ def test_waiters_are_woken_to_lead_the_next_group() -> None:
 
     def commit(values: Sequence[int]) -> list[int | BaseException]:
         first_running.set()
-        time.sleep(0.05 if not groups else 0.002)
+        time.sleep(0.05 if not groups else 0.002)  # the delay is the behaviour under test
         groups.append(list(values))
         return list(values)
 
@@ -100,7 +100,7 @@ def test_submit_many_returns_each_outcome_in_order_while_others_submit() -> None
     groups: list[list[int]] = []
 
     def commit(values: Sequence[int]) -> list[int | BaseException]:
-        time.sleep(0.005)
+        time.sleep(0.005)  # the delay is the behaviour under test (a slow commit)
         groups.append(list(values))
         return [ValueError(v) if v < 0 else v * 10 for v in values]
 

@@ -32,7 +32,7 @@ async def _answer(
             # the body split over two writes: the client must wait for all of it
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhe")
             await writer.drain()
-            await asyncio.sleep(0.002)
+            await asyncio.sleep(0.002)  # the delay is the behaviour under test
             writer.write(b"llo")
         await writer.drain()
     writer.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import EdgeNode, policy_text
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -95,6 +95,7 @@ def test_metric_families_move_with_traffic(
     assert m2[("edgeroute_breaker_state", (("state", "open"),))] == 1
     assert m2[("edgeroute_queue_depth", ())] >= 1
     assert m2[("edgeroute_queue_bytes", ())] > 0
-    time.sleep(0.2)
-    assert scrape(node)[("edgeroute_queue_oldest_age_seconds", ())] > 0
+    age = ("edgeroute_queue_oldest_age_seconds", ())
+    wait_until(lambda: scrape(node)[age] > 0, 10, 0.05, "the queued item's age to grow")
+    assert scrape(node)[age] > 0
     proxy.set_mode("pass")

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from edgeroute.netproxy import FaultProxy, ThreadedFaultProxy
+from tests.waiting import until, wait_until
 
 BODY = b"hello from upstream"
 
@@ -90,7 +91,7 @@ def test_down_closes_existing_connections(proxy: ThreadedFaultProxy) -> None:
     """Switching to down closes connections that were already open."""
     s = _raw_connection(proxy.port)
     try:
-        _wait_for(lambda: proxy.stats().connections_active == 1)
+        wait_until(lambda: proxy.stats().connections_active == 1, 2.0, what="the connection")
         proxy.set_mode("down")
         with contextlib.suppress(ConnectionResetError):  # FIN or RST: either cuts it
             assert s.recv(100) == b""
@@ -113,18 +114,21 @@ def test_latency_adds_delay(proxy: ThreadedFaultProxy) -> None:
 def test_reset_sends_rst_to_new_and_existing(proxy: ThreadedFaultProxy) -> None:
     """reset aborts existing and new connections with a TCP RST (ConnectionResetError)."""
     existing = _raw_connection(proxy.port)
-    _wait_for(lambda: proxy.stats().connections_active == 1)
+    wait_until(lambda: proxy.stats().connections_active == 1, 2.0, what="the connection")
     proxy.set_mode("reset")
     with pytest.raises(ConnectionResetError):
         existing.recv(100)
     existing.close()
     # The RST of a new connection may surface at connect (seen once in CI) or at the first
     # send/recv, depending on when the proxy's accept runs.
+    accepted = proxy.stats().connections_total
     with (
         pytest.raises(ConnectionResetError),
         socket.create_connection(("127.0.0.1", proxy.port), timeout=2.0) as fresh,
     ):
-        time.sleep(0.05)
+        wait_until(  # the proxy accepted (and reset) the new connection
+            lambda: proxy.stats().connections_total > accepted, 2.0, what="the proxy's accept"
+        )
         fresh.sendall(b"GET / HTTP/1.1\r\n\r\n")
         fresh.recv(100)
     with pytest.raises(httpx.TransportError):
@@ -177,10 +181,7 @@ def test_stop_closes_everything(upstream: int) -> None:
             w.write(b"GET / HTTP/1.1\r\n")
             await w.drain()
             conns.append((r, w))
-        for _ in range(100):
-            if p.stats().connections_active == 2:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: p.stats().connections_active == 2, 1.0, what="both connections")
         assert p.stats().connections_active == 2
         await p.stop()
         for r, w in conns:
@@ -205,11 +206,3 @@ def test_threaded_stop_joins_thread(upstream: int) -> None:
     p.stop()
     p.stop()
     assert "fault-proxy" not in {t.name for t in threading.enumerate()}
-
-
-def _wait_for(cond: object, timeout: float = 2.0) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.01)

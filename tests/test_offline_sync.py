@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from router.errors import CloudUnavailable
 from router.policy import BreakerSettings, QueueSettings, SyncSettings
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
 from tests.sync_support import sync_worker
+from tests.waiting import holds_within
 
 NOW = 10_000.0
 REPO = Path(__file__).resolve().parents[1]
@@ -272,9 +272,7 @@ class SlowResults(ResultStore):
         self.committing += 1
         try:
             calls = len(self.cloud.calls)
-            end = time.monotonic() + self.hold_s
-            while len(self.cloud.calls) == calls and time.monotonic() < end:
-                time.sleep(0.001)
+            holds_within(lambda: len(self.cloud.calls) != calls, self.hold_s, 0.001)
             if self.fail_first:
                 self.fail_first = False
                 raise ResultStoreError("disk full")
@@ -402,9 +400,10 @@ def test_drain_paces_between_rounds(tmp_path: Path) -> None:
 
 _CRASH_MID_PIPELINE = textwrap.dedent(
     """
-    import asyncio, os, signal, sys, time
+    import asyncio, os, signal, sys
     from pathlib import Path
     from tests.test_offline_sync import Cloud, _item, _worker
+    from tests.waiting import holds_within
 
     cloud = Cloud()
     q, rs, worker, _ = _worker(Path(sys.argv[1]), cloud, batch_size=4)
@@ -415,9 +414,7 @@ _CRASH_MID_PIPELINE = textwrap.dedent(
     def crash_on_sync_remove(ids):
         ids = list(ids)
         if ids:  # batch 1's results are committed; wait until batch 2 is on the wire
-            end = time.monotonic() + 10
-            while len(cloud.calls) < 2 and time.monotonic() < end:
-                time.sleep(0.001)
+            holds_within(lambda: len(cloud.calls) >= 2, 10, 0.001)
             print(f"calls before the crash: {len(cloud.calls)}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         return real_remove(ids)

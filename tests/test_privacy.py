@@ -6,7 +6,6 @@ Real edge node processes, the session's Ray Serve cloud behind a fault proxy.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -111,10 +110,9 @@ def test_edge_only_and_send_nothing_never_reach_the_cloud(
         assert _depth(node) == 0
     proxy.set_mode("pass")
     assert _wait(lambda: node.status()["connectivity"]["state"] == "online")  # type: ignore[index]
-    # Several sync rounds (interval_ms 50): nothing must be sent. No observable marks an
-    # empty round (the queue is empty, so a round touches neither the cloud nor /v1/status):
-    # the delay is the behaviour under test (a quiet window), not a wait for a condition.
-    time.sleep(0.5)
+    # Several sync drains (interval_ms 50) must have run, and sent nothing.
+    drains = int(node.status()["sync"]["drains"])  # type: ignore[index]
+    assert _wait(lambda: node.status()["sync"]["drains"] >= drains + 3)  # type: ignore[index,operator]
     counts = _computed(cloud_url, [*ids, "ctl-online"])
     assert counts["ctl-online"] == 1
     assert {rid: n for rid, n in counts.items() if rid != "ctl-online" and n} == {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 from edge_node.lifecycle.policy_reloader import restart_only_changes
 from router.policy_loader import parse_policy, policy_revision
 from tests.edge_fixtures import EdgeNode, policy_text
+from tests.waiting import holds_within, wait_until
 
 DEAD_CLOUD = "http://127.0.0.1:9"  # no cloud is needed: policy B's budget is zero
 
@@ -81,7 +81,12 @@ def test_reload_under_concurrent_traffic(
                 _write(node.policy_path, good)
                 r = http.post("/v1/policy/reload")
                 assert r.status_code == 200 and r.json()["result"] == "applied", r.text
-                time.sleep(0.02)
+                mark, applied = len(seen), policy_revision(good)  # traffic runs under it
+                wait_until(
+                    lambda m=mark, v=applied: any(rev == v for _, rev, _ in seen[m:]),
+                    10,
+                    what="a request answered under the applied policy",
+                )
                 _write(node.policy_path, _invalid(good, i))
                 r = http.post("/v1/policy/reload")
                 assert r.status_code == 422, r.text
@@ -89,7 +94,10 @@ def test_reload_under_concurrent_traffic(
                 policy_state = http.get("/v1/status").json()["policy"]
                 assert policy_state["revision"] == policy_revision(good)
                 assert policy_state["last_error"] and policy_state["last_attempt_at"]
-                time.sleep(0.02)
+                mark = len(seen)  # and after the refused reload
+                wait_until(
+                    lambda m=mark: len(seen) > m, 10, what="a request answered after the refusal"
+                )
     finally:
         stop.set()
         for t in threads:
@@ -143,9 +151,5 @@ def test_restart_only_changes_are_named() -> None:
 
 
 def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    """Poll `predicate` every 0.1 s: True once it holds, False after `timeout_s`."""
+    return holds_within(predicate, timeout_s, 0.1)

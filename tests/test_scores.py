@@ -98,3 +98,20 @@ def test_batch_scorers_agree_with_the_scalar_ones(raw: list[list[float]]) -> Non
         else:
             assert got == want
     assert all_scores_many(probs)[0].keys() == all_scores(rows[0]).keys()
+
+
+def test_policy_scores_are_the_registry() -> None:
+    """The policy accepts exactly the registered scores plus learned, names them all when
+    refusing another, and its JSON schema lists the same names."""
+    from pydantic import ValidationError
+
+    from router.policy import TaskPolicy
+    from router.scores import LEARNED, REGISTRY
+
+    for name in REGISTRY:
+        assert TaskPolicy(edge_bundle="b", threshold=0.5, score=name).score == name
+    with pytest.raises(ValidationError) as err:
+        TaskPolicy(edge_bundle="b", threshold=0.5, score="marign")
+    assert all(repr(n) in str(err.value) for n in [*REGISTRY, LEARNED])
+    schema = TaskPolicy.model_json_schema()["properties"]["score"]
+    assert schema["enum"] == [*REGISTRY, LEARNED]

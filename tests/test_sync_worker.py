@@ -31,6 +31,7 @@ from router.policy import (
 )
 from router.wire import RerankFailure, RerankItem, RerankResult, WireCandidate, WireError
 from tests.sync_support import sync_worker
+from tests.waiting import until
 
 NOW = 10_000.0
 
@@ -275,8 +276,10 @@ def test_run_forever_survives_errors_and_probes_back_online(tmp_path: Path) -> N
     q, rs, mon, cloud, worker, clock = setup(tmp_path)
     mon.record_failure()  # offline, nothing queued: only a probe can bring it back
     stop = asyncio.Event()
+    pauses: list[float] = []  # one per pause between rounds: a round has ended
 
     async def fake_sleep(s: float) -> None:
+        pauses.append(s)
         clock.t += s
         await asyncio.sleep(0)
 
@@ -285,21 +288,20 @@ def test_run_forever_survives_errors_and_probes_back_online(tmp_path: Path) -> N
 
     async def scenario() -> None:
         task = asyncio.create_task(worker.run_forever(stop))
-        for _ in range(20):
-            await asyncio.sleep(0)
+        # two pauses: a whole round (its probe check and its drain) ran in between
+        await until(lambda: len(pauses) >= 2, 10, 0.001, what="two sync rounds")
         assert cloud.health_calls == 0  # not before the open time has elapsed
         clock.t += 1.0
-        deadline = time.monotonic() + 10  # rounds do their disk work in worker threads
-        while not (mon.state == "online" and cloud.health_calls) and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
+        await until(  # rounds do their disk work in worker threads
+            lambda: mon.state == "online" and cloud.health_calls, 10, 0.001, what="a probe"
+        )
         assert mon.state == "online" and cloud.health_calls >= 1
+        sent = len(cloud.calls)
         q.put(item("r0"))
-        for _ in range(200):  # the RuntimeError rounds must not kill the loop
-            await asyncio.sleep(0)
+        # the RuntimeError rounds must not kill the loop: a second call is a retry after one
+        await until(lambda: len(cloud.calls) >= sent + 2, 10, 0.001, what="a crashed round's retry")
         cloud.error = None
-        deadline = time.monotonic() + 10  # rounds do their disk work in worker threads
-        while q.depth and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
+        await until(lambda: q.depth == 0, 10, 0.001, what="the queue to drain")
         stop.set()
         await asyncio.wait_for(task, 2.0)
 
@@ -404,9 +406,7 @@ def test_end_to_end_drain_after_outage(tmp_path: Path) -> None:
             stop = asyncio.Event()
             task = asyncio.create_task(worker.run_forever(stop))
             try:
-                deadline = time.monotonic() + 20
-                while q.depth and time.monotonic() < deadline:
-                    await asyncio.sleep(0.01)
+                await until(lambda: q.depth == 0, 20, what="the queue to drain")
             finally:
                 stop.set()
                 await asyncio.wait_for(task, 5)

@@ -192,20 +192,18 @@ class BudgetStore:
                 raise BudgetStoreError(f"cannot release budget: {exc}") from exc
 
     def _current(self) -> tuple[bytes | None, BudgetLedger]:
-        """The stored bytes (None if there is no row, or an older version's pickled row)
-        and the ledger: the last known ones, else read with one SELECT. Under `_lock`."""
+        """The stored bytes (None if there is no row) and the ledger: the last known ones,
+        else read with one SELECT. Under `_lock`."""
         if self._known is None:
             self._known = self._load()
         return self._known
 
     def _load(self) -> tuple[bytes | None, BudgetLedger]:
-        """The stored ledger: one SELECT (JSON bytes; a pickled dict written by an older
-        version is read too, and its bytes reported as None)."""
+        """The stored ledger: one SELECT of its JSON bytes."""
         raw: bytes | None = get_many(self._cache, [_KEY]).get(_KEY)
-        stored: object = raw if raw is not None else self._cache.get(_KEY)  # older: pickled
-        if not stored:
+        if not raw:
             return raw, BudgetLedger()
-        counters = orjson.loads(stored) if isinstance(stored, bytes) else dict(stored)  # type: ignore[call-overload]
+        counters = orjson.loads(raw)
         return raw, BudgetLedger(
             {k: BudgetState(int(p), int(c), float(s)) for k, (p, c, s) in counters.items()}
         )

@@ -109,6 +109,7 @@ class SyncWorker:
         self._deadline_s = deadline_s
         self._probe_timeout_s = probe_timeout_s
         self._monotonic = monotonic
+        self.drains = 0
         self._book = QueueBook(
             queue,
             results,
@@ -334,7 +335,8 @@ class SyncWorker:
         """Drain (`drain`: pipelined rounds, paced by `sync.max_bytes_per_s`) until
         `stop` is set; after each drain (it ends on a round that stored no result: nothing
         queued, offline, cloud errors) or a drain that raised, pause `interval_ms` (or
-        until `stop`). Never raises except on cancellation."""
+        until `stop`). Never raises except on cancellation. `drains` counts the drains
+        that ended (in `/v1/status`), so a caller can see the worker ran."""
         interval = self._sync.interval_ms / 1000
         while not stop.is_set():
             try:
@@ -344,6 +346,7 @@ class SyncWorker:
                 raise
             except Exception as exc:
                 self._log.exception("sync_round_failed", reason=type(exc).__name__)
+            self.drains += 1
             await self._pause(stop, interval)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:

@@ -107,7 +107,7 @@ class EdgeService:
         """Answer one request: the pipeline on a batch of one. Raises its EdgerouteError
         (4xx: invalid, unknown task, queue full, budget rejected) instead of returning it;
         every accepted request ends answered, queued durably, or explicitly rejected."""
-        out = (await self.run([req]))[0]
+        out = (await self.run([req]))[0][1]
         if isinstance(out, EdgerouteError):
             raise out
         return out
@@ -118,44 +118,39 @@ class EdgeService:
         item that would get a 4xx on its own (an entry given as an EdgerouteError is that
         item's error). Raises nothing for per-item faults."""
         outs = await self.run(items)
-        body = [
-            item_error(o, r.request_id if isinstance(r, InferRequest) else None)
-            if isinstance(o, EdgerouteError)
-            else o.body
-            for r, o in zip(items, outs, strict=True)
-        ]
+        body = [o.body if isinstance(o, Answer) else item_error(o, rid) for rid, o in outs]
         return Answer(200, {"results": body})
 
     async def run(
         self, requests: Sequence[InferRequest | EdgerouteError]
-    ) -> list[Answer | EdgerouteError]:
+    ) -> list[tuple[str | None, Answer | EdgerouteError]]:
         """The pipeline (module doc) over `requests`; one outcome per request, in order: its
-        answer, or the error that refuses it. Reads the active policy once, so the whole
-        batch is decided by one policy."""
+        request id (the node's when it brought none; None if it was refused before one was
+        known) and its answer, or the error that refuses it. Reads the active policy once,
+        so the whole batch is decided by one policy."""
         t0 = self._monotonic()
         active = self.active
         prepared = prepare(active, requests, self._new_id)
         ok = [p for p in prepared if isinstance(p, PreparedItem)]
-        routed = self.route(active, ok, self._clock(), t0) if ok else []
-        by_rid = {r.item.rid: r for r in routed}
-        refused: dict[str, EdgerouteError] = {}
-        await self._escalate(active, [r for r in routed if r.decision.escalate], t0)
-        await self._enqueue([r for r in routed if r.decision.enqueue], refused)
-        out: list[Answer | EdgerouteError] = []
-        for p in prepared:
+        routed = iter(self.route(active, ok, t0) if ok else [])
+        by_pos = {i: next(routed) for i, p in enumerate(prepared) if isinstance(p, PreparedItem)}
+        refused: dict[int, EdgerouteError] = {}
+        live = list(by_pos.items())
+        await self._escalate(active, [r for _, r in live if r.decision.escalate], t0)
+        await self._enqueue(active, [(i, r) for i, r in live if r.decision.enqueue], refused)
+        out: list[tuple[str | None, Answer | EdgerouteError]] = []
+        for i, (req, p) in enumerate(zip(requests, prepared, strict=True)):
             if isinstance(p, EdgerouteError):
-                out.append(p)
+                out.append((req.request_id if isinstance(req, InferRequest) else None, p))
                 continue
-            r = by_rid[p.rid]
+            r = by_pos[i]
             if r.decision.reject:
-                out.append(refused.get(p.rid) or budget_rejected())
+                out.append((p.rid, refused.get(i) or budget_rejected()))
             else:
-                out.append(self._answer(active, r, t0))
+                out.append((p.rid, self._answer(active, r, t0)))
         return out
 
-    def route(
-        self, active: ActivePolicy, items: Sequence[PreparedItem], now: float, t0: float
-    ) -> list[Routed]:
+    def route(self, active: ActivePolicy, items: Sequence[PreparedItem], t0: float) -> list[Routed]:
         """Infer and decide `items` (each task's model once on its items): the answering
         version, local result, scores and `decide`'s decision of each, in order, with the
         inference and decision latencies observed. Carries nothing out and never awaits.
@@ -213,11 +208,17 @@ class EdgeService:
             r.decision = after(r.decision, s.outcome, r.item.task, cost, budget=s.budget)
             r.cloud = s.result
 
-    async def _enqueue(self, routed: list[Routed], refused: dict[str, EdgerouteError]) -> None:
-        """Queue every item of `routed` durably in one worker-thread call (the queue
-        group-commits them); an item the queue refuses gets `after(decision, queue_full)`
-        and its error in `refused` when that decision rejects it. Ids dropped by
-        `drop_oldest` are recorded as expired."""
+    async def _enqueue(
+        self,
+        active: ActivePolicy,
+        routed: list[tuple[int, Routed]],
+        refused: dict[int, EdgerouteError],
+    ) -> None:
+        """Queue every item of `routed` (position, item) durably in one worker-thread call
+        (the queue group-commits them). An item the queue refuses as full gets
+        `after(decision, queue_full)`: rejected (its error in `refused`) or answered
+        locally; any other refusal (too large, a store fault) is its error in `refused`.
+        Ids dropped by `drop_oldest` are recorded as expired."""
         if not routed:
             return
         now = self._clock()
@@ -235,25 +236,29 @@ class EdgeService:
                 enqueued_at=now,
                 reason=r.decision.reason,
             )
-            for r in routed
+            for _, r in routed
         ]
         outcomes = await asyncio.to_thread(self.queue.put_many, items)
         dropped: list[str] = []
-        for r, outcome in zip(routed, outcomes, strict=True):
+        cost = active.policy.cost
+        for (i, r), outcome in zip(routed, outcomes, strict=True):
             if isinstance(outcome, list):
                 dropped += outcome
-                continue
-            cost = self.active.policy.cost
-            r.decision = after(r.decision, "queue_full", r.item.task, cost)
-            if r.decision.reject:
-                refused[r.item.rid] = outcome
+            elif not isinstance(outcome, QueueFull):
+                r.decision = Decision(
+                    r.decision.route, r.decision.reason, r.decision.confidence,
+                    r.decision.threshold, reject=True, answer_now=False,
+                )  # fmt: skip
+                refused[i] = outcome
             else:
-                log.warning(
-                    "verify_not_queued",
-                    request_id=r.item.rid,
-                    task=r.item.task_name,
-                    reason=QUEUE_FULL if isinstance(outcome, QueueFull) else outcome.code,
-                )
+                r.decision = after(r.decision, "queue_full", r.item.task, cost)
+                if r.decision.reject:
+                    refused[i] = outcome
+                else:
+                    log.warning(
+                        "verify_not_queued", request_id=r.item.rid, task=r.item.task_name,
+                        reason=QUEUE_FULL,
+                    )  # fmt: skip
         if dropped:
             await asyncio.to_thread(self._expire_dropped, dropped)
 

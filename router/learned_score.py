@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.scores import SCORE_NAMES
-
-BASE_FEATURES = SCORE_NAMES
+BASE_FEATURES = ("max_prob", "margin", "entropy")  # fixed: stored files depend on it
 
 
 @dataclass(frozen=True)

@@ -160,22 +160,6 @@ def test_restart_keeps_spending(tmp_path: Path) -> None:
         assert reopened.reserve() is None
 
 
-def test_a_ledger_written_by_the_previous_format_is_read_and_kept(tmp_path: Path) -> None:
-    """A ledger stored by an older version (a pickled dict via diskcache's set) still
-    counts after an upgrade, and the next reservation adds to it."""
-    from edge_node.storage.durable_cache import open_durable_cache
-
-    cache = open_durable_cache(tmp_path)
-    cache.set("budget_ledger", {"node/day": (int(DAY0), 2, 3.0)})
-    cache.close()
-    with _store(tmp_path, daily_calls=3, price_per_call=1.5) as store:
-        assert store.snapshot() == BudgetState(DAY0, 2, 3.0)
-        assert store.reserve() is not None
-        assert store.reserve() is None
-    with _store(tmp_path, daily_calls=3, price_per_call=1.5) as reopened:
-        assert reopened.snapshot() == BudgetState(DAY0, 3, 4.5)
-
-
 def test_rollover_at_utc_midnight(tmp_path: Path) -> None:
     """A new UTC day starts from zero; releasing yesterday's reservation does not touch today."""
     clock = FakeClock(DAY0 + DAY_S - 1)

@@ -98,7 +98,8 @@ def test_success_sends_batch_and_headers() -> None:
 
 def test_first_send_header_goes_with_the_first_try_only() -> None:
     """A call whose ids the client's id source made marks its first try
-    X-Edgeroute-First-Send: 1 and no retry; ids it did not make, or a resend, mark no try."""
+    X-Edgeroute-First-Send: 1 and no retry; ids it did not make, a resend, or an id sent
+    before (a client echoing it back) mark no try."""
     marks: list[str | None] = []
 
     def handler(req: httpx.Request) -> httpx.Response:
@@ -113,7 +114,8 @@ def test_first_send_header_goes_with_the_first_try_only() -> None:
     asyncio.run(client.rerank(items(1), deadline_s=10.0))
     assert marks == ["1", None, None, None]
     asyncio.run(client.rerank(minted, deadline_s=10.0, resend=True))
-    assert marks[4:] == [None]
+    asyncio.run(client.rerank(minted, deadline_s=10.0))  # the same id again: an echo
+    assert marks[4:] == [None, None]
 
 
 def test_retries_5xx_then_succeeds_with_exponential_backoff() -> None:

@@ -139,8 +139,8 @@ class CloudClient:
         `CloudRejected` (see module doc); never an httpx or pydantic error.
 
         `resend=True` says the items may have been sent before (the sync worker's calls).
-        Otherwise, when every item's id was made by `self.ids` (the node made it for this
-        request, so no earlier call carried it), the first try carries
+        Otherwise, when every item's id was made by `self.ids` and never sent (the node
+        made it for this request, so no earlier call carried it), the first try carries
         `X-Edgeroute-First-Send: 1` and the cloud skips its idempotency claim; retries and
         resends never carry it (an earlier try may have reached the cloud).
         """
@@ -149,7 +149,7 @@ class CloudClient:
         end = self._clock() + deadline_s
         body = orjson.dumps({"items": [i.model_dump(mode="json") for i in items]})
         headers = {REQUEST_ID_HEADER: request_id} if request_id else {}
-        first_send = not resend and all(self.ids.minted(i.request_id) for i in items)
+        first_send = self.ids.take_unsent([i.request_id for i in items]) and not resend
         first_headers = {**headers, FIRST_SEND_HEADER: "1"} if first_send else headers
         expected = [i.request_id for i in items]
         retry = self.settings.retry

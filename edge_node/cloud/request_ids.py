@@ -15,20 +15,38 @@ from collections.abc import Callable
 
 class RequestIds:
     """32 hex digits: a random 64-bit prefix per instance, then a 64-bit counter. Unique
-    across restarts and nodes (with the odds of a 64-bit collision). Thread-safe
-    (itertools.count is atomic under the GIL)."""
+    across restarts and nodes (with the odds of a 64-bit collision). Remembers the last
+    `keep` ids it made that were not sent yet (oldest forgotten first), so `take_unsent`
+    can tell a first send from a client echoing an id back. Thread-safe under the GIL
+    (itertools.count, dict insert and pop are atomic)."""
 
-    __slots__ = ("_counter", "_prefix")
+    __slots__ = ("_counter", "_keep", "_prefix", "_unsent")
 
-    def __init__(self, rand: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(self, rand: Callable[[int], bytes] = os.urandom, keep: int = 16_384) -> None:
         self._prefix = rand(8).hex()
         self._counter = itertools.count(1)
+        self._keep = keep
+        self._unsent: dict[str, None] = {}
 
     def new(self) -> str:
-        """A fresh id."""
-        return f"{self._prefix}{next(self._counter):016x}"
+        """A fresh id, remembered as not sent yet."""
+        rid = f"{self._prefix}{next(self._counter):016x}"
+        unsent = self._unsent
+        unsent[rid] = None
+        if len(unsent) > self._keep:
+            unsent.pop(next(iter(unsent)), None)
+        return rid
 
     def minted(self, request_id: str) -> bool:
         """Whether `request_id` has this instance's form and prefix (made by `new`, or a
         copy of one a client echoes back)."""
         return len(request_id) == 32 and request_id.startswith(self._prefix)
+
+    def take_unsent(self, request_ids: list[str]) -> bool:
+        """True if every id was made by `new` and never taken before (so no call can have
+        carried it); takes them all either way. An id forgotten by the bound, or echoed
+        back by a client, is not unsent."""
+        fresh = all(rid in self._unsent for rid in request_ids)
+        for rid in request_ids:
+            self._unsent.pop(rid, None)
+        return fresh

@@ -1,7 +1,8 @@
 """The edge node's HTTP API (FastAPI), built by `create_app(settings)`.
 
 Every error is JSON `{"error": {"code", "message", "field"}}` with a 4xx status for bad
-input; a 500 means a bug. The sync worker runs as a background task of the app.
+input; a 500 means a bug. The node (`edge_node.node.Node`) is started and stopped by the
+app's lifespan; the routes read the node's service and status.
 """
 
 from __future__ import annotations
@@ -31,9 +32,7 @@ from router.edge_api import (
     InferResponse,
     ResultResponse,
 )
-from router.errors import (
-    EdgerouteError,
-)
+from router.errors import EdgerouteError
 
 log = structlog.get_logger("edgeroute.edge")
 _ERRORS: dict[int | str, dict[str, Any]] = {

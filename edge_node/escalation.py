@@ -96,15 +96,16 @@ class Escalation:
         choice: a drain must not stall live requests); the live path reserves on the loop.
         `resend` says the items may have been sent before (queued items: the client then
         never marks the call a first send). `now` is the time budgets are counted at
-        (default: the clock). Every reservation
-        is settled before this returns or raises, whatever is raised (cancellation
-        included). Raises only what the client raises beyond `CloudError` (a bug; counted
-        as a breaker failure) and `BudgetStoreError`.
+        (default: the clock). Every reservation is settled before this returns or raises
+        (a cancellation while the reservations are being made off the loop is the one
+        exception: those already made stay spent, which never overspends). Raises only
+        what the client raises beyond `CloudError` (a bug; counted as a breaker failure)
+        and `BudgetStoreError`.
         """
         if not self.monitor.allow_request():
             return [Settled("breaker_refused") for _ in calls]
         at = self._clock() if now is None else now
-        held = await self._off(off_loop, lambda: [self._reserve(c, at) for c in calls])
+        held = await self._off(off_loop, lambda: self._reserve_all(calls, at))
         out: list[Settled] = [s if isinstance(s, Settled) else Settled("answered") for s in held]
         sent = [(i, r) for i, r in enumerate(held) if not isinstance(r, Settled)]
         if not sent:
@@ -140,6 +141,20 @@ class Escalation:
         await self._off(off_loop, lambda: self._settle_all(sent, results))
         for (i, _), res in zip(sent, results, strict=True):
             out[i] = self._settled(calls[i], res)
+        return out
+
+    def _reserve_all(self, calls: Sequence[Call], now: float) -> list[Reservation | Settled]:
+        """One reservation (or its refusal) per call; if the store fails partway, the
+        reservations already held are given back before the error propagates."""
+        out: list[Reservation | Settled] = []
+        try:
+            for call in calls:
+                out.append(self._reserve(call, now))
+        except BaseException:
+            for r in out:
+                if not isinstance(r, Settled):
+                    r.release()
+            raise
         return out
 
     def _reserve(self, call: Call, now: float) -> Reservation | Settled:

@@ -30,7 +30,7 @@ import structlog
 from edge_node.cloud.client import CloudClient
 from edge_node.cloud.connectivity import ConnectivityMonitor
 from edge_node.escalation import Escalation
-from edge_node.lifecycle.active_policy import activate
+from edge_node.lifecycle.active_policy import ActivePolicy, activate
 from edge_node.lifecycle.model_store import ModelStore
 from edge_node.lifecycle.model_updater import ModelUpdater
 from edge_node.lifecycle.policy_reloader import PolicyReloader
@@ -71,10 +71,31 @@ class Node:
         self.settings = settings
         self.store = ModelStore(settings.data_dir / "models")
         active = activate(settings.policy_path, clock(), store=self.store)
-        policy = active.policy
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         hold(data, role)
+        try:
+            self._build(settings, active, clock, transport)
+        except BaseException:
+            for name in ("decisions", "queue", "results", "budget"):
+                if hasattr(self, name):
+                    getattr(self, name).close()
+            release(data)
+            raise
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    def _build(
+        self,
+        settings: EdgeSettings,
+        active: ActivePolicy,
+        clock: Callable[[], float],
+        transport: httpx.AsyncBaseTransport | None,
+    ) -> None:
+        """Open the stores and wire the parts (the constructor's second half)."""
+        policy = active.policy
+        data = settings.data_dir
         self._clock = clock
         token = os.environ.get(policy.cloud.token_env) if policy.cloud.token_env else None
         self.monitor = ConnectivityMonitor(
@@ -129,9 +150,6 @@ class Node:
             self.service, self.store, settings.policy_path, self.reloader.lock
         )
         self.metrics.watch(self.levels)
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closed = False
 
     async def start(self, *, sync: bool | None = None) -> None:
         """Start the background work on the running loop: the policy reloader's and the

@@ -45,7 +45,7 @@ from router.budget import limits_for
 from router.decision import QUEUE_FULL, Decision, LocalResult, NodeState, decide
 from router.edge_api import InferRequest
 from router.errors import EdgerouteError, NotFound, QueueFull
-from router.local_result import local_results_many
+from router.local_result import complete_scores, local_result, local_results_many
 from router.outcome import after
 from router.wire import RerankItem, RerankResult
 
@@ -61,9 +61,16 @@ class Routed:
     item: PreparedItem
     version: str
     local: LocalResult
-    scores: dict[str, float]
+    scores: dict[str, float] | None
     decision: Decision
+    probs: list[float] | None = None
     cloud: RerankResult | None = None
+
+    def record_scores(self) -> dict[str, float]:
+        """Every registered score of the item (completed now if routing left them)."""
+        if self.scores is None:
+            self.scores = complete_scores(self.probs or [], self.local.scores)
+        return self.scores
 
 
 class EdgeService:
@@ -155,7 +162,10 @@ class EdgeService:
         version, local result, scores and `decide`'s decision of each, in order, with the
         inference and decision latencies observed. Carries nothing out and never awaits.
         `t0` is when the request started (for the time left before its deadline). Raises
-        BundleError if a model fails."""
+        BundleError if a model fails. A batch of one (a single request) takes the same
+        steps with the per-row scorers, its record scores completed when answered."""
+        if len(items) == 1:
+            return [self._route_one(active, items[0], t0)]
         groups: dict[str, list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(it.task_name, []).append(i)
@@ -178,6 +188,19 @@ class EdgeService:
                 out[i] = Routed(it, pred.version, local, row, decision)
             self.metrics.decision_seconds.observe(self._monotonic() - t_dec)
         return [r for r in out if r is not None]
+
+    def _route_one(self, active: ActivePolicy, it: PreparedItem, t0: float) -> Routed:
+        """`route` for one item: the per-row path, nothing left to group or stack."""
+        t_inf = self._monotonic()
+        pred = it.model.predict(it.x[None, :])
+        self.metrics.inference_seconds.observe(self._monotonic() - t_inf)
+        row: list[float] = pred.probs[0].tolist()
+        local = local_result(row, it.model.labels, it.task, active.learned.get(it.task_name))
+        t_dec = self._monotonic()
+        state = NodeState(self.escalation.monitor.state)
+        decision = decide(local, state, it.task, it.deadline_ms - (t_dec - t0) * 1000.0)
+        self.metrics.decision_seconds.observe(self._monotonic() - t_dec)
+        return Routed(it, pred.version, local, None, decision, row)
 
     async def _escalate(self, active: ActivePolicy, routed: list[Routed], t0: float) -> None:
         """Escalate `routed` in one call through the escalation step; each item's decision
@@ -277,7 +300,8 @@ class EdgeService:
         )
         self.metrics.request_done(it.task_name, d.route, d.reason, latency_ms / 1e3)
         record = decision_record(
-            self._clock(), it, active.revision, version, d, r.local, r.scores, label, r.cloud,
+            self._clock(), it, active.revision, version, d, r.local, r.record_scores(), label,
+            r.cloud,
             latency_ms,
         )  # fmt: skip
         self.decisions.write(orjson.dumps(record))

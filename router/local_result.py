@@ -69,14 +69,14 @@ def local_results_many(
         return [one], [complete_scores(row, one.scores)]
     rows = np.asarray(probs, dtype=np.float64)
     cands = top_k_many(rows, labels, task.top_k)
-    complete = all_scores_many(rows)
+    every = all_scores_many(rows)
     out: list[LocalResult] = []
     if learned is not None:
-        for c, scores in zip(cands, complete, strict=True):
+        for c, scores in zip(cands, every, strict=True):
             scores["learned"] = learned.score(scores, [(x.label, x.score) for x in c])
             out.append(LocalResult(c, dict(scores)))
-        return out, complete
+        return out, every
     name = task.score
-    for c, scores in zip(cands, complete, strict=True):
+    for c, scores in zip(cands, every, strict=True):
         out.append(LocalResult(c, {name: scores[name]} if name in scores else {}))
-    return out, complete
+    return out, every

@@ -22,7 +22,8 @@
     3 ms (the bound of tests/test_offline_live_drain.py); p99 is reported.
 
 Run: `python -m benchmarks.bench_queue`. Everything lives in a temp dir; the fake
-re-ranker and edge node processes are stopped at the end. (c) needs the demo bundles: it
+re-ranker (`benchmarks.fake_reranker`, served by `python -m benchmarks.bench_queue --serve
+PORT`) and edge node processes are stopped at the end. (c) needs the demo bundles: it
 uses `$EDGEROUTE_MODELS` (default `models/`) and builds them there if missing.
 """
 
@@ -32,7 +33,6 @@ import asyncio
 import contextlib
 import gc
 import os
-import re
 import sqlite3
 import statistics
 import sys
@@ -45,6 +45,8 @@ from typing import Any
 
 import orjson
 
+from benchmarks.fake_reranker import serve
+from benchmarks.queue_workload import drain_policy, live_policy, make_item, prefill, queue_settings
 from benchmarks.stats import line, record, summary
 
 PRODUCERS = 8
@@ -57,32 +59,6 @@ LIVE_BACKLOG = 8000
 LIVE_IDLE_SAMPLES = 500
 MODELS = Path(os.environ.get("EDGEROUTE_MODELS", "models"))
 _SYNCHRONOUS = {"os_crash_safe": "NORMAL", "per_write": "FULL"}
-
-
-def _item(i: int) -> Any:
-    from edge_node.storage.queue_store import QueuedItem
-
-    return QueuedItem(
-        request_id=f"bench-{i:08d}",
-        task="digits",
-        cloud_task="digits",
-        inputs=[float(j) / 7.0 for j in range(64)],
-        candidates=["1", "7", "9"],
-        edge_label="7",
-        edge_score=0.41,
-        edge_candidates=[("7", 0.41), ("1", 0.3), ("9", 0.2)],
-        model_version="digits-edge-1",
-        enqueued_at=time.time(),
-        reason="below_threshold",
-    )
-
-
-def _queue_settings(fsync: str) -> Any:
-    from router.policy import QueueSettings
-
-    return QueueSettings.model_validate(
-        {"max_items": 10_000_000, "max_bytes": 1 << 40, "on_full": "reject", "fsync": fsync}
-    )
 
 
 def _producers(work: Any, n_each: int) -> tuple[float, list[float]]:
@@ -117,7 +93,7 @@ def bench_enqueue(tmp: Path, fsync: str) -> dict[str, object]:
     from edge_node.storage.queue_store import DurableQueue
 
     n_each = PUTS_PER_PRODUCER[fsync]
-    items = [_item(i) for i in range(PRODUCERS * n_each)]
+    items = [make_item(i) for i in range(PRODUCERS * n_each)]
     payloads = [orjson.dumps(it.model_dump(mode="json")) for it in items]
 
     conn = sqlite3.connect(tmp / f"raw-{fsync}.db", isolation_level=None, check_same_thread=False)
@@ -134,7 +110,7 @@ def bench_enqueue(tmp: Path, fsync: str) -> dict[str, object]:
             )
             conn.execute("COMMIT")
 
-    queue = DurableQueue(tmp / f"queue-{fsync}", _queue_settings(fsync))
+    queue = DurableQueue(tmp / f"queue-{fsync}", queue_settings(fsync))
 
     def ours(i: int) -> None:
         queue.put(items[i])
@@ -162,79 +138,6 @@ def bench_enqueue(tmp: Path, fsync: str) -> dict[str, object]:
 # --- drain ------------------------------------------------------------------------------
 
 
-_ITEM_IDS = re.compile(rb'"task":"([^"\\]*)","request_id":"([^"\\]*)"')
-
-
-def _rerank_body(body: bytes) -> bytes:
-    """The fake's answer: one result per item, in order. It finds the items' task and
-    request_id with one regex over the body (the edge client writes `task` then
-    `request_id` first in each item, and both are plain strings), so its cost does not
-    grow with the inputs, and it answers both arms alike; the edge still parses and
-    validates a full response."""
-    return orjson.dumps(
-        {
-            "results": [
-                {
-                    "request_id": rid.decode(),
-                    "task": task.decode(),
-                    "label": "7",
-                    "score": 0.9,
-                    "candidates": [{"label": "7", "score": 0.9}],
-                    "model_version": "fake-1",
-                    "scored": "candidates",
-                }
-                for task, rid in _ITEM_IDS.findall(body)
-            ]
-        }
-    )
-
-
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            lines = head.decode("latin-1").split("\r\n")
-            path = lines[0].split(" ")[1]
-            length = next(
-                (
-                    int(h.split(":", 1)[1])
-                    for h in lines[1:]
-                    if h.lower().startswith("content-length:")
-                ),
-                0,
-            )
-            body = await reader.readexactly(length) if length else b""
-            out = _rerank_body(body) if path.startswith("/v1/rerank") else b'{"status":"ok"}'
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                + f"Content-Length: {len(out)}\r\n\r\n".encode()
-                + out
-            )
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
-async def _serve(port: int) -> None:
-    server = await asyncio.start_server(_handle, "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
-def _drain_policy(bundle: Path, batch: int) -> str:
-    """Task `digits` (what the backlog holds), synced `batch` items per call."""
-    return f"""\
-version: 1
-node: {{id: bench-node}}
-queue: {{max_items: 10000000, max_bytes: 1099511627776, on_full: reject}}
-sync: {{batch_size: {batch}}}
-tasks:
-  digits: {{edge_bundle: {bundle}, threshold: 0.5, placement: cloud_first}}
-"""
-
-
 async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float, int, int]:
     """Drain a prefilled queue through a node built by its composition root (`Node`): its
     own sync worker, escalation step and budget, as a running node drains."""
@@ -247,7 +150,7 @@ async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float,
         build_demo_bundles(MODELS)
     n = DRAIN_ITEMS[batch]
     policy = tmp / f"drain-{batch}{tag}.yaml"
-    policy.write_text(_drain_policy((MODELS / "edge" / "digits").resolve(), batch))
+    policy.write_text(drain_policy((MODELS / "edge" / "digits").resolve(), batch))
     node = Node(
         EdgeSettings(
             policy_path=policy, data_dir=tmp / f"drain-{batch}{tag}", cloud_url=url,
@@ -256,7 +159,7 @@ async def _drain(tmp: Path, url: str, batch: int, tag: str = "") -> tuple[float,
     )  # fmt: skip
     queue, worker = node.queue, node.sync
     for i in range(n):
-        queue.put(_item(i))
+        queue.put(make_item(i))
     warm = RerankItem(task="digits", request_id=f"warm-{batch}", inputs=[0.0] * 64)
     await node.client.rerank([warm], deadline_s=5.0)  # untimed: connection, lazy imports
     drains = 0
@@ -332,39 +235,6 @@ def bench_drain(tmp: Path) -> dict[str, object]:
 # --- live traffic during a drain ---------------------------------------------------------
 
 
-def _live_policy(bundle: Path) -> str:
-    """Task `later` (what the backlog holds) and task `local` (edge_only: live answers)."""
-    return f"""\
-version: 1
-node: {{id: bench-node}}
-cloud:
-  url: http://127.0.0.1:9
-  connect_timeout_ms: 200
-  request_timeout_ms: 2000
-  retry: {{max_attempts: 1, backoff_initial_ms: 10, backoff_max_ms: 50}}
-  breaker: {{failure_threshold: 1, open_ms: 200, open_max_ms: 400, probe_interval_ms: 50}}
-queue: {{max_items: 100000, max_bytes: 1073741824, on_full: reject}}
-sync: {{batch_size: 64, interval_ms: 50, max_attempts: 3}}
-cost: {{price_per_call: 0.0}}
-tasks:
-  later: {{edge_bundle: {bundle}, cloud_task: digits, threshold: 0.5, placement: cloud_first}}
-  local: {{edge_bundle: {bundle}, threshold: 0.0, placement: edge_only, deadline_ms: 2000}}
-"""
-
-
-def _prefill(queue_dir: Path, n: int) -> None:
-    """Queue `n` task-`later` items straight into a (stopped) node's queue directory."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from edge_node.storage.queue_store import DurableQueue
-
-    q = DurableQueue(queue_dir, _queue_settings("os_crash_safe"))
-    items = [_item(i).model_copy(update={"task": "later"}) for i in range(n)]
-    with ThreadPoolExecutor(PRODUCERS) as pool:
-        list(pool.map(q.put, items))
-    q.close()
-
-
 def _live(client: Any, url: str, body: dict[str, Any], n: int) -> list[float]:
     """`n` sequential local answers; latencies in ms. Raises if one is not a final 200."""
     out: list[float] = []
@@ -392,9 +262,9 @@ def bench_live_during_drain(tmp: Path) -> dict[str, object]:
         build_demo_bundles(MODELS)
     x, _ = load_test_split(MODELS)
     policy = tmp / "live.yaml"
-    policy.write_text(_live_policy((MODELS / "edge" / "digits").resolve()))
+    policy.write_text(live_policy((MODELS / "edge" / "digits").resolve()))
     data = tmp / "live-data"
-    _prefill(data / "queue", LIVE_BACKLOG)
+    prefill(data / "queue", LIVE_BACKLOG, PRODUCERS)
     cport, eport = processes.free_port(), processes.free_port()
     url = f"http://127.0.0.1:{eport}"
     edge_log, cloud_log = tmp / "live-edge.log", tmp / "live-cloud.log"
@@ -459,6 +329,6 @@ def main() -> list[dict[str, object]]:
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve":
-        asyncio.run(_serve(int(sys.argv[2])))
+        asyncio.run(serve(int(sys.argv[2])))
     else:
         main()

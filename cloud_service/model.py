@@ -2,15 +2,16 @@
 
 Bundles are loaded and verified by the shared runtime (`runtime.bundle.load_bundle`, the
 edge node's loader too, so both refuse a bad bundle with the same message) and run through
-`runtime.onnx_model.OnnxModel`. cloud_service never imports edge_node.
+`runtime.onnx_model.OnnxModel`, behind the `runtime.model.Model` protocol. cloud_service
+never imports edge_node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,31 +28,22 @@ from router.wire import (
     WireCandidate,
     WireError,
 )
-from runtime.bundle import LoadedBundle, load_bundle
+from runtime.bundle import load_bundle
+from runtime.model import Model
 from runtime.onnx_model import OnnxModel
-
-if TYPE_CHECKING:
-    import onnxruntime
 
 _log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
 class CloudModel:
-    """One task's cloud model: a verified bundle run through an `OnnxModel` (built from
-    `manifest`, `session` and `path`, so `dataclasses.replace` of any of them rebuilds it).
+    """One task's cloud model: any `runtime.model.Model` (an `OnnxModel` when loaded from
+    a bundle) with the checks and re-ranking of the wire items around it.
 
-    Immutable; `rerank` and `self_check` are thread-safe (InferenceSession.run is).
+    Immutable; `rerank` and `self_check` are thread-safe (models are).
     """
 
-    manifest: BundleManifest
-    session: onnxruntime.InferenceSession
-    path: Path
-    _model: OnnxModel = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        bundle = LoadedBundle(manifest=self.manifest, session=self.session, path=self.path)
-        object.__setattr__(self, "_model", OnnxModel(bundle))
+    model: Model
 
     @classmethod
     def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> CloudModel:
@@ -63,8 +55,17 @@ class CloudModel:
         sha256 differs, onnxruntime rejects the model, or the graph's input/output do not
         match the manifest. Thread-safe.
         """
-        bundle = load_bundle(path, intra_op_threads=intra_op_threads)
-        return cls(manifest=bundle.manifest, session=bundle.session, path=bundle.path)
+        return cls(OnnxModel(load_bundle(path, intra_op_threads=intra_op_threads)))
+
+    @property
+    def manifest(self) -> BundleManifest:
+        """The manifest of the serving bundle."""
+        return self.model.bundle.manifest
+
+    @property
+    def path(self) -> Path:
+        """The bundle folder."""
+        return self.model.bundle.path
 
     @property
     def task(self) -> str:
@@ -157,7 +158,7 @@ class CloudModel:
     def _run(self, batch: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
         """Probabilities [N, C] of flat rows [N, item_size] (BundleError if the model fails)."""
         try:
-            return self._model.predict(batch).probs
+            return self.model.predict(batch).probs
         except InputError as exc:  # rows are checked by `_check`: the model disagrees
             raise BundleError(f"model {self.task}@{self.version}: {exc.message}") from None
 

@@ -22,7 +22,7 @@ import structlog
 from edge_node.cloud.client import CloudClient
 from edge_node.cloud.connectivity import ConnectivityMonitor
 from edge_node.observe.metrics import EdgeMetrics
-from edge_node.storage.budget_store import BudgetStore, Reservation
+from edge_node.storage.budget_store import BudgetStore, BudgetStoreError, Reservation
 from router.budget import Limit
 from router.errors import CloudError, CloudTimeout
 from router.outcome import Outcome, breaker_effect, settle
@@ -96,16 +96,21 @@ class Escalation:
         choice: a drain must not stall live requests); the live path reserves on the loop.
         `resend` says the items may have been sent before (queued items: the client then
         never marks the call a first send). `now` is the time budgets are counted at
-        (default: the clock). Every reservation is settled before this returns or raises
-        (a cancellation while the reservations are being made off the loop is the one
-        exception: those already made stay spent, which never overspends). Raises only
-        what the client raises beyond `CloudError` (a bug; counted as a breaker failure)
-        and `BudgetStoreError`.
+        (default: the clock). `deadline_s` counts from the call of `run`: the time the
+        reservations take is taken from what the cloud call gets. Every reservation is
+        settled before this returns or raises, also when the run is cancelled (while the
+        reservations are being made off the loop, they are given back once the worker
+        thread has made them). Raises only what the client raises beyond `CloudError` (a
+        bug; counted as a breaker failure) and `BudgetStoreError`.
         """
+        started = self._monotonic()
         if not self.monitor.allow_request():
             return [Settled("breaker_refused") for _ in calls]
         at = self._clock() if now is None else now
-        held = await self._off(off_loop, lambda: self._reserve_all(calls, at))
+        if off_loop:
+            held = await self._reserve_off_loop(calls, at)
+        else:
+            held = self._reserve_all(calls, at)
         out: list[Settled] = [s if isinstance(s, Settled) else Settled("answered") for s in held]
         sent = [(i, r) for i, r in enumerate(held) if not isinstance(r, Settled)]
         if not sent:
@@ -114,7 +119,7 @@ class Escalation:
         try:
             results = await self.client.rerank(
                 [calls[i].item for i, _ in sent],
-                deadline_s=deadline_s,
+                deadline_s=deadline_s - (t_call - started),
                 request_id=request_id,
                 resend=resend,
             )
@@ -142,6 +147,27 @@ class Escalation:
         for (i, _), res in zip(sent, results, strict=True):
             out[i] = self._settled(calls[i], res)
         return out
+
+    async def _reserve_off_loop(
+        self, calls: Sequence[Call], now: float
+    ) -> list[Reservation | Settled]:
+        """`_reserve_all` in a worker thread. If the waiting task is cancelled, the thread
+        still finishes; its reservations are then released (in the default executor) and
+        the cancellation propagates."""
+        made = asyncio.ensure_future(asyncio.to_thread(self._reserve_all, calls, now))
+        try:
+            return await asyncio.shield(made)
+        except asyncio.CancelledError:
+            loop = asyncio.get_running_loop()
+
+            def give_back(done: asyncio.Future[list[Reservation | Settled]]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    return
+                held = [r for r in done.result() if not isinstance(r, Settled)]
+                loop.run_in_executor(None, _release_quietly, held)
+
+            made.add_done_callback(give_back)
+            raise
 
     def _reserve_all(self, calls: Sequence[Call], now: float) -> list[Reservation | Settled]:
         """One reservation (or its refusal) per call; if the store fails partway, the
@@ -191,3 +217,13 @@ class Escalation:
     @staticmethod
     async def _off(off_loop: bool, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn) if off_loop else fn()
+
+
+def _release_quietly(held: list[Reservation]) -> None:
+    """Release `held` where no caller waits for the outcome: a store failure is logged
+    (the reservations then stay spent, which never overspends)."""
+    try:
+        for r in held:
+            r.release()
+    except BudgetStoreError as exc:
+        log.warning("budget_release_failed", reason=exc.code, items=len(held))

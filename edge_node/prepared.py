@@ -16,7 +16,7 @@ import numpy as np
 
 from router.edge_api import InferRequest
 from router.errors import EdgerouteError, InputError, UnknownTask
-from router.inputs import coerce_many
+from router.inputs import coerce_inputs, coerce_many
 from router.policy import TaskPolicy
 
 if TYPE_CHECKING:
@@ -76,17 +76,32 @@ def prepare(
             for i, _ in reqs:
                 out[i] = unknown_task(active, name)
             continue
+        if len(reqs) == 1:  # a single request: no batch bookkeeping
+            i, req = reqs[0]
+            try:
+                x = coerce_inputs(req.inputs, model.input_spec)
+            except InputError as exc:
+                out[i] = exc
+            else:
+                out[i] = _item(req, name, task, model, x, new_id)
+            continue
         rows, errors = coerce_many([r.inputs for _, r in reqs], model.input_spec)
         for (i, req), x, err in zip(reqs, rows, errors, strict=True):
-            out[i] = err or PreparedItem(
-                req.request_id or new_id(),
-                name,
-                task,
-                model,
-                x,
-                float(req.deadline_ms or task.deadline_ms),
-            )
+            out[i] = err or _item(req, name, task, model, x, new_id)
     return out
+
+
+def _item(
+    req: InferRequest,
+    name: str,
+    task: TaskPolicy,
+    model: Model,
+    x: np.ndarray,
+    new_id: Callable[[], str],
+) -> PreparedItem:
+    return PreparedItem(
+        req.request_id or new_id(), name, task, model, x, float(req.deadline_ms or task.deadline_ms)
+    )
 
 
 def unknown_task(active: ActivePolicy, name: str) -> UnknownTask:

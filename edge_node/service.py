@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -37,40 +36,21 @@ from edge_node.escalation import Call, Escalation
 from edge_node.lifecycle.active_policy import ActivePolicy
 from edge_node.observe.decision_log import DecisionLog
 from edge_node.observe.metrics import EdgeMetrics
+from edge_node.observe.observer import RequestObserver
 from edge_node.prepared import PreparedItem, prepare
+from edge_node.routed import Routed
 from edge_node.storage.budget_store import BudgetStore
 from edge_node.storage.queue_store import DurableQueue, QueuedItem
 from edge_node.storage.result_store import ResultStore
 from router.budget import limits_for
-from router.decision import QUEUE_FULL, Decision, LocalResult, NodeState, decide
+from router.decision import QUEUE_FULL, Decision, NodeState, decide
 from router.edge_api import InferRequest
 from router.errors import EdgerouteError, NotFound, QueueFull
-from router.local_result import complete_scores, local_result, local_results_many
+from router.local_result import local_result, local_results_many
 from router.outcome import after
-from router.wire import RerankItem, RerankResult
+from router.wire import RerankItem
 
 log = structlog.get_logger("edgeroute.edge")
-
-
-@dataclass(slots=True)
-class Routed:
-    """One item through inference and `decide`: the model version that answered it, the
-    local result, every registered score (for the record) and the decision so far; then
-    the cloud's answer, if it escalated and the cloud answered."""
-
-    item: PreparedItem
-    version: str
-    local: LocalResult
-    scores: dict[str, float] | None
-    decision: Decision
-    probs: list[float] | None = None
-    cloud: RerankResult | None = None
-
-    def record_scores(self) -> dict[str, float]:
-        """Every registered score of the item (completed now if routing left them)."""
-        if self.scores is None:
-            self.scores = complete_scores(self.probs or [], self.local.scores)
-        return self.scores
 
 
 class EdgeService:
@@ -89,9 +69,11 @@ class EdgeService:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.perf_counter,
         sample: Callable[[], bool] = lambda: False,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         """Wire the pipeline's parts. `new_id()` makes the id of a request that brings
-        none; `sample()` says whether to write this request's log line."""
+        none; `sample()` says whether to write this request's log line; `observers` see
+        every answered or accepted item (see `add_observer`)."""
         self.active = active
         self.queue = queue
         self.results = results
@@ -102,6 +84,12 @@ class EdgeService:
         self._clock = clock
         self._monotonic = monotonic
         self.sample = sample
+        self._observers = list(observers)
+
+    def add_observer(self, observer: RequestObserver) -> None:
+        """Show `observer` every item answered or accepted from now on (after its decision
+        record is written). Call from the service's event loop."""
+        self._observers.append(observer)
 
     @property
     def budget(self) -> BudgetStore:
@@ -138,19 +126,22 @@ class EdgeService:
         t0 = self._monotonic()
         active = self.active
         prepared = prepare(active, requests, self._new_id)
+        pos = [i for i, p in enumerate(prepared) if isinstance(p, PreparedItem)]
         ok = [p for p in prepared if isinstance(p, PreparedItem)]
-        routed = iter(self.route(active, ok, t0) if ok else [])
-        by_pos = {i: next(routed) for i, p in enumerate(prepared) if isinstance(p, PreparedItem)}
+        routed = self.route(active, ok, t0) if ok else []
         refused: dict[int, EdgerouteError] = {}
-        live = list(by_pos.items())
-        await self._escalate(active, [r for _, r in live if r.decision.escalate], t0)
-        await self._enqueue(active, [(i, r) for i, r in live if r.decision.enqueue], refused)
+        if any(r.decision.escalate for r in routed):
+            await self._escalate(active, [r for r in routed if r.decision.escalate], t0)
+        if any(r.decision.enqueue for r in routed):
+            live = zip(pos, routed, strict=True)
+            await self._enqueue(active, [(i, r) for i, r in live if r.decision.enqueue], refused)
         out: list[tuple[str | None, Answer | EdgerouteError]] = []
+        answers = iter(routed)
         for i, (req, p) in enumerate(zip(requests, prepared, strict=True)):
             if isinstance(p, EdgerouteError):
                 out.append((req.request_id if isinstance(req, InferRequest) else None, p))
                 continue
-            r = by_pos[i]
+            r = next(answers)
             if r.decision.reject:
                 out.append((p.rid, refused.get(i) or budget_rejected()))
             else:
@@ -291,8 +282,8 @@ class EdgeService:
         self.metrics.dropped.inc(len(request_ids))
 
     def _answer(self, active: ActivePolicy, r: Routed, t0: float) -> Answer:
-        """The answer of one carried-out item, with its metrics, decision record and
-        (sampled) log line."""
+        """The answer of one carried-out item, with its metrics, decision record, the
+        observers' call and (sampled) log line."""
         latency_ms = (self._monotonic() - t0) * 1000.0
         d, it = r.decision, r.item
         body, version, label = answer_body(
@@ -305,6 +296,14 @@ class EdgeService:
             latency_ms,
         )  # fmt: skip
         self.decisions.write(orjson.dumps(record))
+        for observer in self._observers:
+            try:
+                observer.observe(r, latency_ms)
+            except Exception as exc:  # an observer's fault never fails the request
+                log.warning(
+                    "observer_failed", request_id=it.rid, task=it.task_name,
+                    reason=type(exc).__name__,
+                )  # fmt: skip
         if self.sample():
             log.info(
                 "request", request_id=it.rid, task=it.task_name, route=d.route, reason=d.reason,

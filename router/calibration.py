@@ -15,7 +15,9 @@ Accuracy model (documented in docs/ops.md):
   says how many answers were estimated (`estimated`).
 "Truth" is the labels file's label; without one, the cloud's answer is the reference
 (accuracy = agreement with the cloud, only on requests with a known cloud answer).
-Simulation assumes the cloud is reachable (connectivity is not replayed); budgets are
+Each request is decided by the live path's rules (`router.decision.decide`, and
+`router.outcome.after` when its budget is exhausted), assuming the cloud is reachable
+(connectivity is not replayed) and each request has its task's own deadline; budgets are
 replayed in log order with `router.budget`.
 """
 
@@ -30,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from router.budget import BudgetLedger, limits_for
+from router.decision import Candidate, Decision, LocalResult, NodeState, decide
+from router.outcome import after
 from router.policy import Policy, TaskPolicy
 
 
@@ -107,15 +111,14 @@ def _estimate(r: LoggedRequest, truth: str, est: tuple[float, float] | None) -> 
     return est[0] if r.edge_label == truth else est[1]
 
 
-def wants_cloud(task: TaskPolicy, scores: Mapping[str, float]) -> tuple[bool, str]:
-    """(escalate?, reason) for a task's placement and threshold, before budgets. Pure."""
-    if task.placement == "edge_only":
-        return False, "edge_only_task"
-    if task.placement == "cloud_first":
-        return True, "cloud_first"
-    if scores.get(task.score, 0.0) >= task.threshold:
-        return False, "confident"
-    return True, "below_threshold"
+def _decided(task: TaskPolicy, r: LoggedRequest) -> Decision:
+    """The live path's `decide` for a logged request: online, the task's own deadline."""
+    top = tuple(Candidate(label, score) for label, score in r.edge_top)
+    local = LocalResult(top or (Candidate(r.edge_label, 0.0),), dict(r.scores))
+    return decide(local, _ONLINE, task)
+
+
+_ONLINE = NodeState("online")
 
 
 def simulate(policy: Policy, reqs: Sequence[LoggedRequest]) -> SimResult:
@@ -137,19 +140,17 @@ def simulate(policy: Policy, reqs: Sequence[LoggedRequest]) -> SimResult:
             routes["rejected/unknown_task"] += 1
             decided.append("rejected/unknown_task")
             continue
-        cloud, reason = wants_cloud(task, r.scores)
-        route = "cloud" if cloud else "edge"
-        if cloud:
+        decision = _decided(task, r)
+        if decision.escalate:
             limits = limits_for(cost, task, r.task)
             spent = ledger.exhausted(limits, cost.price_per_call, r.ts)
             if spent is not None:
-                cloud, reason = False, "budget_exhausted"
-                route = {"queue": "queued", "reject": "rejected"}.get(
-                    cost.on_budget_exhausted, "edge"
-                )
+                decision = after(decision, "budget_exhausted", task, cost, budget=spent)
             else:
                 ledger = ledger.plus_call(limits, cost.price_per_call, r.ts)
                 calls += 1
+        cloud, reason = decision.escalate, decision.reason
+        route = "rejected" if decision.reject else decision.route
         routes[f"{route}/{reason}"] += 1
         decided.append(f"{route}/{reason}")
         escalated += cloud or route == "queued"

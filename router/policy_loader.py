@@ -7,23 +7,20 @@ references to missing bundles are reported too. Raises `PolicyError` listing all
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import posixpath
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from router.errors import PolicyError, PolicyIssue
 from router.policy import Policy, TaskPolicy
+from router.policy_validation_issues import KeyPath, dotted, nearest_mark, validation_issues
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-Path = tuple[str | int, ...]
 
 
 def policy_revision(text: str) -> str:
@@ -62,7 +59,7 @@ def parse_policy(
     Pure: it reads no files and no environment of its own.
     """
     issues: list[PolicyIssue] = []
-    marks: dict[Path, tuple[int, int]] = {}
+    marks: dict[KeyPath, tuple[int, int]] = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -93,7 +90,7 @@ def parse_policy(
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        issues.extend(_map_validation_error(exc, marks, source))
+        issues.extend(validation_issues(exc, marks, source))
     issues.extend(
         _semantic_issues(
             _valid_tasks(data),
@@ -143,7 +140,7 @@ def _valid_tasks(data: dict[Any, Any]) -> dict[str, TaskPolicy]:
 def _semantic_issues(
     tasks: dict[str, TaskPolicy],
     data: dict[Any, Any],
-    marks: dict[Path, tuple[int, int]],
+    marks: dict[KeyPath, tuple[int, int]],
     source: str,
     env: Mapping[str, str] | None,
     policy_dir: str,
@@ -152,9 +149,9 @@ def _semantic_issues(
     """Problems the schema alone cannot see: thresholds that never fire, unset token_env."""
     issues: list[PolicyIssue] = []
 
-    def add(path: Path, message: str) -> None:
-        line, col = _nearest_mark(path, marks)
-        issues.append(PolicyIssue(_dotted(path), message, source, line, col))
+    def add(path: KeyPath, message: str) -> None:
+        line, col = nearest_mark(path, marks)
+        issues.append(PolicyIssue(dotted(path), message, source, line, col))
 
     for name, task in tasks.items():
         n = None
@@ -199,8 +196,8 @@ def _never_fires(score: str, threshold: float, placement: str, labels: int | Non
 
 def _to_python(
     node: yaml.Node,
-    path: Path,
-    marks: dict[Path, tuple[int, int]],
+    path: KeyPath,
+    marks: dict[KeyPath, tuple[int, int]],
     issues: list[PolicyIssue],
     env: Mapping[str, str],
     source: str,
@@ -212,7 +209,7 @@ def _to_python(
             line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if not isinstance(key_node, yaml.ScalarNode):
                 msg = "a key must be a plain name, not a list or mapping"
-                issues.append(PolicyIssue(_dotted(path), msg, source, line, col))
+                issues.append(PolicyIssue(dotted(path), msg, source, line, col))
                 continue
             key = _construct(key_node, path, issues, source)
             if key is None:
@@ -222,7 +219,7 @@ def _to_python(
                 first = marks.get(sub, (None, None))[0]
                 issues.append(
                     PolicyIssue(
-                        _dotted(sub),
+                        dotted(sub),
                         f"duplicate key {key!r} (first defined "
                         f"on line {first}); each key may appear once",
                         source,
@@ -244,7 +241,7 @@ def _to_python(
     return value
 
 
-def _construct(node: yaml.Node, path: Path, issues: list[PolicyIssue], source: str) -> Any:
+def _construct(node: yaml.Node, path: KeyPath, issues: list[PolicyIssue], source: str) -> Any:
     """A scalar node's value, or None with an issue when the safe loader cannot build it
     (a custom tag such as `!secret`)."""
     try:
@@ -253,14 +250,14 @@ def _construct(node: yaml.Node, path: Path, issues: list[PolicyIssue], source: s
         problem = getattr(exc, "problem", None) or str(exc)
         msg = f"cannot read this value: {problem} (custom YAML tags are not allowed)"
         mark = node.start_mark
-        issues.append(PolicyIssue(_dotted(path), msg, source, mark.line + 1, mark.column + 1))
+        issues.append(PolicyIssue(dotted(path), msg, source, mark.line + 1, mark.column + 1))
         return None
 
 
 def _substitute(
     value: str,
-    path: Path,
-    marks: dict[Path, tuple[int, int]],
+    path: KeyPath,
+    marks: dict[KeyPath, tuple[int, int]],
     issues: list[PolicyIssue],
     env: Mapping[str, str],
     source: str,
@@ -274,7 +271,7 @@ def _substitute(
         line, col = marks.get(path, (None, None))
         issues.append(
             PolicyIssue(
-                _dotted(path),
+                dotted(path),
                 f"environment variable {name} is referenced "
                 "but not set (set it, or write ${" + name + ":-default})",
                 source,
@@ -285,107 +282,6 @@ def _substitute(
         return ""
 
     return _ENV_REF.sub(repl, value)
-
-
-def _dotted(path: Path) -> str:
-    return ".".join(str(p) for p in path)
-
-
-def _map_validation_error(
-    exc: ValidationError, marks: dict[Path, tuple[int, int]], source: str
-) -> list[PolicyIssue]:
-    issues = []
-    for err in exc.errors():
-        loc: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
-        line, col = _nearest_mark(loc, marks)
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            msg = _unknown_key_message(loc)
-        elif kind == "missing":
-            msg = f"required key {loc[-1]!r} is missing{_allowed_hint(loc)}"
-        elif kind == "literal_error":
-            msg = f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}"
-        else:
-            msg = (
-                f"{err['msg']} (got {err.get('input')!r})"
-                if kind != "value_error"
-                else err["msg"].removeprefix("Value error, ")
-            )
-        issues.append(PolicyIssue(_dotted(loc), msg, source, line, col))
-    return issues
-
-
-def _nearest_mark(loc: Path, marks: dict[Path, tuple[int, int]]) -> tuple[int | None, int | None]:
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in marks:
-            return marks[loc[:n]]
-    return None, None
-
-
-def _model_at(loc: Path) -> type[BaseModel] | None:
-    """The pydantic model whose keys live at `loc` (skipping dict keys such as task names)."""
-    model: Any = Policy
-    i = 0
-    while i < len(loc):
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(str(loc[i]))
-        if field is None:
-            return None
-        model = _unwrap(field.annotation)
-        if typing.get_origin(model) is dict:
-            model = _unwrap(typing.get_args(model)[1])
-            i += 1  # skip the dict key
-        i += 1
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _unwrap(tp: Any) -> Any:
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0] if len(args) == 1 else tp
-    return tp
-
-
-def _all_key_paths() -> dict[str, list[str]]:
-    """Every key name in the schema -> the dotted places where it is allowed."""
-    found: dict[str, list[str]] = {}
-
-    def visit(model: type[BaseModel], prefix: str) -> None:
-        for name, field in model.model_fields.items():
-            found.setdefault(name, []).append(f"{prefix}{name}")
-            tp = _unwrap(field.annotation)
-            if typing.get_origin(tp) is dict:
-                tp = _unwrap(typing.get_args(tp)[1])
-                if isinstance(tp, type) and issubclass(tp, BaseModel):
-                    visit(tp, f"{prefix}{name}.<name>.")
-            elif isinstance(tp, type) and issubclass(tp, BaseModel):
-                visit(tp, f"{prefix}{name}.")
-
-    visit(Policy, "")
-    return found
-
-
-def _unknown_key_message(loc: Path) -> str:
-    key = str(loc[-1])
-    model = _model_at(loc[:-1])
-    allowed = sorted(model.model_fields) if model is not None else []
-    msg = f"unknown key {key!r}"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"{msg}; did you mean {close[0]!r}?"
-    elsewhere = _all_key_paths().get(key)
-    if elsewhere:
-        return f"{msg} here; it belongs under {' or '.join(elsewhere)}"
-    return f"{msg}; allowed keys here: {', '.join(allowed)}" if allowed else msg
-
-
-def _allowed_hint(loc: Path) -> str:
-    model = _model_at(loc[:-1])
-    if model is None:
-        return ""
-    field = model.model_fields.get(str(loc[-1]))
-    return f" ({field.description})" if field is not None and field.description else ""
 
 
 def policy_schema() -> dict[str, Any]:

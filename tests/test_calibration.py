@@ -74,6 +74,22 @@ def test_simulate_replays_budgets_in_log_order() -> None:
     assert sim.accuracy == pytest.approx(0.8)  # edge wrong on r10..r29
 
 
+def test_simulate_decides_as_the_live_path_does() -> None:
+    """Simulation uses the live rules: a `send: nothing` task never escalates whatever its
+    confidence, and a budget that rejects shows as rejected (not scored)."""
+    private = POLICY.replace("threshold: 0.5", "threshold: 0.5\n    send: nothing")
+    sim = simulate(parse_policy(private), _reqs())
+    assert sim.routes == {"edge/privacy_edge_only": 100}
+    assert (sim.escalated, sim.cloud_calls) == (0, 0)
+    rejecting = POLICY.replace(
+        "price_per_call: 0.5",
+        "price_per_call: 0.5\n  daily_calls: 10\n  on_budget_exhausted: reject",
+    )
+    sim = simulate(parse_policy(rejecting), _reqs())
+    assert sim.routes["rejected/budget_exhausted"] == 40
+    assert sim.scored == 60
+
+
 def test_unknown_cloud_answers_are_estimated_and_counted() -> None:
     """Escalating requests the log never escalated uses an estimate and says so."""
     text = POLICY.replace("threshold: 0.5", "threshold: 0.8")

@@ -13,7 +13,7 @@ from edge_node.observe.decision_log import DecisionLogError, read_decision_log
 from edgeroute import processes
 from edgeroute.netproxy import ThreadedFaultProxy
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
-from tests.waiting import holds_within
+from tests.waiting import holds_within, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -41,11 +41,6 @@ def _body(x: np.ndarray, i: int, task: str = "digits", rid: str | None = None) -
     if rid is not None:
         body["request_id"] = rid
     return body
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    """Poll `predicate` every 0.1 s: True once it holds, False after `timeout_s`."""
-    return holds_within(predicate, timeout_s, 0.1)
 
 
 def _results(node: EdgeNode, ids: list[str]) -> list[dict[str, object]]:
@@ -136,7 +131,12 @@ def test_cloud_cut_queues_then_syncs(
     assert node.status()["connectivity"]["state"] == "offline"  # type: ignore[index]
 
     proxy.set_mode("pass")
-    assert _wait(lambda: node.status()["queue"]["depth"] == 0, 30)  # type: ignore[index]
+    wait_until(
+        lambda: node.status()["queue"]["depth"] == 0,  # type: ignore[index]
+        30,
+        0.1,
+        what="the queue to drain once the cloud is back",
+    )
     finals = _results(node, ids)
     assert all(r["status"] == "done" for r in finals), finals
     assert all(str(r["model_version"]).startswith("digits-cloud") for r in finals)
@@ -149,7 +149,9 @@ def test_cloud_cut_queues_then_syncs(
             return {}
         return {r.request_id: r.cloud_label for r in recs if r.kind == "sync"}
 
-    assert _wait(lambda: set(synced()) >= queued, 10), synced()
+    assert holds_within(lambda: set(synced()) >= queued, 10, 0.1), (
+        f"no sync decision record for {sorted(queued - set(synced()))}; have {synced()}"
+    )
     labels = {r["request_id"]: r["label"] for r in finals}
     assert all(synced()[rid] == labels[rid] for rid in queued)
 
@@ -171,7 +173,12 @@ def test_queue_only_task_answers_later(
     body = resp.json()
     assert (body["route"], body["status"], body["label"]) == ("queued", "accepted", None)
     proxy.set_mode("pass")
-    assert _wait(lambda: _results(node, ["later-10"])[0]["status"] == "done", 30)
+    wait_until(
+        lambda: _results(node, ["later-10"])[0]["status"] == "done",
+        30,
+        0.1,
+        what="the queued later-10 result to be done",
+    )
 
 
 def test_restart_with_items_queued(
@@ -195,7 +202,12 @@ def test_restart_with_items_queued(
 
     proxy.set_mode("pass")
     again = start_edge(policy, f"http://127.0.0.1:{proxy.port}", data_dir=data, name="second")
-    assert _wait(lambda: again.status()["queue"]["depth"] == 0, 30)  # type: ignore[index]
+    wait_until(
+        lambda: again.status()["queue"]["depth"] == 0,  # type: ignore[index]
+        30,
+        0.1,
+        what="the restarted node to drain its queue",
+    )
     assert all(r["status"] == "done" for r in _results(again, ids))
 
 

@@ -46,6 +46,17 @@ def test_request_ids_are_unique_hex_and_differ_between_generators() -> None:
     assert gen_a.minted(ids[5]) and not gen_b.minted(ids[5]) and not gen_a.minted("r-1")
 
 
+def test_request_ids_remember_the_newest_unsent_ids_only() -> None:
+    """Past `keep` ids the oldest unsent one is forgotten first (not a first send any
+    more); a newer one is taken once, and an echoed id is never unsent again."""
+    ids = RequestIds(keep=3)
+    made = [ids.new() for _ in range(5)]
+    assert not ids.take_unsent([made[0]]) and not ids.take_unsent([made[1]])
+    assert ids.take_unsent([made[2], made[3]])
+    assert not ids.take_unsent([made[4], made[2]])
+    assert not ids.take_unsent([made[4]])
+
+
 def test_fastapi_baseline_answers_with_the_models_label(demo_bundles_dir: Path) -> None:
     """The benchmark's hand-written baseline really answers (200, the model's label)."""
     from benchmarks.baselines.fastapi_onnx import build_app

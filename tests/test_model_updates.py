@@ -44,7 +44,7 @@ from tests.model_update_support import (
     rolled,
     trusted_policy,
 )
-from tests.waiting import holds_within
+from tests.waiting import holds_within, wait_until
 
 DEAD_CLOUD = "http://127.0.0.1:9"  # edge-only task: no cloud is ever called
 V1, V2, V3 = "digits-edge-1", "digits-edge-2", "digits-edge-3-rolled"
@@ -83,11 +83,6 @@ def _trust(bundles: dict[str, Path]) -> BundleTrust:
 
     pub = public_key_from_pem(bundles["pub"].read_bytes())
     return BundleTrust(True, {key_id_of(pub): pub})
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    """Poll `predicate` every 0.05 s: True once it holds, False after `timeout_s`."""
-    return holds_within(predicate, timeout_s, 0.05)
 
 
 def _update(node: EdgeNode) -> dict[str, Any]:
@@ -197,7 +192,7 @@ def test_canary_model_serves_its_fraction_compares_and_survives_candidate_faults
     assert faulty.counts().errors == 5 and faulty.counts().served_by_candidate == 0
     shadow = CanaryModel(current, broken, "shadow", 0.0)  # background comparisons
     np.testing.assert_allclose(shadow.predict(xs[:3]).probs, current.predict(xs[:3]).probs)
-    assert _wait(lambda: shadow.counts().errors == 3, 5)
+    wait_until(lambda: shadow.counts().errors == 3, 5, 0.05, what="3 background comparison errors")
     shadow.close()
 
 
@@ -271,17 +266,29 @@ def test_failed_updates_under_traffic_keep_the_old_version_serving(
     with Traffic(node.url, digits_split[0][:50]) as traffic:
         for i, (name, reason) in enumerate(expected.items()):
             shutil.copytree(bundles[name], store.incoming / name)
-            assert _wait(lambda i=i: len(list(store.rejected.glob("*.reason.txt"))) == i + 1, 10)
+            wait_until(
+                lambda i=i: len(list(store.rejected.glob("*.reason.txt"))) == i + 1,
+                10,
+                0.05,
+                what=f"the store to reject {name}",
+            )
             (why,) = store.rejected.glob(f"{name}-*.reason.txt")
             assert reason in why.read_text(), why.read_text()
-            assert _wait(lambda r=reason: r in (_update(node)["error"] or ""), 5), _update(node)
+            assert holds_within(lambda r=reason: r in (_update(node)["error"] or ""), 5, 0.05), (
+                f"status never reported {reason!r}: {_update(node)}"
+            )
             assert _update(node)["state"] == "failed" and _update(node)["serving"] == V1
         # A version that passed install but is corrupt on disk when the node loads it.
         shutil.copytree(bundles["truncated"], store.task_dir("digits") / "digits-edge-truncated")
         store.request(
             "digits", InstallRequest(version="digits-edge-truncated", requested_at=time.time())
         )
-        assert _wait(lambda: store.read_state("digits").pending is None, 10)
+        wait_until(
+            lambda: store.read_state("digits").pending is None,
+            10,
+            0.05,
+            what="the node to take up the corrupt version's install request",
+        )
         assert traffic.wait_each(V1, traffic.mark())  # answers after the failed load
     answers = traffic.all()
     assert len(answers) > 50
@@ -311,11 +318,11 @@ def test_install_swaps_under_traffic_rollback_and_it_survives_restart_and_reload
         assert traffic.wait_each(V1, traffic.mark())
         r = _cli(*install)
         assert r.exit_code == 0, r.output
-        assert _wait(lambda: _update(node)["serving"] == V2, 10)
+        wait_until(lambda: _update(node)["serving"] == V2, 10, 0.05, what=f"{V2} to serve")
         assert traffic.wait_each(V2, traffic.mark())
         r = _cli("rollback", "--data-dir", node.data_dir, "--task", "digits")
         assert r.exit_code == 0 and "to @policy" in r.output, r.output
-        assert _wait(lambda: _update(node)["serving"] == V1, 10)
+        wait_until(lambda: _update(node)["serving"] == V1, 10, 0.05, what=f"{V1} to serve")
         assert traffic.wait_each(V1, traffic.mark())
     answers = traffic.all()
     assert all(status == 200 for status, _, _ in answers), {a[0] for a in answers}
@@ -329,7 +336,7 @@ def test_install_swaps_under_traffic_rollback_and_it_survives_restart_and_reload
 
     r = _cli(*install)  # already in the store: requested again
     assert r.exit_code == 0 and "already installed" in r.output, r.output
-    assert _wait(lambda: _update(node)["serving"] == V2, 10)
+    wait_until(lambda: _update(node)["serving"] == V2, 10, 0.05, what=f"{V2} to serve again")
     processes.stop(node.proc, timeout_s=10)
     again = start_edge(node.policy_path.read_text(), DEAD_CLOUD, node.data_dir, name="again")
     assert again.status()["models"] == {"digits": V2}
@@ -371,7 +378,9 @@ def test_canary_rolls_back_on_its_own_when_the_new_model_disagrees(
             "0.5",
         )
         assert r.exit_code == 0, r.output
-        assert _wait(lambda: _update(node)["state"] == "rolled_back", 30), _update(node)
+        assert holds_within(lambda: _update(node)["state"] == "rolled_back", 30, 0.05), (
+            f"the canary was never rolled back: {_update(node)}"
+        )
         after = traffic.mark()
         assert traffic.wait_each(V1, [n + 1 for n in after])
     answers = traffic.all()
@@ -409,7 +418,9 @@ def test_shadow_run_promotes_an_agreeing_model_on_its_own(
             "--shadow",
         )
         assert r.exit_code == 0, r.output
-        assert _wait(lambda: _update(node)["state"] == "promoted", 30), _update(node)
+        assert holds_within(lambda: _update(node)["state"] == "promoted", 30, 0.05), (
+            f"the shadow run was never promoted: {_update(node)}"
+        )
         assert traffic.wait_each(V2, traffic.mark())
     answers = traffic.all()
     assert all(status == 200 for status, _, _ in answers)
@@ -424,7 +435,7 @@ def test_shadow_run_promotes_an_agreeing_model_on_its_own(
     assert "agreement 1.000" in _update(node)["detail"]
     r = _cli("rollback", "--data-dir", node.data_dir, "--task", "digits")
     assert r.exit_code == 0, r.output
-    assert _wait(lambda: _update(node)["serving"] == V1, 10)
+    wait_until(lambda: _update(node)["serving"] == V1, 10, 0.05, what=f"rollback to {V1} to serve")
 
 
 def test_node_starts_on_the_policy_bundle_when_the_installed_version_is_corrupt(
@@ -441,7 +452,12 @@ def test_node_starts_on_the_policy_bundle_when_the_installed_version_is_corrupt(
     node = start_edge(trusted_policy(bundles["v1"], bundles["pub"]), DEAD_CLOUD, data)
     assert node.status()["models"] == {"digits": V1}
     assert _metric(node, "edgeroute_model_loads_total", task="digits", result="error") == 1
-    assert _wait(lambda: store.read_state("digits").current == POLICY_BUNDLE, 10)
+    wait_until(
+        lambda: store.read_state("digits").current == POLICY_BUNDLE,
+        10,
+        0.05,
+        what="the state file to fall back to the policy's bundle",
+    )
     update = _update(node)
     assert update["state"] == "failed" and "sha256" in update["error"]
     assert update["version"] == "digits-edge-truncated"
@@ -468,7 +484,12 @@ def test_rollback_ends_a_canary_which_survives_a_policy_reload_until_then(
             "0.5",
         )
         assert r.exit_code == 0, r.output
-        assert _wait(lambda: (_update(node)["canary"] or {}).get("compared", 0) > 5, 10)
+        wait_until(
+            lambda: (_update(node)["canary"] or {}).get("compared", 0) > 5,
+            10,
+            0.05,
+            what="the canary to compare more than 5 answers",
+        )
         before = _update(node)["canary"]["compared"]
         node.policy_path.write_text(
             node.policy_path.read_text().replace("threshold: 0.5", "threshold: 0.4")
@@ -477,12 +498,16 @@ def test_rollback_ends_a_canary_which_survives_a_policy_reload_until_then(
         assert _update(node)["canary"]["compared"] >= before
         r = _cli("rollback", "--data-dir", node.data_dir, "--task", "digits")
         assert r.exit_code == 0 and "end the canary of digits-edge-3-rolled" in r.output
-        assert _wait(lambda: _update(node)["state"] == "rolled_back", 10), _update(node)
+        assert holds_within(lambda: _update(node)["state"] == "rolled_back", 10, 0.05), (
+            f"rollback never ended the canary: {_update(node)}"
+        )
     state = store.read_state("digits")
     assert (state.current, state.previous, state.canary) == (POLICY_BUNDLE, None, None)
     assert _update(node)["serving"] == V1
     r = _cli("rollback", "--data-dir", node.data_dir, "--task", "digits", "--to", V3)
     assert r.exit_code == 0, r.output
-    assert _wait(lambda: _update(node)["serving"] == V3, 10)
+    wait_until(
+        lambda: _update(node)["serving"] == V3, 10, 0.05, what=f"rollback --to {V3} to serve"
+    )
     state = store.read_state("digits")
     assert (state.current, state.previous) == (V3, POLICY_BUNDLE)

@@ -16,7 +16,7 @@ import pytest
 from edgeroute.netproxy import ThreadedFaultProxy
 from router.wire import NODE_HEADER
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
-from tests.waiting import holds_within
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -70,11 +70,6 @@ def _calls(node: EdgeNode) -> int:
     return int(node.status()["cloud"]["calls"])  # type: ignore[index]
 
 
-def _wait(predicate: Callable[[], bool], timeout_s: float = 30.0) -> bool:
-    """Poll `predicate` every 0.1 s: True once it holds, False after `timeout_s`."""
-    return holds_within(predicate, timeout_s, 0.1)
-
-
 def test_edge_only_and_send_nothing_never_reach_the_cloud(
     start_edge: Callable[..., EdgeNode],
     proxy: ThreadedFaultProxy,
@@ -109,10 +104,20 @@ def test_edge_only_and_send_nothing_never_reach_the_cloud(
         assert _calls(node) == calls
         assert _depth(node) == 0
     proxy.set_mode("pass")
-    assert _wait(lambda: node.status()["connectivity"]["state"] == "online")  # type: ignore[index]
+    wait_until(
+        lambda: node.status()["connectivity"]["state"] == "online",  # type: ignore[index]
+        30,
+        0.1,
+        what="the node to see the cloud online again",
+    )
     # Several sync drains (interval_ms 50) must have run, and sent nothing.
     drains = int(node.status()["sync"]["drains"])  # type: ignore[index]
-    assert _wait(lambda: node.status()["sync"]["drains"] >= drains + 3)  # type: ignore[index,operator]
+    wait_until(
+        lambda: node.status()["sync"]["drains"] >= drains + 3,  # type: ignore[index,operator]
+        30,
+        0.1,
+        what="three more sync drains",
+    )
     counts = _computed(cloud_url, [*ids, "ctl-online"])
     assert counts["ctl-online"] == 1
     assert {rid: n for rid, n in counts.items() if rid != "ctl-online" and n} == {}
@@ -151,7 +156,7 @@ def test_candidates_only_sends_no_inputs_and_falls_back(
             queued.append(r["request_id"])
     assert queued  # once the breaker is open, items are queued (without inputs)
     proxy.set_mode("pass")
-    assert _wait(lambda: _depth(node) == 0, 30)
+    wait_until(lambda: _depth(node) == 0, 30, 0.1, what="the sync queue to drain")
     for rid in queued:
         res = httpx.get(f"{node.url}/v1/results/{rid}", timeout=5).json()
         assert res["status"] == "failed", res
@@ -206,7 +211,7 @@ def test_no_log_line_or_decision_record_holds_inputs(
     for i in unsure[3:]:
         node.infer(_body(rows[i], "digits", f"p-off-{i}"))
     proxy.set_mode("pass")
-    assert _wait(lambda: _depth(node) == 0, 30)
+    wait_until(lambda: _depth(node) == 0, 30, 0.1, what="the sync queue to drain")
     node.proc.terminate()  # graceful stop flushes the decision log
     node.proc.wait(timeout=20)
 

@@ -44,14 +44,14 @@ def test_send_defaults_to_inputs_and_rejects_unknown_values() -> None:
     conn=st.sampled_from(["online", "degraded", "offline"]),
     placement=st.sampled_from(["edge_only", "hybrid", "cloud_first"]),
     when_offline=st.sampled_from(["answer_and_queue", "queue_only", "answer_only"]),
-    budget_action=st.sampled_from(["answer_locally", "queue", "reject"]),
     left=st.floats(0.0, 10_000.0),
 )
 def test_send_nothing_never_escalates_nor_queues(
-    conf: float, conn: Any, placement: Any, when_offline: Any, budget_action: Any, left: float
+    conf: float, conn: Any, placement: Any, when_offline: Any, left: float
 ) -> None:
-    """Whatever the score, connectivity, placement, budget or deadline, `send: nothing`
-    answers on the edge, finally, with reason privacy_edge_only."""
+    """Whatever the score, connectivity, placement, when_offline or deadline, `send: nothing`
+    answers on the edge, finally, with reason privacy_edge_only, and never escalates (so never
+    reserves budget)."""
     task = _task(send="nothing", placement=placement, when_offline=when_offline)
     d = decide(_local(conf), NodeState(conn), task, left)
     assert (d.route, d.reason) == ("edge", PRIVACY_EDGE_ONLY)

@@ -14,7 +14,7 @@ import numpy as np
 from edge_node.lifecycle.policy_reloader import restart_only_changes
 from router.policy_loader import parse_policy, policy_revision
 from tests.edge_fixtures import EdgeNode, policy_text
-from tests.waiting import holds_within, wait_until
+from tests.waiting import wait_until
 
 DEAD_CLOUD = "http://127.0.0.1:9"  # no cloud is needed: policy B's budget is zero
 
@@ -124,12 +124,22 @@ def test_file_change_and_sighup_reload(
         return state
 
     _write(node.policy_path, b)
-    assert _wait(lambda: policy_state()["revision"] == policy_revision(b), 10)
+    wait_until(
+        lambda: policy_state()["revision"] == policy_revision(b),
+        10,
+        0.1,
+        what="the poller to apply the changed file",
+    )
     assert policy_state()["last_trigger"] == "file_change"
 
     restart_only = b.replace("batch_size: 32", "batch_size: 16")
     _write(node.policy_path, restart_only)
-    assert _wait(lambda: policy_state()["last_result"] == "failed", 10)
+    wait_until(
+        lambda: policy_state()["last_result"] == "failed",
+        10,
+        0.1,
+        what="the poller to refuse the restart-only change",
+    )
     state = policy_state()
     assert state["revision"] == policy_revision(b)
     assert "sync.batch_size" in str(state["last_error"])
@@ -137,7 +147,12 @@ def test_file_change_and_sighup_reload(
     # The poller has seen this content; only SIGHUP (or HTTP) triggers the next attempt.
     _write(node.policy_path, a)
     node.proc.send_signal(signal.SIGHUP)
-    assert _wait(lambda: policy_state()["revision"] == policy_revision(a), 10)
+    wait_until(
+        lambda: policy_state()["revision"] == policy_revision(a),
+        10,
+        0.1,
+        what="SIGHUP to apply the rewritten file",
+    )
     assert policy_state()["last_error"] is None
 
 
@@ -148,8 +163,3 @@ def test_restart_only_changes_are_named() -> None:
     pb = parse_policy(a.replace("interval_ms: 50", "interval_ms: 60").replace("0.05", "0.5"))
     assert restart_only_changes(pa, pb) == ["sync.interval_ms"]
     assert restart_only_changes(pa, parse_policy(a.replace("0.05", "0.5"))) == []
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float) -> bool:
-    """Poll `predicate` every 0.1 s: True once it holds, False after `timeout_s`."""
-    return holds_within(predicate, timeout_s, 0.1)

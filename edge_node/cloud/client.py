@@ -3,8 +3,8 @@
 One httpx transport (a keep-alive connection pool on `edge_node.cloud.asyncio_transport`'s
 asyncio network backend, no transport-level retries), called directly with prebuilt
 requests: httpx's `AsyncClient` layers (URL merging, cookies, auth and redirect handling,
-event hooks) cost ~0.2 ms per call (0.74 -> 0.53 ms p50 against a trivial server) and
-none of them applies to this one JSON endpoint. Exactly one retry
+event hooks) cost a measurable share of an escalation (docs/performance.md) and none of
+them applies to this one JSON endpoint. Exactly one retry
 layer (tenacity) that retries only retryable failures, waits exponential backoff with
 jitter but never less than the cloud's `Retry-After`, and never sleeps or tries past the
 caller's deadline. Every httpx / HTTP / schema failure leaves this module as a
@@ -168,8 +168,8 @@ class CloudClient:
                 return True
             return self._clock() + state.upcoming_sleep + _MIN_TRY_S >= end
 
-        # The first try runs before tenacity is set up (~0.05 ms of its machinery per call,
-        # on the path of every escalation). A retryable failure of it is replayed as
+        # The first try runs before tenacity is set up (its machinery is on the path of
+        # every escalation; docs/performance.md). A retryable failure of it is replayed as
         # tenacity's attempt 1, so the attempts, waits and stop rules are tenacity's alone.
         try:
             return await self._try_once(body, first_headers, expected, end)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 
@@ -18,7 +19,8 @@ class RequestIds:
     across restarts and nodes (with the odds of a 64-bit collision). Remembers the last
     `keep` ids it made that were not sent yet (oldest forgotten first), so `take_unsent`
     can tell a first send from a client echoing an id back. Thread-safe under the GIL
-    (itertools.count, dict insert and pop are atomic)."""
+    (itertools.count and OrderedDict insert and pop are atomic). Every method is O(1)
+    per id: the oldest id is dropped by `popitem(last=False)`, not by scanning."""
 
     __slots__ = ("_counter", "_keep", "_prefix", "_unsent")
 
@@ -26,7 +28,7 @@ class RequestIds:
         self._prefix = rand(8).hex()
         self._counter = itertools.count(1)
         self._keep = keep
-        self._unsent: dict[str, None] = {}
+        self._unsent: OrderedDict[str, None] = OrderedDict()
 
     def new(self) -> str:
         """A fresh id, remembered as not sent yet."""
@@ -34,7 +36,7 @@ class RequestIds:
         unsent = self._unsent
         unsent[rid] = None
         if len(unsent) > self._keep:
-            unsent.pop(next(iter(unsent)), None)
+            unsent.popitem(last=False)
         return rid
 
     def minted(self, request_id: str) -> bool:

@@ -5,11 +5,12 @@ its position, size, age, task and request_id:
 
     q:<seq, 20 digits>:<size bytes>:<enqueued_at>:<task>:<request_id>
 
-so reopening the queue rebuilds its in-memory index (order, byte count, ages) from the keys
-without reading a single payload, and the order and byte accounting survive restarts by
-construction: there is no separate counter to drift. `seq` is one more than the highest
-`seq` on disk when the queue is opened, then counts up in memory (an emptied queue may
-start again from 0 after a restart: seqs are only ever compared between queued items).
+(layout in `edge_node.storage.queue_keys`), so reopening the queue rebuilds its in-memory
+index (order, byte count, ages) from the keys without reading a single payload, and the
+order and byte accounting survive restarts by construction: there is no separate counter
+to drift. `seq` is one more than the highest `seq` on disk when the queue is opened, then
+counts up in memory (an emptied queue may start again from 0 after a restart: seqs are
+only ever compared between queued items).
 
 Durability: `put` returns only after the SQLite transaction committed. With
 `fsync: os_crash_safe` (`PRAGMA synchronous=NORMAL` in WAL mode) an acknowledged item
@@ -31,17 +32,16 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
 from edge_node.storage.group_commit import GroupCommitter
+from edge_node.storage.queue_keys import ITEM_PREFIX, QueueEntry, make_key, parse_key
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
-_ITEM_PREFIX = "q:"
 _MAX_ERROR_CHARS = 500
 
 
@@ -71,25 +71,6 @@ class QueueStoreError(EdgerouteError):
     code = "queue_store_error"
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    key: str
-    seq: int
-    size: int
-    enqueued_at: float
-    task: str
-    request_id: str
-
-
-def _make_key(seq: int, size: int, enqueued_at: float, task: str, request_id: str) -> str:
-    return f"{_ITEM_PREFIX}{seq:020d}:{size}:{enqueued_at!r}:{task}:{request_id}"
-
-
-def _parse_key(key: str) -> _Entry:
-    seq, size, at, task, request_id = key[len(_ITEM_PREFIX) :].split(":", 4)
-    return _Entry(key, int(seq), int(size), float(at), task, request_id)
-
-
 class DurableQueue:
     """FIFO of `QueuedItem`s on disk, bounded by `settings.max_items` and `max_bytes`.
 
@@ -115,7 +96,7 @@ class DurableQueue:
             self._cache = open_durable_cache(directory, settings.fsync)
         except Exception as exc:  # sqlite3 / OSError, mapped at the boundary
             raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
-        self._entries: dict[str, _Entry] = {}  # request_id -> entry, in seq order
+        self._entries: dict[str, QueueEntry] = {}  # request_id -> entry, in seq order
         self._bytes = 0
         self._next_seq = 0  # the seq of the next item: one more than the highest queued
         self._group: GroupCommitter[tuple[QueuedItem, bytes], list[str]] = GroupCommitter(
@@ -125,9 +106,9 @@ class DurableQueue:
 
     def _load(self) -> None:
         entries = [
-            _parse_key(k)
+            parse_key(k)
             for k in self._cache.iterkeys()
-            if isinstance(k, str) and k.startswith(_ITEM_PREFIX)
+            if isinstance(k, str) and k.startswith(ITEM_PREFIX)
         ]
         entries.sort(key=lambda e: e.seq)
         self._next_seq = entries[-1].seq + 1 if entries else 0
@@ -202,8 +183,8 @@ class DurableQueue:
             out: list[list[str] | BaseException] = []
             rows: dict[str, bytes] = {}  # key -> payload, in seq order
             doomed: list[str] = []  # keys already on disk to delete
-            added: list[_Entry] = []
-            forgotten: list[_Entry] = []
+            added: list[QueueEntry] = []
+            forgotten: list[QueueEntry] = []
             for item, payload in group:
                 if item.request_id in self._entries:
                     out.append([])
@@ -219,8 +200,8 @@ class DurableQueue:
                     self._forget(v)
                     forgotten.append(v)
                 size = len(payload)
-                key = _make_key(seq, size, item.enqueued_at, item.task, item.request_id)
-                entry = _Entry(key, seq, size, item.enqueued_at, item.task, item.request_id)
+                key = make_key(seq, size, item.enqueued_at, item.task, item.request_id)
+                entry = QueueEntry(key, seq, size, item.enqueued_at, item.task, item.request_id)
                 rows[key] = payload
                 self._entries[item.request_id] = entry
                 self._bytes += size
@@ -244,7 +225,7 @@ class DurableQueue:
             self._next_seq = seq
             return out
 
-    def _restore(self, added: list[_Entry], forgotten: list[_Entry]) -> None:
+    def _restore(self, added: list[QueueEntry], forgotten: list[QueueEntry]) -> None:
         """Undo a failed group's index changes (lock held), keeping seq order."""
         keep = {e.request_id: e for e in self._entries.values()}
         for e in added:
@@ -255,7 +236,7 @@ class DurableQueue:
         self._entries = dict(sorted(keep.items(), key=lambda kv: kv[1].seq))
         self._bytes = sum(e.size for e in self._entries.values())
 
-    def _victims_for(self, size: int) -> list[_Entry]:
+    def _victims_for(self, size: int) -> list[QueueEntry]:
         """The oldest entries to drop so that one more item of `size` fits (lock held)."""
         count, total = len(self._entries), self._bytes
         if count + 1 <= self._settings.max_items and total + size <= self._settings.max_bytes:
@@ -264,7 +245,7 @@ class DurableQueue:
             raise QueueFull(
                 f"queue full ({count} items, {total} bytes)", retry_after_s=self._retry_after_s
             )
-        victims: list[_Entry] = []
+        victims: list[QueueEntry] = []
         for e in self._entries.values():
             if count + 1 <= self._settings.max_items and total + size <= self._settings.max_bytes:
                 break
@@ -273,7 +254,7 @@ class DurableQueue:
             total -= e.size
         return victims
 
-    def _forget(self, entry: _Entry) -> None:
+    def _forget(self, entry: QueueEntry) -> None:
         del self._entries[entry.request_id]
         self._bytes -= entry.size
 
@@ -339,7 +320,7 @@ class DurableQueue:
         """Up to `n` items (of `task`, or any), oldest first, leaving out the request_ids
         in `exclude` (e.g. items a caller has in flight); nothing is removed."""
         with self._lock:
-            picked: list[_Entry] = []
+            picked: list[QueueEntry] = []
             for e in self._entries.values():
                 if len(picked) >= n:
                     break
@@ -347,10 +328,10 @@ class DurableQueue:
                     picked.append(e)
             return self._read_many(picked)
 
-    def _read(self, entry: _Entry) -> QueuedItem:
+    def _read(self, entry: QueueEntry) -> QueuedItem:
         return self._read_many([entry])[0]
 
-    def _read_many(self, entries: Sequence[_Entry]) -> list[QueuedItem]:
+    def _read_many(self, entries: Sequence[QueueEntry]) -> list[QueuedItem]:
         """The items of `entries` (lock held), read with one SELECT per 500 keys."""
         if not entries:
             return []

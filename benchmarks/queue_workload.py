@@ -68,8 +68,12 @@ queue: {{max_items: 100000, max_bytes: 1073741824, on_full: reject}}
 sync: {{batch_size: 64, interval_ms: 50, max_attempts: 3}}
 cost: {{price_per_call: 0.0}}
 tasks:
-  later: {{edge_bundle: {bundle}, cloud_task: digits, threshold: 0.5, placement: cloud_first}}
-  local: {{edge_bundle: {bundle}, threshold: 0.0, placement: edge_only, deadline_ms: 2000}}
+  later:
+    {{edge_bundle: {bundle}, bundle_task: digits, cloud_task: digits, threshold: 0.5,
+     placement: cloud_first}}
+  local:
+    {{edge_bundle: {bundle}, bundle_task: digits, threshold: 0.0, placement: edge_only,
+     deadline_ms: 2000}}
 """
 
 

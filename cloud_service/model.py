@@ -46,16 +46,19 @@ class CloudModel:
     model: Model
 
     @classmethod
-    def load(cls, path: str | Path, *, intra_op_threads: int = 1) -> CloudModel:
+    def load(
+        cls, path: str | Path, *, role: str | None = None, intra_op_threads: int = 1
+    ) -> CloudModel:
         """Load and verify the bundle folder at `path` with `runtime.bundle.load_bundle`
-        (no signature check); each session run uses `intra_op_threads` threads.
+        (no signature check; in `role`, None: any); each session run uses
+        `intra_op_threads` threads.
 
         Raises BundleError exactly as the edge's loader does (same messages, naming the
         path and reason): the folder or a file is missing, the manifest is invalid, the
         sha256 differs, onnxruntime rejects the model, or the graph's input/output do not
         match the manifest. Thread-safe.
         """
-        return cls(OnnxModel(load_bundle(path, intra_op_threads=intra_op_threads)))
+        return cls(OnnxModel(load_bundle(path, role=role, intra_op_threads=intra_op_threads)))
 
     @property
     def manifest(self) -> BundleManifest:
@@ -195,12 +198,7 @@ def load_cloud_models(
         raise BundleError(f"{root}: no bundle found (expected <task>/{MANIFEST_FILE})")
     models: dict[str, CloudModel] = {}
     for folder in folders:
-        model = CloudModel.load(folder)
-        if role is not None and model.manifest.role != role:
-            raise BundleError(
-                f"{folder}: bundle role is {model.manifest.role!r}, expected {role!r}",
-                field="role",
-            )
+        model = CloudModel.load(folder, role=role)
         if model.task in models:
             raise BundleError(
                 f"{folder}: task {model.task!r} is already served by {models[model.task].path}"

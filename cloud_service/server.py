@@ -93,6 +93,25 @@ def stop_cloud(settings: CloudServiceSettings | None = None, *, shutdown_ray: bo
         ray.shutdown()
 
 
+def preflight(settings: CloudServiceSettings) -> None:
+    """What the service checks before it starts Ray (seconds instead of a minute, and the
+    cause instead of a Ray traceback): every bundle under `settings.bundles_dir` passes the
+    one bundle validation (`cloud_service.model.load_cloud_models`) and the tokens file
+    (if any) can be read. Raises BundleError or ConfigError naming the path."""
+    from cloud_service.model import load_cloud_models
+    from router.errors import ConfigError
+
+    load_cloud_models(settings.bundles_dir)
+    if settings.tokens_file is not None:
+        try:
+            settings.tokens_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(
+                f"{settings.tokens_file}: cannot read the tokens file ({exc.strerror or exc})",
+                field="tokens_file",
+            ) from None
+
+
 def run_cloud(
     settings: CloudServiceSettings,
     *,
@@ -103,7 +122,8 @@ def run_cloud(
 
     Prints one line `edgeroute cloud ready <url>` to stdout when the app is up and, if
     `ready_file` is given, writes the URL there (atomically). Must run in the main thread
-    (it installs signal handlers). Deployment failures propagate after Ray is shut down.
+    (it installs signal handlers). Raises EdgerouteError before Ray starts when
+    `preflight` finds a fault; deployment failures propagate after Ray is shut down.
     """
     stop = threading.Event()
 
@@ -112,6 +132,7 @@ def run_cloud(
         stop.set()
 
     started = time.monotonic()
+    preflight(settings)
     # ray.init installs a fatal-signal handler that aborts the process on SIGTERM, so ours
     # must be installed after it (and before the slow deploy, so a stop request is honoured).
     init_ray(num_cpus=num_cpus, namespace=settings.ray_namespace)

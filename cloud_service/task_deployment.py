@@ -26,7 +26,7 @@ class TaskModel:
 
         configure_logging(cfg.log_level)  # this replica's process: JSON lines on its stderr
         self._cfg = cfg
-        self._model = CloudModel.load(folder)
+        self._model = CloudModel.load(folder, role="cloud")
         self._metrics = ReplicaMetrics()
         batched: Any = self.rerank_one
         batched.set_max_batch_size(cfg.max_batch_size)

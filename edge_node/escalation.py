@@ -23,7 +23,7 @@ from edge_node.cloud.client import CloudClient
 from edge_node.cloud.connectivity import ConnectivityMonitor
 from edge_node.observe.metrics import EdgeMetrics
 from edge_node.storage.budget_store import BudgetStore, BudgetStoreError, Reservation
-from router.budget import Limit
+from router.budget import BudgetLedger, Limit
 from router.errors import CloudError, CloudTimeout
 from router.outcome import Outcome, breaker_effect, settle
 from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
@@ -143,7 +143,8 @@ class Escalation:
             self.metrics.cloud_seconds.observe(self._monotonic() - t_call)
         self._breaker(None)
         self.calls += 1
-        await self._off(off_loop, lambda: self._settle_all(sent, results))
+        releases = any(settle(res) == "release" for res in results)
+        await self._off(off_loop and releases, lambda: self._settle_all(sent, results))
         for (i, _), res in zip(sent, results, strict=True):
             out[i] = self._settled(calls[i], res)
         return out
@@ -170,25 +171,16 @@ class Escalation:
             raise
 
     def _reserve_all(self, calls: Sequence[Call], now: float) -> list[Reservation | Settled]:
-        """One reservation (or its refusal) per call; if the store fails partway, the
-        reservations already held are given back before the error propagates."""
-        out: list[Reservation | Settled] = []
-        try:
-            for call in calls:
-                out.append(self._reserve(call, now))
-        except BaseException:
-            for r in out:
-                if not isinstance(r, Settled):
-                    r.release()
-            raise
-        return out
-
-    def _reserve(self, call: Call, now: float) -> Reservation | Settled:
-        held = self.budget.reserve(now, limits=call.limits, price=call.price)
-        if held is not None:
-            return held
-        spent = self.budget.known_ledger().exhausted(call.limits, call.price, now)
-        return Settled("budget_exhausted", budget=spent)
+        """One reservation (or its refusal, naming the exhausted budget) per call, all in
+        one atomic write of the budget store."""
+        held = self.budget.reserve_many(now, [(c.limits, c.price) for c in calls])
+        if all(h is not None for h in held):
+            return held  # type: ignore[return-value]
+        ledger = self.budget.known_ledger()
+        return [
+            h if h is not None else Settled("budget_exhausted", budget=_spent(ledger, c, now))
+            for h, c in zip(held, calls, strict=True)
+        ]
 
     @staticmethod
     def _settle_all(
@@ -227,3 +219,8 @@ def _release_quietly(held: list[Reservation]) -> None:
             r.release()
     except BudgetStoreError as exc:
         log.warning("budget_release_failed", reason=exc.code, items=len(held))
+
+
+def _spent(ledger: BudgetLedger, call: Call, now: float) -> str | None:
+    """The budget a refused call found exhausted."""
+    return ledger.exhausted(call.limits, call.price, now)

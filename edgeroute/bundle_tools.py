@@ -16,9 +16,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from router.errors import BundleError
+from router.errors import BundleError, ConfigError
 from router.manifest import MANIFEST_FILE, parse_manifest, sha256_hex
 from router.signing import SIGNATURE_FILE, key_id_of, sign_manifest
+from runtime.bundle import load_bundle
 
 
 def keygen(prefix: Path) -> tuple[Path, Path, str]:
@@ -53,13 +54,23 @@ def pack(
     """Sign the bundle in `src` into a new folder `out`.
 
     Every file of `src` (except an old signature) is copied and listed with its sha256 in
-    the manifest, `created_at` is set, `version` replaced if given, and `manifest.sig`
-    written. Raises BundleError if `src` has no valid manifest, FileExistsError if `out`
-    exists.
+    the manifest (a `files` list in the source manifest is replaced, or not needed),
+    `created_at` is set, `version` replaced if given, and `manifest.sig` written; the
+    staged folder must pass the one bundle validation (`runtime.bundle.load_bundle`)
+    before it is renamed into place. Raises BundleError if `src` has no valid manifest or
+    the bundle fails validation, ConfigError if `out` exists.
     """
     if out.exists():
-        raise FileExistsError(f"{out} already exists")
-    manifest = parse_manifest((src / MANIFEST_FILE).read_bytes(), str(src / MANIFEST_FILE))
+        raise ConfigError(f"{out} already exists (choose a new folder)", field="out")
+    source = src / MANIFEST_FILE
+    try:
+        draft = json.loads((src / MANIFEST_FILE).read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"{source}: missing (write one with `edgeroute model init`)") from None
+    except ValueError as exc:
+        raise BundleError(f"{source}: not valid JSON ({exc})") from None
+    if not isinstance(draft, dict):
+        raise BundleError(f"{source}: expected a JSON object")
     names = sorted(
         p.name
         for p in src.iterdir()
@@ -68,14 +79,12 @@ def pack(
     if not names:
         raise BundleError(f"{src}: no files to pack")
     created = (now or dt.datetime.now(dt.UTC)).isoformat()
-    data = manifest.model_dump(mode="json")
-    data.update(
-        files={n: sha256_hex((src / n).read_bytes()) for n in names},
-        created_at=created,
-        version=version or manifest.version,
-    )
+    data = dict(draft)
+    data.update(files={n: sha256_hex((src / n).read_bytes()) for n in names}, created_at=created)
+    if version is not None:
+        data["version"] = version
     manifest_bytes = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
-    parse_manifest(manifest_bytes, "packed manifest")  # still valid after our edits
+    parse_manifest(manifest_bytes, str(source))
     signature = sign_manifest(manifest_bytes, private_pem)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -84,6 +93,7 @@ def pack(
             shutil.copyfile(src / n, stage / n)
         (stage / MANIFEST_FILE).write_bytes(manifest_bytes)
         (stage / SIGNATURE_FILE).write_bytes(signature)
+        validate_staged(stage, src)
         for f in stage.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -92,3 +102,15 @@ def pack(
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return out
+
+
+def validate_staged(
+    stage: Path, shown_as: Path, *, task: str | None = None, role: str | None = None
+) -> None:
+    """The one bundle validation (`runtime.bundle.load_bundle`) of a folder staged before
+    its rename; a refusal names `shown_as` (what the user named) instead of the stage."""
+    try:
+        load_bundle(stage, task=task, role=role)
+    except BundleError as exc:
+        message = exc.message.replace(str(stage), str(shown_as))
+        raise BundleError(message, field=exc.field, code=exc.code) from None

@@ -11,22 +11,23 @@ from pathlib import Path
 import click
 
 from edgeroute.cli_cloud import cloud
-from edgeroute.cli_common import fail
+from edgeroute.cli_common import FriendlyGroup, fail
 from edgeroute.cli_edge import edge
+from edgeroute.cli_eval import eval_cmd
 from edgeroute.cli_model import model
 from edgeroute.cli_policy import policy
 from edgeroute.cli_queue import queue
 from router.errors import EdgerouteError
 
 
-@click.group()
+@click.group(cls=FriendlyGroup)
 @click.version_option(package_name="edgeroute")
 def main() -> None:
     """edgeroute: hybrid edge-cloud inference routing driven by policy files."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
-for _group in (model, edge, cloud, policy, queue):
+for _group in (model, edge, cloud, policy, queue, eval_cmd):
     main.add_command(_group)
 
 

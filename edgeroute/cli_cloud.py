@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeroute.cli_common import fail, log_options
+from edgeroute.cli_common import fail, log_options, require_port
 from router.errors import EdgerouteError
 
 # ---- cloud ------------------------------------------------------------------------------
@@ -55,6 +55,7 @@ def cloud_serve(
     from router.log_setup import configure_logging
 
     configure_logging(log_level)
+    require_port(host, port)
     settings = CloudServiceSettings(
         bundles_dir=bundles,
         host=host,

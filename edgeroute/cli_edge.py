@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from edgeroute.cli_common import fail, log_options
+from edgeroute.cli_common import fail, log_options, require_port
 from router.errors import EdgerouteError
 
 # ---- edge -------------------------------------------------------------------------------
@@ -42,6 +42,7 @@ def edge_serve(
     from router.log_setup import configure_logging
 
     configure_logging(log_level)
+    require_port(host, port)
     settings = EdgeSettings(
         policy_path=policy_path,
         data_dir=data_dir,

@@ -27,16 +27,90 @@ def build_demo(out_dir: Path, seed: int) -> None:
     click.echo(f"cloud bundle: {build.cloud_dir}  (test accuracy {build.cloud_accuracy:.4f})")
 
 
+def _value_range(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected LOW:HIGH, e.g. 0:16") from None
+    return lo, hi
+
+
+@model.command("init")
+@click.argument("onnx_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--task", required=True, help="The task the model serves (the policy's task name).")
+@click.option("--role", type=click.Choice(["edge", "cloud"]), default="edge", show_default=True)
+@click.option("--version", default="1", show_default=True, help="The bundle version.")
+@click.option(
+    "--labels",
+    "labels_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Class labels, one per line (or a JSON list), in the order of the probability "
+    "columns; needed only when the graph carries none (skl2onnx classifiers do).",
+)
+@click.option(
+    "--range", "value_range", callback=_value_range, help="Allowed input values, LOW:HIGH."
+)
+@click.option(
+    "--sample",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Inputs to take the allowed range from (.npy, or .csv of numbers).",
+)
+@click.option("--output", default=None, help="The probability output, if the graph has several.")
+@click.option("--description", default="", help="Free text kept in the manifest.")
+def init_cmd(
+    onnx_file: Path,
+    out: Path,
+    task: str,
+    role: str,
+    version: str,
+    labels_file: Path | None,
+    value_range: tuple[float, float] | None,
+    sample: Path | None,
+    output: str | None,
+    description: str,
+) -> None:
+    """Make the bundle folder OUT (model.onnx + manifest.json) from ONNX_FILE: input, output
+    and class labels read from the graph; written only if every bundle check passes."""
+    from edgeroute.cli_common import fail
+    from edgeroute.model_init import InitOptions, init_bundle
+    from router.errors import ConfigError, EdgerouteError
+
+    if value_range is not None and sample is not None:
+        fail(ConfigError("give --range or --sample, not both", field="range"))
+    opts = InitOptions(
+        task=task,
+        role=role,
+        version=version,
+        labels_file=labels_file,
+        value_range=value_range,
+        sample=sample,
+        output=output,
+        description=description,
+    )
+    try:
+        init_bundle(onnx_file, out, opts)
+    except EdgerouteError as exc:
+        fail(exc)
+    click.echo(f"bundle written to {out} (task {task}, {role}, version {version})")
+
+
 @model.command("keygen")
 @click.argument("prefix", type=click.Path(path_type=Path))
 def keygen_cmd(prefix: Path) -> None:
     """Create an Ed25519 signing key: PREFIX.key (keep secret) and PREFIX.pub (ship)."""
     from edgeroute.bundle_tools import keygen
+    from edgeroute.cli_common import fail
+    from router.errors import ConfigError
 
     try:
         priv, pub, key_id = keygen(prefix)
     except FileExistsError as exc:
-        raise click.ClickException(f"{exc.filename} exists; refusing to overwrite a key") from None
+        fail(ConfigError(f"{exc.filename} exists; refusing to overwrite a key", field="prefix"))
     click.echo(f"private key: {priv} (mode 0600)\npublic key:  {pub}\nkey id:      {key_id}")
 
 
@@ -59,8 +133,6 @@ def pack_cmd(src_dir: Path, out: Path, key_path: Path, version: str | None) -> N
 
     try:
         pack(src_dir, out, key_path.read_bytes(), version=version)
-    except FileExistsError as exc:
-        raise click.ClickException(str(exc)) from None
     except EdgerouteError as exc:
         fail(exc)
     click.echo(f"signed bundle written to {out}")
@@ -76,9 +148,12 @@ def pack_cmd(src_dir: Path, out: Path, key_path: Path, version: str | None) -> N
     type=click.Path(path_type=Path, exists=True),
     help="Trusted public key (PEM).",
 )
-def verify_cmd(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
-    """Check BUNDLE: signature by a trusted key, every file's sha256, the ONNX graph against
-    the manifest. Exit 0 if it would be loaded, 1 with the reason if not."""
+@click.option("--task", default=None, help="The task the bundle must serve (the policy's name).")
+@click.option("--role", type=click.Choice(["edge", "cloud"]), default=None)
+def verify_cmd(bundle: Path, pubkeys: tuple[Path, ...], task: str | None, role: str | None) -> None:
+    """Check BUNDLE as every gate does: signature by a trusted key, every file's sha256,
+    the ONNX graph against the manifest, labels, a smoke run (and its task and role, when
+    given). Exit 0 if it would be loaded, 1 with the reason if not."""
     from router.errors import BundleError
     from router.signing import key_id_of, public_key_from_pem
     from runtime.bundle import BundleTrust, load_bundle
@@ -87,7 +162,8 @@ def verify_cmd(bundle: Path, pubkeys: tuple[Path, ...]) -> None:
         keys = {
             key_id_of(k): k for k in (public_key_from_pem(p.read_bytes(), str(p)) for p in pubkeys)
         }
-        loaded = load_bundle(bundle, BundleTrust(require_signed=True, keys=keys))
+        trust = BundleTrust(require_signed=True, keys=keys)
+        loaded = load_bundle(bundle, trust, task=task, role=role)
     except BundleError as exc:
         click.echo(f"REJECTED ({exc.code}): {exc.message}", err=True)
         sys.exit(1)
@@ -158,9 +234,12 @@ def install_cmd(
         trust = bundle_trust(policy, policy_path.parent)
         task = read_manifest(bundle).task
         if task not in policy.tasks:
+            names = " or ".join(repr(n) for n in policy.tasks)
             raise BundleError(
-                f"{bundle}: the bundle is for task {task!r}, which {policy_path} does not define",
-                code="model_mismatch",
+                f"{bundle}: the bundle serves task {task!r}, not {names} (the tasks of "
+                f"{policy_path})",
+                field="task",
+                code="task_mismatch",
             )
         store = ModelStore(data_dir / "models")
         edge_bundle = resolve_bundle_path(str(policy_path.parent), policy.tasks[task].edge_bundle)

@@ -32,13 +32,15 @@ def policy() -> None:
 @policy.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
 def policy_check(files: tuple[Path, ...]) -> None:
-    """Validate policy FILES; print every problem with file:line:column. Exit 1 on errors."""
-    from edge_node.lifecycle.active_policy import load_policy_file
+    """Validate policy FILES and every task's edge bundle (the checks the node runs at
+    start); print every problem with file:line:column or the task. Exit 1 on errors."""
+    from edge_node.lifecycle.active_policy import bundle_problems, load_policy_file
 
     failed = False
     for path in files:
         try:
-            load_policy_file(path)
+            policy, _ = load_policy_file(path)
+            problems = bundle_problems(policy, path.parent)
         except FileNotFoundError:
             click.echo(f"{path}: no such file", err=True)
             failed = True
@@ -51,7 +53,14 @@ def policy_check(files: tuple[Path, ...]) -> None:
             click.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
             failed = True
         else:
-            click.echo(f"{path}: ok")
+            for name, refused in problems:
+                click.echo(f"{path}: tasks.{name}.edge_bundle: {refused.message}", err=True)
+            if problems:
+                n = len(problems)
+                click.echo(f"{path}: {n} problem{'s' if n != 1 else ''}", err=True)
+                failed = True
+            else:
+                click.echo(f"{path}: ok")
     sys.exit(1 if failed else 0)
 
 
@@ -93,14 +102,16 @@ def policy_explain(file: Path, task_name: str | None) -> None:
 
 
 def _load(file: Path, *, offline: bool = False) -> tuple[Policy, str]:
-    """Load and validate a policy file, or print its problems and exit 1. `offline` tools
+    """Load and validate a policy file, or print its problems and exit 1 (2 if it cannot
+    be read). `offline` tools
     (simulate, diff, calibrate) never call the cloud, so an unset token_env is fine."""
     from edge_node.lifecycle.active_policy import load_policy_file
 
     try:
         return load_policy_file(file, check_token_env=not offline)
-    except FileNotFoundError:
-        click.echo(f"{file}: no such file", err=True)
+    except OSError as exc:
+        click.echo(f"error: {file}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
     except PolicyError as exc:
         click.echo(str(exc), err=True)
     sys.exit(1)
@@ -129,6 +140,9 @@ def _requests(log: Path, labels: Path | None) -> list[LoggedRequest]:
     from edgeroute.policy_log import load_requests
 
     results = log.parent / "results" if log.is_dir() else None
+    if not log.exists():
+        click.echo(f"error: {log}: no decision log (a decisions/ folder or a .jsonl file)", err=True)
+        sys.exit(2)
     try:
         return load_requests(log, labels, results)
     except EdgerouteError as exc:
@@ -214,9 +228,9 @@ def policy_diff(old: Path, new: Path, log: Path, labels: Path | None) -> None:
 @click.option("--task", "only_task", default=None, help="Calibrate only this task.")
 @click.option(
     "--plot",
-    default=Path("calibration.png"),
-    show_default=True,
+    default=None,
     type=click.Path(path_type=Path),
+    help="Also draw the trade-off curves into this PNG file.",
 )
 @click.option("--write-policy", default=None, type=click.Path(path_type=Path))
 @click.option("--report", default=None, type=click.Path(path_type=Path), help="JSON output.")
@@ -228,7 +242,7 @@ def policy_calibrate(
     target_accuracy: float | None,
     budget: float | None,
     only_task: str | None,
-    plot: Path,
+    plot: Path | None,
     write_policy: Path | None,
     report: Path | None,
 ) -> None:
@@ -247,6 +261,12 @@ def policy_calibrate(
         sys.exit(2)
     pol, _ = _load(policy_file, offline=True)
     reqs = _requests(log, labels)
+    if labels is None:
+        click.echo(
+            "warning: no --labels: 'accuracy' below is agreement with the cloud's answers, "
+            "not accuracy (write a labels file with `edgeroute eval`)",
+            err=True,
+        )
     curves: dict[str, tuple[Curve, Choice]] = {}
     for name, task in pol.tasks.items():
         if (only_task is not None and name != only_task) or task.placement != "hybrid":
@@ -277,8 +297,9 @@ def policy_calibrate(
     if not curves:
         click.echo("error: no hybrid task with logged requests to calibrate", err=True)
         sys.exit(1)
-    plot_curves(curves, pol.cost.currency, plot)
-    click.echo(f"plot written to {plot}")
+    if plot is not None:
+        plot_curves(curves, pol.cost.currency, plot)
+        click.echo(f"plot written to {plot}")
     if report is not None:
         report.write_text(
             json.dumps({k: dataclasses.asdict(c) for k, (_, c) in curves.items()}, indent=2)

@@ -32,9 +32,13 @@ def edgeroute_cmd(*args: str) -> list[str]:
 
 
 def start(
-    argv: list[str], log_path: Path, env: dict[str, str] | None = None
+    argv: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start `argv` in a new session, stdout+stderr appended to `log_path`."""
+    """Start `argv` in a new session (in `cwd`, default: this process's), stdout+stderr
+    appended to `log_path`."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log: IO[bytes] = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     full_env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
@@ -46,6 +50,7 @@ def start(
             env=full_env,
             start_new_session=True,
             stdin=subprocess.DEVNULL,
+            cwd=cwd,
         )
     finally:
         log.close()

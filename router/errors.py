@@ -143,6 +143,13 @@ class BundleError(EdgerouteError):
     code = "invalid_bundle"
 
 
+class ConfigError(EdgerouteError):
+    """A command's setting cannot be used: a file it names cannot be read or written, a
+    port is taken, a flag's value is out of range. `field` names the setting."""
+
+    code = "invalid_config"
+
+
 # --- cloud errors (mapped from httpx / HTTP statuses at the client boundary) -----------
 
 

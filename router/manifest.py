@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -63,6 +64,9 @@ class BundleManifest(BaseModel):
     def _has_model(self) -> BundleManifest:
         if MODEL_FILE not in self.files:
             raise ValueError(f"files must list {MODEL_FILE}")
+        twice = sorted(label for label, n in Counter(self.labels).items() if n > 1)
+        if twice:
+            raise ValueError(f"labels must be unique; listed more than once: {twice}")
         return self
 
 
@@ -93,6 +97,7 @@ GraphDim = int | str | None
 None (unknown)."""
 
 _ONNX_TYPES = {"float32": "tensor(float)", "float64": "tensor(double)", "int64": "tensor(int64)"}
+_PROBABILITY_TYPES = ("tensor(float)", "tensor(double)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +175,27 @@ def check_graph_io(
             f"(outputs: {sorted(by_name)})",
             field="output.name",
         )
+    if out.type not in _PROBABILITY_TYPES:
+        hint = (
+            " (skl2onnx writes a sequence of maps, its ZipMap, by default: export with "
+            "options={id(model): {'zipmap': False}})"
+            if out.type.startswith(("seq(", "map("))
+            else ""
+        )
+        raise BundleError(
+            f"{source}: the graph's output {out.name!r} is {out.type}, not a tensor of "
+            f"probabilities [N, {len(manifest.labels)}]{hint}",
+            field="output.name",
+            code="bad_output",
+        )
     last = out.shape[-1] if out.shape else None
+    if len(out.shape) != 2:
+        raise BundleError(
+            f"{source}: the graph's output {out.name!r} has shape {list(out.shape)}; "
+            f"expected [N, {len(manifest.labels)}] (one row of probabilities per item)",
+            field="output.name",
+            code="bad_output",
+        )
     if isinstance(last, int) and last != len(manifest.labels):
         raise BundleError(
             f"{source}: the graph's output {out.name!r} has {last} classes, the "
@@ -183,3 +208,51 @@ def _dim_fits(graph_dim: GraphDim, manifest_dim: int | None) -> bool:
     if manifest_dim is None:
         return not isinstance(graph_dim, int)
     return graph_dim == manifest_dim or not isinstance(graph_dim, int)
+
+
+def check_class_labels(
+    manifest: BundleManifest, graph_labels: Sequence[str] | None, source: str
+) -> None:
+    """Raise BundleError (field `labels`, code `labels_mismatch`) unless the manifest's
+    labels are the graph's class labels in the graph's order (when the graph carries them:
+    `runtime.graph_labels`); otherwise every answer would be mislabelled."""
+    if graph_labels is None or list(graph_labels) == manifest.labels:
+        return
+    graph = list(graph_labels)
+    how = (
+        "in another order than"
+        if sorted(graph) == sorted(manifest.labels)
+        else "not the same labels as"
+    )
+    raise BundleError(
+        f"{source}: the manifest's labels {_brief(manifest.labels)} are {how} the graph's "
+        f"classes {_brief(graph)} (labels must follow the order of the probability "
+        "columns; `edgeroute model init` reads them from the graph)",
+        field="labels",
+        code="labels_mismatch",
+    )
+
+
+def check_bundle_role(
+    manifest: BundleManifest, source: str, *, task: str | None, role: str | None
+) -> None:
+    """Raise BundleError (field `task` or `role`, code `task_mismatch`) unless the bundle
+    serves `task` in `role` (None: any)."""
+    if task is not None and manifest.task != task:
+        raise BundleError(
+            f"{source}: the bundle serves task {manifest.task!r}, not {task!r} (name the "
+            f"policy's task {manifest.task!r}, or build the bundle with --task {task})",
+            field="task",
+            code="task_mismatch",
+        )
+    if role is not None and manifest.role != role:
+        raise BundleError(
+            f"{source}: the bundle's role is {manifest.role!r}, not {role!r}",
+            field="role",
+            code="task_mismatch",
+        )
+
+
+def _brief(labels: Sequence[str], n: int = 8) -> str:
+    shown = ", ".join(repr(x) for x in labels[:n])
+    return f"[{shown}{', ...' if len(labels) > n else ''}]"

@@ -251,6 +251,12 @@ class TaskPolicy(_Model):
         min_length=1,
         description="Edge model bundle dir (relative to the policy file, or absolute).",
     )
+    bundle_task: str | None = Field(
+        default=None,
+        description="The task named in the edge bundle's manifest, when this task's name "
+        "differs (several tasks may share one bundle); defaults to this task's name. A "
+        "bundle for another task is refused.",
+    )
     cloud_task: str | None = Field(
         default=None, description="Task name on the cloud; defaults to this task's name."
     )

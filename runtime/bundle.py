@@ -2,10 +2,16 @@
 
 The one loader of the edge node and the cloud service, so both refuse a bad bundle with
 the same message. A bundle is `manifest.json` + `model.onnx` (see router.manifest).
-Loading checks, in order: the folder and files exist, the manifest validates, the model's
-sha256 matches, onnxruntime accepts the bytes, and the graph's input/output agree with the
-manifest. Any fault raises router.errors.BundleError naming the path and the reason;
-nothing is half-loaded.
+`load_bundle` is the one bundle validation: `edgeroute model init`, `model pack`, `model
+verify`, `policy check`, the edge node (start, reload, `model install`, the model
+updater) and the cloud's loader all call it, so they accept and refuse the same bundles
+with the same message. Checks, in order: the folder and files exist, the signature (with
+a trust), the manifest validates (labels unique), the bundle serves the expected task and
+role, the model's sha256 matches, onnxruntime accepts the bytes, the graph's input and
+output agree with the manifest (a probability tensor as wide as the labels), the labels
+follow the graph's class order where the graph carries one, and a smoke run on inputs
+drawn from the manifest's ranges gives finite probabilities summing to 1. Any fault
+raises router.errors.BundleError naming the path and the reason; nothing is half-loaded.
 """
 
 from __future__ import annotations
@@ -15,17 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+import numpy.typing as npt
+
 from router.errors import BundleError
 from router.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     BundleManifest,
     GraphTensor,
+    InputSpec,
+    check_bundle_role,
+    check_class_labels,
     check_file_hash,
     check_graph_io,
     parse_manifest,
 )
+from router.model_updates import check_probabilities
 from router.signing import SIGNATURE_FILE, verify_manifest_signature
+from runtime.graph_labels import graph_class_labels
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -55,17 +69,24 @@ class LoadedBundle:
 
 
 def load_bundle(
-    path: str | Path, trust: BundleTrust | None = None, *, intra_op_threads: int = 1
+    path: str | Path,
+    trust: BundleTrust | None = None,
+    *,
+    task: str | None = None,
+    role: str | None = None,
+    intra_op_threads: int = 1,
 ) -> LoadedBundle:
-    """Load and verify the bundle folder at `path`; its session runs each call on
-    `intra_op_threads` threads (see `session_options`).
+    """Load and verify the bundle folder at `path` (every check of the module doc); its
+    session runs each call on `intra_op_threads` threads (see `session_options`).
 
-    Raises BundleError (message names the path and the reason) when the folder or a file is
-    missing or unreadable, the manifest is invalid (field = the offending manifest field),
-    the model's sha256 differs from the manifest, onnxruntime rejects the model, or the
-    graph's input/output do not match the manifest. With `trust`, a signed bundle must
-    verify against a trusted key, and `require_signed` refuses unsigned bundles (codes in
-    router.signing); every file the manifest lists must then match its sha256.
+    Raises BundleError (message names the path and the reason; `field` the manifest field
+    at fault where there is one) when the folder or a file is missing or unreadable, the
+    manifest is invalid, the bundle is not for `task` or not in `role` (None: any), the
+    model's sha256 differs from the manifest, onnxruntime rejects the model, the graph's
+    input/output do not match the manifest, the labels are not the graph's classes in
+    order, or the smoke run fails (code `smoke_failed`). With `trust`, a signed bundle
+    must verify against a trusted key, and `require_signed` refuses unsigned bundles
+    (codes in router.signing); every file the manifest lists must then match its sha256.
     Thread-safe (reads files, shares nothing).
     """
     folder = Path(path)
@@ -74,6 +95,7 @@ def load_bundle(
     manifest_text = _read(folder / MANIFEST_FILE)
     signed_by = _check_signature(folder, manifest_text, trust)
     manifest = parse_manifest(manifest_text, str(folder / MANIFEST_FILE))
+    check_bundle_role(manifest, str(folder), task=task, role=role)
     model_bytes = _read(folder / MODEL_FILE)
     check_file_hash(manifest, MODEL_FILE, model_bytes)
     if signed_by is not None:
@@ -87,7 +109,38 @@ def load_bundle(
         [GraphTensor(t.name, tuple(t.shape), t.type) for t in session.get_outputs()],
         str(folder),
     )
+    check_class_labels(manifest, graph_class_labels(model_bytes, str(folder)), str(folder))
+    _smoke_run(session, manifest, str(folder))
     return LoadedBundle(manifest=manifest, session=session, path=folder, signed_by=signed_by)
+
+
+def smoke_inputs(spec: InputSpec) -> npt.NDArray[np.generic]:
+    """A small batch for a smoke inference: items filled with the lowest, middle and highest
+    allowed value of `spec` (0, 0.5, 1 when it sets no limits), in its dtype and shape."""
+    lo = spec.min_value if spec.min_value is not None else 0.0
+    hi = spec.max_value if spec.max_value is not None else max(lo, 0.0) + 1.0
+    item_shape = tuple(d for d in spec.shape[1:] if d is not None)
+    values = [lo, (lo + hi) / 2.0, hi]
+    rows = [np.full(item_shape, v, dtype=np.float64) for v in values]
+    return np.stack(rows).astype(np.dtype(spec.dtype))
+
+
+def _smoke_run(
+    session: onnxruntime.InferenceSession, manifest: BundleManifest, source: str
+) -> None:
+    """Run `session` on `smoke_inputs` and check one probability vector per item (finite,
+    in [0, 1], summing to 1). Raises BundleError (code `smoke_failed`)."""
+    x = smoke_inputs(manifest.input)
+    try:
+        probs = session.run([manifest.output.name], {manifest.input.name: x})[0]
+    except Exception as exc:  # onnxruntime raises several unrelated types
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BundleError(
+            f"{source}: the smoke run on inputs from the manifest's ranges failed ({reason})",
+            code="smoke_failed",
+        ) from None
+    rows = np.asarray(probs, dtype=np.float64).reshape(len(x), -1).tolist()
+    check_probabilities(rows, len(manifest.labels), source)
 
 
 def _check_signature(folder: Path, manifest_text: bytes, trust: BundleTrust | None) -> str | None:

@@ -24,11 +24,10 @@ def graph_class_labels(model_bytes: bytes, source: str) -> tuple[str, ...] | Non
     External data is not loaded. Raises BundleError naming `source` if the bytes are not
     an ONNX model. Thread-safe (a pure function of the bytes)."""
     import onnx
-    from google.protobuf.message import DecodeError
 
     try:
         model = onnx.load_model_from_string(model_bytes)
-    except (DecodeError, ValueError) as exc:
+    except Exception as exc:  # protobuf's DecodeError, onnx's ValueError
         raise BundleError(f"{source}: not an ONNX model ({exc})") from None
     return _class_labels(model.graph)
 

@@ -14,9 +14,8 @@ import numpy.typing as npt
 
 from router.errors import BundleError, InputError
 from router.manifest import InputSpec
-from router.model_updates import check_probabilities
 from runtime.bundle import BundleTrust, LoadedBundle, load_bundle
-from runtime.model import Model, Prediction, new_prediction
+from runtime.model import Prediction, new_prediction
 from runtime.ort_call import Runner, direct_runner
 
 FloatArray = npt.NDArray[np.float32]
@@ -141,28 +140,3 @@ class OnnxModel:
                 f"expected [{arr.shape[0]}, {len(self._labels)}]"
             )
         return probs
-
-
-def smoke_inputs(spec: InputSpec) -> npt.NDArray[np.generic]:
-    """A small batch for a smoke inference: items filled with the lowest, middle and highest
-    allowed value of `spec` (0, 0.5, 1 when it sets no limits), in its dtype and shape."""
-    lo = spec.min_value if spec.min_value is not None else 0.0
-    hi = spec.max_value if spec.max_value is not None else max(lo, 0.0) + 1.0
-    item_shape = tuple(d for d in spec.shape[1:] if d is not None)
-    values = [lo, (lo + hi) / 2.0, hi]
-    rows = [np.full(item_shape, v, dtype=np.float64) for v in values]
-    return np.stack(rows).astype(np.dtype(spec.dtype))
-
-
-def smoke_check(model: Model) -> None:
-    """Run `model` once on `smoke_inputs` of its input spec and check that it returns one
-    probability vector per item (finite, in [0, 1], summing to 1).
-
-    Raises BundleError: code `smoke_failed` for bad outputs, the model's own error if it
-    cannot run. Thread-safe (a plain model run).
-    """
-    try:
-        probs = model.predict(smoke_inputs(model.input_spec)).probs
-    except InputError as exc:  # the manifest's own spec does not fit the model
-        raise BundleError(f"model {model.task}@{model.version}: {exc.message}") from None
-    check_probabilities(probs.tolist(), len(model.labels), f"model {model.task}@{model.version}")

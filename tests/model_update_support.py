@@ -14,7 +14,8 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
-from edgeroute.bundle_tools import pack
+from router.manifest import MANIFEST_FILE, sha256_hex
+from router.signing import SIGNATURE_FILE, sign_manifest
 from tests.edge_fixtures import policy_head
 from tests.waiting import wait_until
 
@@ -66,12 +67,26 @@ def make_version(
         manifest["labels"] = labels
     if key is not None:
         (stage / "manifest.json").write_text(json.dumps(manifest))
-        pack(stage, out, key.read_bytes(), version=version)
+        sign_unchecked(stage, out, key, version)
     else:
         manifest["version"] = version
         (stage / "manifest.json").write_text(json.dumps(manifest))
         shutil.copytree(stage, out)
     shutil.rmtree(stage)
+    return out
+
+
+def sign_unchecked(src: Path, out: Path, key: Path, version: str) -> Path:
+    """What `edgeroute model pack` writes (every file's sha256, `version`, the signature)
+    *without* its validation: for tests that need a well-signed bundle the checks refuse."""
+    shutil.copytree(src, out)
+    (out / SIGNATURE_FILE).unlink(missing_ok=True)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    files = sorted(p.name for p in out.iterdir() if p.name != MANIFEST_FILE)
+    manifest.update(version=version, files={n: sha256_hex((out / n).read_bytes()) for n in files})
+    text = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    (out / MANIFEST_FILE).write_bytes(text)
+    (out / SIGNATURE_FILE).write_bytes(sign_manifest(text, key.read_bytes()))
     return out
 
 

@@ -40,6 +40,7 @@ def offline_policy(
   later:
     edge_bundle: {edge_bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.5
     placement: cloud_first
     when_offline: answer_and_queue

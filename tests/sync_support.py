@@ -50,6 +50,10 @@ class LedgerBudget:
         """One charge from the ledger (or a free one)."""
         return _Free() if self.ledger is None else self.ledger.reserve(None)
 
+    def reserve_many(self, now: float, calls: Any) -> list[Any]:
+        """`reserve` for each call, in order."""
+        return [self.reserve(now, limits=lims, price=price) for lims, price in calls]
+
     def known_ledger(self) -> BudgetLedger:
         """An empty ledger (the fake's budget has no named limits)."""
         return BudgetLedger()

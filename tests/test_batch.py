@@ -75,7 +75,10 @@ def test_batch_limits_and_envelope_errors(
     extra envelope keys fail the whole request with 422; within the limit the batch runs."""
     x, _ = digits_split
     bundle = demo_bundles_dir / "edge" / "digits"
-    extra = f"  small:\n    edge_bundle: {bundle}\n    threshold: 0.5\n    max_batch_items: 3\n"
+    extra = (
+        f"  small:\n    edge_bundle: {bundle}\n    bundle_task: digits\n    threshold: 0.5\n"
+        "    max_batch_items: 3\n"
+    )
     node = start_edge(policy_text(bundle, extra_tasks=extra), "http://127.0.0.1:9")
     item = {"task": "small", "inputs": x[0].tolist()}
     url = f"{node.url}/v1/infer"

@@ -218,3 +218,23 @@ def test_threads_racing_on_an_hourly_task_budget_get_exactly_it(tmp_path: Path) 
         assert store.ledger().counter("task/digits/hour", NOON).calls == 10
         clock.now = NOON + 3_600
         assert store.reserve(limits=limits, price=0.1) is not None
+
+
+def test_reserve_many_counts_in_order_until_a_limit_and_never_overspends(tmp_path: Path) -> None:
+    """A batch of 5 against 3 calls left reserves the first 3 and refuses 2; with another
+    store sharing the directory reserving at the same time, the total stays at the limit;
+    released reservations give their calls back."""
+    from router.budget import limits_for
+
+    cost = CostSettings(daily_calls=3, price_per_call=0.5)
+    a, b = _store(tmp_path, daily_calls=3, price_per_call=0.5), _store(tmp_path, daily_calls=3)
+    lims = limits_for(cost)
+    held = a.reserve_many(NOON, [(lims, 0.5)] * 5)
+    assert [h is not None for h in held] == [True, True, True, False, False]
+    assert b.reserve(NOON) is None and b.reserve_many(NOON, [(lims, 0.5)]) == [None]
+    assert a.snapshot(NOON).calls == 3
+    for h in held[:2]:
+        assert h is not None and h.release()
+    again = b.reserve_many(NOON, [(lims, 0.5)] * 3)
+    assert [h is not None for h in again] == [True, True, False]
+    assert a.ledger().counter("node/day", NOON).calls == 3

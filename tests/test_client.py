@@ -22,6 +22,7 @@ LATER = """\
   later:
     edge_bundle: {bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.6
     placement: cloud_first
     when_offline: queue_only

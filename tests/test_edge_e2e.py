@@ -20,11 +20,13 @@ pytestmark = pytest.mark.ray
 EXTRA_TASKS = """\
   digits_private:
     edge_bundle: {bundle}
+    bundle_task: digits
     threshold: 0.99
     placement: edge_only
   digits_later:
     edge_bundle: {bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.6
     placement: cloud_first
     when_offline: queue_only

@@ -34,7 +34,7 @@ from router.model_updates import (
 from router.policy import CanaryRule
 from router.policy_loader import parse_policy
 from runtime.bundle import BundleTrust, load_bundle
-from runtime.onnx_model import OnnxModel, smoke_check
+from runtime.onnx_model import OnnxModel
 from tests.edge_fixtures import EdgeNode
 from tests.model_update_support import (
     Traffic,
@@ -141,13 +141,12 @@ def test_policy_canary_rule_is_validated_with_field_and_line() -> None:
 
 
 def test_smoke_check_and_compatibility_refuse_bad_versions(bundles: dict[str, Path]) -> None:
-    """A model returning NaN fails the smoke inference; other labels, input spec or task
-    fail the compatibility check; a good version passes both."""
+    """A model returning NaN fails the loader's smoke inference; other labels, input spec
+    or task fail the compatibility check; a good version passes both."""
     trust = _trust(bundles)
     good = OnnxModel(load_bundle(bundles["v2"], trust))
-    smoke_check(good)
     with pytest.raises(BundleError) as info:
-        smoke_check(OnnxModel(load_bundle(bundles["nan"], trust)))
+        load_bundle(bundles["nan"], trust)
     assert info.value.code == "smoke_failed" and "non-finite" in info.value.message
     ref = good.bundle.manifest
     for changed in (
@@ -185,7 +184,7 @@ def test_canary_model_serves_its_fraction_compares_and_survives_candidate_faults
     assert c.agreed <= 2  # shifted labels almost never agree
     assert canary.version == V1  # the serving (current) version
 
-    broken = OnnxModel(load_bundle(bundles["nan"], trust))
+    broken = _unchecked(bundles["nan"])  # a candidate that fails at inference
     faulty = CanaryModel(current, broken, "fraction", 1.0, background=False)
     probs = faulty.predict(xs[:5]).probs
     np.testing.assert_allclose(probs, current.predict(xs[:5]).probs)
@@ -194,6 +193,19 @@ def test_canary_model_serves_its_fraction_compares_and_survives_candidate_faults
     np.testing.assert_allclose(shadow.predict(xs[:3]).probs, current.predict(xs[:3]).probs)
     wait_until(lambda: shadow.counts().errors == 3, 5, 0.05, what="3 background comparison errors")
     shadow.close()
+
+
+def _unchecked(folder: Path) -> OnnxModel:
+    """The bundle at `folder` as a model *without* the loader's checks (its smoke run
+    would refuse it): a candidate that fails at inference."""
+    import onnxruntime as ort
+
+    from router.manifest import parse_manifest
+    from runtime.bundle import LoadedBundle
+
+    manifest = parse_manifest((folder / "manifest.json").read_bytes(), str(folder))
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    return OnnxModel(LoadedBundle(manifest=manifest, session=session, path=folder))
 
 
 # ---- the CLI on a data dir, no node ----------------------------------------------------------
@@ -212,7 +224,7 @@ def test_cli_install_refuses_bad_bundles_and_records_good_ones(
     for name, code in (
         ("unsigned", "unsigned_bundle"),
         ("nan", "smoke_failed"),
-        ("labels", "model_mismatch"),
+        ("labels", "labels_mismatch"),
         ("broken", "invalid_bundle"),
     ):
         r = _cli(*base[:1], bundles[name], *base[1:])
@@ -261,7 +273,7 @@ def test_failed_updates_under_traffic_keep_the_old_version_serving(
         "nan": "non-finite",
         "broken": "onnxruntime cannot load",
         "truncated": "sha256",
-        "labels": "labels must be identical",
+        "labels": "in another order than the graph's classes",
     }
     with Traffic(node.url, digits_split[0][:50]) as traffic:
         for i, (name, reason) in enumerate(expected.items()):

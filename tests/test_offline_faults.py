@@ -50,6 +50,7 @@ def _policy(edge_bundle: Path) -> str:
   live:
     edge_bundle: {edge_bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.5
     placement: cloud_first
     when_offline: answer_only

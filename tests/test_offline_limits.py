@@ -159,7 +159,7 @@ def test_dead_letter_after_max_attempts(
     x, _ = digits_split
     ghost = (
         f"  ghost:\n    edge_bundle: {demo_bundles_dir / BUNDLE}\n    cloud_task: no-such-task\n"
-        "    threshold: 0.5\n    placement: cloud_first\n"
+        "    bundle_task: digits\n    threshold: 0.5\n    placement: cloud_first\n"
     )
     policy = offline_policy(
         demo_bundles_dir / BUNDLE,

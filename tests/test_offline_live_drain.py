@@ -87,8 +87,8 @@ def test_live_latency_holds_while_backlog_drains(
     x, _ = digits_split
     bundle = demo_bundles_dir / "edge" / "digits"
     local_task = (
-        f"  local:\n    edge_bundle: {bundle}\n    threshold: 0.0\n    placement: edge_only\n"
-        "    deadline_ms: 2000\n"
+        f"  local:\n    edge_bundle: {bundle}\n    bundle_task: digits\n    threshold: 0.0\n"
+        "    placement: edge_only\n    deadline_ms: 2000\n"
     )
     policy = offline_policy(
         bundle, sync="batch_size: 64\n  interval_ms: 50\n  max_attempts: 3", tasks=local_task

@@ -23,11 +23,13 @@ pytestmark = pytest.mark.ray
 PRIVATE_TASKS = """\
   digits_private:
     edge_bundle: {bundle}
+    bundle_task: digits
     threshold: 0.99
     placement: edge_only
   digits_secret:
     edge_bundle: {bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.99
     placement: cloud_first
     when_offline: queue_only
@@ -35,6 +37,7 @@ PRIVATE_TASKS = """\
   digits_cands:
     edge_bundle: {bundle}
     cloud_task: digits
+    bundle_task: digits
     threshold: 0.99
     send: candidates_only
 """

@@ -22,7 +22,7 @@ from edge_node.lifecycle.canary import CanaryModel
 from edge_node.lifecycle.model_store import ModelStore
 from router.errors import BundleError, EdgerouteError, PolicyError, PolicyIssue
 from router.learned_score import LearnedScore, from_json
-from router.manifest import parse_manifest
+from router.manifest import check_bundle_role, parse_manifest
 from router.model_updates import POLICY_BUNDLE, TaskModelState, check_compatible
 from router.policy import Policy
 from router.policy_loader import parse_policy, policy_revision, resolve_bundle_path
@@ -153,15 +153,31 @@ def activate(
                 state = store.read_state(name)
                 if state.current != POLICY_BUNDLE or state.canary is not None:
                     models[name] = installed_model(
-                        name, state, bundle_dir, store, trust, known, old
+                        name, state, bundle_dir, store, trust, known, old, task.bundle_task
                     )
                     continue
             except BundleError as exc:
                 errors[name] = exc.message
                 log.warning("installed_model_failed", task=name, error=exc.message)
-        models[name] = _load_or_reuse(bundle_dir, trust, known)
+        models[name] = _load_or_reuse(bundle_dir, trust, known, task.bundle_task or name)
     learned = load_learned_scores(policy, path.parent)
     return ActivePolicy(policy, revision, str(path), now, models, learned, errors)
+
+
+def bundle_problems(policy: Policy, policy_dir: Path) -> list[tuple[str, BundleError]]:
+    """Each task's `edge_bundle` put through what the node does at start (the one bundle
+    validation, `runtime.bundle.load_bundle`, with the policy's trust, as an edge bundle
+    of `bundle_task` or the task's name): (task name, error) for each it would refuse,
+    in task order. Raises PolicyError if a trusted key file cannot be read."""
+    trust = bundle_trust(policy, policy_dir)
+    problems: list[tuple[str, BundleError]] = []
+    for name, task in policy.tasks.items():
+        folder = Path(resolve_bundle_path(str(policy_dir), task.edge_bundle))
+        try:
+            load_bundle(folder, trust, task=task.bundle_task or name, role="edge")
+        except BundleError as exc:
+            problems.append((name, exc))
+    return problems
 
 
 def installed_model(
@@ -172,11 +188,14 @@ def installed_model(
     trust: BundleTrust,
     known: dict[Path, Model],
     old: Model | None,
+    bundle_task: str | None = None,
 ) -> Model:
     """The model `state` says serves `task`: its `current` version (POLICY_BUNDLE:
     `policy_bundle`), wrapped in a CanaryModel with the candidate while `state.canary` is
-    set. Reuses `old` (a canary with the same versions and settings) or any model in
-    `known` (folder -> model) instead of loading again. Raises BundleError."""
+    set. Every version's manifest must name `bundle_task` (default: `task`). Reuses `old`
+    (a canary with the same versions and settings) or any model in `known` (folder ->
+    model) instead of loading again. Raises BundleError."""
+    model_task = bundle_task or task
 
     def folder(version: str) -> Path:
         return policy_bundle if version == POLICY_BUNDLE else store.version_dir(task, version)
@@ -184,7 +203,7 @@ def installed_model(
     current_dir = folder(state.current)
     canary = state.canary
     if canary is None:
-        return _load_or_reuse(current_dir, trust, known)
+        return _load_or_reuse(current_dir, trust, known, model_task)
     cand_dir = folder(canary.version)
     if (
         isinstance(old, CanaryModel)
@@ -194,9 +213,9 @@ def installed_model(
         and old.fraction == (canary.fraction if canary.mode == "fraction" else 0.0)
     ):
         return old
-    current = _load_or_reuse(current_dir, trust, known)
-    candidate = _load_or_reuse(cand_dir, trust, known)
-    check_compatible(candidate.bundle.manifest, current.bundle.manifest, task)
+    current = _load_or_reuse(current_dir, trust, known, model_task)
+    candidate = _load_or_reuse(cand_dir, trust, known, model_task)
+    check_compatible(candidate.bundle.manifest, current.bundle.manifest, model_task)
     return CanaryModel(current, candidate, canary.mode, canary.fraction)
 
 
@@ -210,10 +229,15 @@ def _loaded_models(reuse: ActivePolicy | None) -> dict[Path, Model]:
     return out
 
 
-def _load_or_reuse(folder: Path, trust: BundleTrust, known: dict[Path, Model]) -> Model:
+def _load_or_reuse(folder: Path, trust: BundleTrust, known: dict[Path, Model], task: str) -> Model:
+    """The edge model of `task` in `folder`: reused from `known`, else loaded with every
+    bundle check (`runtime.bundle.load_bundle`). Raises BundleError."""
     model = known.get(folder)
     if model is None:
-        model = known[folder] = OnnxModel(load_bundle(folder, trust))
+        model = OnnxModel(load_bundle(folder, trust, task=task, role="edge"))
+        known[folder] = model
+    else:  # loaded for another task sharing the folder: it must serve this one too
+        check_bundle_role(model.bundle.manifest, str(folder), task=task, role="edge")
     return model
 
 

@@ -38,7 +38,7 @@ from router.model_updates import (
 )
 from router.signing import SIGNATURE_FILE
 from runtime.bundle import BundleTrust, load_bundle
-from runtime.onnx_model import OnnxModel, smoke_check
+from runtime.onnx_model import OnnxModel
 
 STATE_FILE = "state.json"
 INCOMING = "incoming"
@@ -196,7 +196,7 @@ class ModelStore:
         as it was. Does not change the task's state (see `request`).
         """
         manifest = read_manifest(src)
-        check_compatible(manifest, reference, task)
+        verify_version(src, task, trust, reference)  # refusals name the user's folder
         dest = self.version_dir(task, manifest.version)
         if dest.exists():
             if (dest / MANIFEST_FILE).read_bytes() != (src / MANIFEST_FILE).read_bytes():
@@ -229,12 +229,13 @@ class ModelStore:
 def verify_version(
     folder: Path, task: str, trust: BundleTrust, reference: BundleManifest
 ) -> OnnxModel:
-    """Load the bundle at `folder` as the node does, check it can replace `reference` and
-    smoke-test it; returns the ready model. Raises BundleError (codes: the loader's, plus
-    `model_mismatch`, `smoke_failed`)."""
-    model = OnnxModel(load_bundle(folder, trust))
-    check_compatible(model.bundle.manifest, reference, task)
-    smoke_check(model)
+    """Load the bundle at `folder` as the node does (`runtime.bundle.load_bundle`: every
+    bundle check, the smoke run included, as an edge bundle of the running model's task,
+    `reference.task`, which the policy's task `task` serves) and check it can replace
+    `reference`; returns the ready model. Raises BundleError (codes: the loader's, plus
+    `model_mismatch`)."""
+    model = OnnxModel(load_bundle(folder, trust, task=reference.task, role="edge"))
+    check_compatible(model.bundle.manifest, reference, reference.task)
     return model
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Literal
 
+import orjson
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -302,22 +303,56 @@ def sync_record(
 ) -> DecisionRecord:
     """The record that logs the cloud's final answer to a synced queue item (`kind="sync"`):
     the calibration tools join it to the request's decision record by `request_id`. Holds
-    no inputs. `scores` is empty: they are in the decision record."""
-    return DecisionRecord(
-        ts=ts,
-        request_id=request_id,
-        task=task,
-        policy_revision=policy_revision,
-        model_version=model_version,
-        scores={},
-        edge_candidates=edge_candidates,
-        route="cloud",
-        reason=reason,
-        final_label=cloud_label,
-        cloud_label=cloud_label,
-        cloud_candidates=cloud_candidates,
-        latency_ms=0.0,
-        kind="sync",
+    no inputs. `scores` is empty: they are in the decision record. (The sync worker writes
+    the same record encoded, `sync_record_json`.)"""
+    return DecisionRecord.model_validate_json(
+        sync_record_json(
+            ts=ts,
+            request_id=request_id,
+            task=task,
+            reason=reason,
+            edge_candidates=[(c.label, c.score) for c in edge_candidates],
+            cloud_label=cloud_label,
+            cloud_candidates=[(c.label, c.score) for c in cloud_candidates],
+            model_version=model_version,
+            policy_revision=policy_revision,
+        )
+    )
+
+
+def sync_record_json(
+    *,
+    ts: float,
+    request_id: str,
+    task: str,
+    reason: str,
+    edge_candidates: Sequence[tuple[str, float]],
+    cloud_label: str,
+    cloud_candidates: Sequence[tuple[str, float]],
+    model_version: str,
+    policy_revision: str,
+) -> bytes:
+    """`sync_record` as the JSON line `DecisionLog.write` takes (not validated here, as
+    the request path's records are not: `read_decision_log` validates every line)."""
+    return orjson.dumps(
+        {
+            "ts": ts,
+            "request_id": request_id,
+            "task": task,
+            "policy_revision": policy_revision,
+            "model_version": model_version,
+            "scores": {},
+            "edge_candidates": [{"label": lb, "score": sc} for lb, sc in edge_candidates],
+            "route": "cloud",
+            "reason": reason,
+            "final_label": cloud_label,
+            "cloud_label": cloud_label,
+            "cloud_candidates": [{"label": lb, "score": sc} for lb, sc in cloud_candidates],
+            "budget": None,
+            "kind": "sync",
+            "latency_ms": 0.0,
+            "true_label": None,
+        }
     )
 
 
@@ -333,17 +368,14 @@ def sync_recorder(
         rev, ts = revision(), clock()
         for item, res in done:
             log.write(
-                sync_record(
+                sync_record_json(
                     ts=ts,
                     request_id=item.request_id,
                     task=item.task,
                     reason=SYNCED_REASON,
-                    edge_candidates=tuple(
-                        WireCandidate(label=label, score=score)
-                        for label, score in item.edge_candidates
-                    ),
+                    edge_candidates=item.edge_candidates,
                     cloud_label=res.label,
-                    cloud_candidates=tuple(res.candidates),
+                    cloud_candidates=[(c.label, c.score) for c in res.candidates],
                     model_version=res.model_version,
                     policy_revision=rev,
                 )

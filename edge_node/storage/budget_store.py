@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -136,6 +136,39 @@ class BudgetStore:
                 self._known = None
                 raise BudgetStoreError(f"cannot reserve budget: {exc}") from exc
         return Reservation(self, ledger.periods(lims, at), pay)
+
+    def reserve_many(
+        self, now: float, calls: Sequence[tuple[tuple[Limit, ...], float]]
+    ) -> list[Reservation | None]:
+        """`reserve` for several calls (`(limits, price)` each) in one atomic write: in
+        order, each call is counted if it fits every counter it uses after the calls
+        before it, else it gets None. One transaction for the whole batch (a sync round
+        reserves its items at once); the same guarantees as `reserve`."""
+        if not calls:
+            return []
+        with self._lock:
+            try:
+                from_disk = self._known is None
+                while True:
+                    raw, ledger = self._current()
+                    at = max(now, self._latest(ledger))
+                    after, held = ledger, list[Reservation | None]()
+                    for lims, pay in calls:
+                        if after.exhausted(lims, pay, at) is None:
+                            after = after.plus_call(lims, pay, at)
+                            held.append(Reservation(self, after.periods(lims, at), pay))
+                        else:
+                            held.append(None)
+                    if any(h is None for h in held) and not from_disk:
+                        self._known = None  # refuse only on what is on disk now
+                        from_disk = True
+                        continue
+                    if after is ledger or self._swap(raw, after):
+                        return held
+                    from_disk = True
+            except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+                self._known = None
+                raise BudgetStoreError(f"cannot reserve budget: {exc}") from exc
 
     def ledger(self, now: float | None = None) -> BudgetLedger:
         """Every counter as stored (reservations included), read from disk. Counters are

@@ -142,10 +142,9 @@ class SyncWorker:
         is nothing to store (nothing queued, offline, nothing sendable, a cloud error),
         else the answered batch, whose results `_store` must store. Every charge is
         settled by the escalation step, whatever is raised."""
-        expired, items = await asyncio.to_thread(self._expire_and_read, in_flight)
+        expired, items, batch = await asyncio.to_thread(self._read_round, in_flight)
         if not items:
             return SyncReport(expired=expired)
-        batch = await asyncio.to_thread(self._prepare, items)
         if not batch.calls:
             return SyncReport(failed=batch.failed, dead=batch.dead, expired=expired)
         started = self._monotonic()
@@ -266,11 +265,12 @@ class SyncWorker:
         else:
             await self._pause(stop, seconds)
 
-    def _expire_and_read(self, in_flight: frozenset[str]) -> tuple[int, list[QueuedItem]]:
-        """Expire items past their ttl, then read the next batch (worker thread); items in
-        `in_flight` are neither expired nor read."""
+    def _read_round(self, in_flight: frozenset[str]) -> tuple[int, list[QueuedItem], RoundBatch]:
+        """Expire items past their ttl, read the next batch and make its calls (one
+        worker-thread step); items in `in_flight` are neither expired nor read."""
         expired = self._book.expire(in_flight)
-        return expired, self._queue.oldest(self._sync.batch_size, exclude=in_flight)
+        items = self._queue.oldest(self._sync.batch_size, exclude=in_flight)
+        return expired, items, self._prepare(items) if items else RoundBatch()
 
     def _prepare(self, items: list[QueuedItem]) -> RoundBatch:
         """The calls of a round, one per item, each charged against the node's limits and

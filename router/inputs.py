@@ -143,7 +143,7 @@ def _check_values(arr: np.ndarray, spec: InputSpec, field: str) -> None:
             if out.size:
                 i = int(out[0])
                 raise InputError(
-                    f"{field}[{i}] = {float(arr[i])} is {word} the allowed range "
+                    f"{field}[{i}] is {word} the allowed range "
                     f"[{spec.min_value}, {spec.max_value}]",
                     field=f"{field}[{i}]",
                 )

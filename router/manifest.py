@@ -49,8 +49,8 @@ class BundleManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     format_version: Literal[1] = 1
-    task: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    task: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
     role: Literal["edge", "cloud"]
     created_at: str
     input: InputSpec

@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from router.errors import BundleError
 from router.manifest import BundleManifest
-from router.policy import CanaryRule
+from router.policy import TASK_NAME, CanaryRule
 
 POLICY_BUNDLE = "@policy"
 """The `current`/`previous` value meaning "the task's `edge_bundle` from the policy"."""
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 UpdateMode = Literal["replace", "fraction", "shadow"]
 UpdateResult = Literal["applied", "failed", "canary_started", "promoted", "rolled_back"]
 
@@ -80,10 +80,16 @@ class TaskModelState(_Frozen):
     revision: int = 0
 
 
+def is_task_name(task: str) -> bool:
+    """Whether `task` can name a folder: letters, digits and `._-`, 1-64 characters,
+    starting with a letter or digit (so never `..`, a slash, a newline or NUL)."""
+    return TASK_NAME.fullmatch(task) is not None
+
+
 def check_version_name(version: str) -> None:
     """Raise BundleError(code=bad_version) unless `version` can name a store folder
     (letters, digits, `._+-`, 1-128 characters, not starting with a dot or dash)."""
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):
         raise BundleError(
             f"bundle version {version!r} cannot be installed: a version may only contain "
             "letters, digits and '._+-' (1-128 characters, starting with a letter or digit)",

@@ -8,6 +8,7 @@ Load files with `router.policy_loader.parse_policy`, which locates errors by lin
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -23,9 +24,17 @@ Durability = Literal["os_crash_safe", "per_write"]
 SendPolicy = Literal["inputs", "candidates_only", "nothing"]
 
 
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""A task name: it names folders (the model store) and metrics, so ASCII letters, digits
+and `._-`, 1-64 characters, starting with a letter or digit."""
+
+
 def _check_task_name(name: str) -> str:
-    if not name or len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name):
-        raise ValueError(f"task name {name!r} may only contain letters, digits, '-_.' (1-64)")
+    if TASK_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"task name {name!r} may only contain ASCII letters, digits and '-_.' (1-64, "
+            "starting with a letter or digit)"
+        )
     return name
 
 

@@ -35,6 +35,7 @@ from router.model_updates import (
     TaskModelState,
     check_compatible,
     check_version_name,
+    is_task_name,
 )
 from router.signing import SIGNATURE_FILE
 from runtime.bundle import BundleTrust, load_bundle
@@ -65,15 +66,25 @@ class ModelStore:
 
     @staticmethod
     def can_hold(task: str) -> bool:
-        """False for task names the store cannot hold (`incoming`, `rejected`, names
-        starting with a dot): such tasks always serve their policy bundle."""
-        return task not in _RESERVED and not task.startswith(".")
+        """False for task names the store cannot hold (`incoming`, `rejected`, anything
+        but letters, digits and `._-` starting with a letter or digit): such tasks always
+        serve their policy bundle."""
+        return task not in _RESERVED and is_task_name(task)
 
     def task_dir(self, task: str) -> Path:
-        """The folder of `task`'s versions and state; BundleError if `can_hold` is False."""
+        """The folder of `task`'s versions and state, always directly inside the store's
+        root; BundleError (field `task`) if `can_hold` is False."""
         if not self.can_hold(task):
-            raise BundleError(f"task name {task!r} cannot be used in the model store")
-        return self.root / task
+            raise BundleError(
+                f"task name {task!r} cannot be used in the model store (letters, digits and "
+                "'._-', 1-64 characters, starting with a letter or digit)",
+                field="task",
+                code="bad_task_name",
+            )
+        folder = self.root / task
+        if folder.resolve().parent != self.root.resolve():
+            raise BundleError(f"task name {task!r} leaves the model store", field="task")
+        return folder
 
     def version_dir(self, task: str, version: str) -> Path:
         """Where `version` of `task` is (or would be) installed."""

@@ -141,7 +141,9 @@ def _requests(log: Path, labels: Path | None) -> list[LoggedRequest]:
 
     results = log.parent / "results" if log.is_dir() else None
     if not log.exists():
-        click.echo(f"error: {log}: no decision log (a decisions/ folder or a .jsonl file)", err=True)
+        click.echo(
+            f"error: {log}: no decision log (a decisions/ folder or a .jsonl file)", err=True
+        )
         sys.exit(2)
     try:
         return load_requests(log, labels, results)

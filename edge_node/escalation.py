@@ -12,6 +12,7 @@ charge and count the same outcome the same way; what each outcome means for a re
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -152,22 +153,30 @@ class Escalation:
     async def _reserve_off_loop(
         self, calls: Sequence[Call], now: float
     ) -> list[Reservation | Settled]:
-        """`_reserve_all` in a worker thread. If the waiting task is cancelled, the thread
-        still finishes; its reservations are then released (in the default executor) and
-        the cancellation propagates."""
-        made = asyncio.ensure_future(asyncio.to_thread(self._reserve_all, calls, now))
+        """`_reserve_all` in a worker thread. If the waiting task is cancelled, the
+        reservations are given back whatever happens to the loop afterwards: by the worker
+        thread itself when it finishes after the cancellation, else (it had finished) here
+        before the cancellation propagates."""
+        lock = threading.Lock()
+        state: dict[str, object] = {}
+
+        def reserve() -> list[Reservation | Settled]:
+            held = self._reserve_all(calls, now)
+            with lock:
+                state["held"] = held
+                abandoned = "abandoned" in state
+            if abandoned:
+                _release_quietly([r for r in held if not isinstance(r, Settled)])
+            return held
+
         try:
-            return await asyncio.shield(made)
+            return await asyncio.to_thread(reserve)
         except asyncio.CancelledError:
-            loop = asyncio.get_running_loop()
-
-            def give_back(done: asyncio.Future[list[Reservation | Settled]]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    return
-                held = [r for r in done.result() if not isinstance(r, Settled)]
-                loop.run_in_executor(None, _release_quietly, held)
-
-            made.add_done_callback(give_back)
+            with lock:
+                state["abandoned"] = True
+                done = state.get("held")
+            if isinstance(done, list):
+                _release_quietly([r for r in done if not isinstance(r, Settled)])
             raise
 
     def _reserve_all(self, calls: Sequence[Call], now: float) -> list[Reservation | Settled]:

@@ -30,7 +30,8 @@ def os_error_text(exc: OSError) -> str:
 def require_port(host: str, port: int) -> None:
     """Raise ConfigError (field `port`) unless `host:port` can be listened on now, so a
     server refuses a taken port with one line before it loads anything."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))

@@ -109,18 +109,28 @@ def _sender(
 
             yield over_http
         return
+    from pydantic import ValidationError
+
     from edge_node.node import Node
     from edge_node.settings import EdgeSettings
     from router.edge_api import InferRequest
+    from router.errors import EdgerouteError, InputError
 
     assert policy_path is not None and data_dir is not None
     node = Node(EdgeSettings(policy_path=policy_path, data_dir=data_dir, log_sample_rate=0.0))
     with asyncio.Runner() as runner:
-        runner.run(node.start())
         try:
+            runner.run(node.start())
 
             def in_process(bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-                reqs = [InferRequest.model_validate(b) for b in bodies]
+                reqs: list[InferRequest | EdgerouteError] = []
+                for b in bodies:
+                    try:
+                        reqs.append(InferRequest.model_validate(b))
+                    except ValidationError as exc:
+                        first = exc.errors(include_url=False)[0]
+                        field = ".".join(str(p) for p in first["loc"])
+                        reqs.append(InputError(f"{field}: {first['msg']}", field=field))
                 answer = runner.run(node.service.infer_batch(reqs))
                 results: list[dict[str, Any]] = answer.body["results"]
                 return results

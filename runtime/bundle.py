@@ -139,8 +139,14 @@ def _smoke_run(
             f"{source}: the smoke run on inputs from the manifest's ranges failed ({reason})",
             code="smoke_failed",
         ) from None
-    rows = np.asarray(probs, dtype=np.float64).reshape(len(x), -1).tolist()
-    check_probabilities(rows, len(manifest.labels), source)
+    flat = np.asarray(probs, dtype=np.float64)
+    if flat.ndim != 2 or flat.shape[0] != len(x):
+        raise BundleError(
+            f"{source}: the smoke run on {len(x)} items returned shape {list(flat.shape)}; "
+            f"expected [{len(x)}, {len(manifest.labels)}]",
+            code="smoke_failed",
+        )
+    check_probabilities(flat.tolist(), len(manifest.labels), source)
 
 
 def _check_signature(folder: Path, manifest_text: bytes, trust: BundleTrust | None) -> str | None:

@@ -221,9 +221,9 @@ def test_threads_racing_on_an_hourly_task_budget_get_exactly_it(tmp_path: Path) 
 
 
 def test_reserve_many_counts_in_order_until_a_limit_and_never_overspends(tmp_path: Path) -> None:
-    """A batch of 5 against 3 calls left reserves the first 3 and refuses 2; with another
-    store sharing the directory reserving at the same time, the total stays at the limit;
-    released reservations give their calls back."""
+    """A batch of 5 against 3 calls left reserves the first 3 and refuses 2; a second store
+    sharing the directory then finds the budget spent (it re-reads the disk before it
+    refuses); released reservations give their calls back."""
     from router.budget import limits_for
 
     cost = CostSettings(daily_calls=3, price_per_call=0.5)

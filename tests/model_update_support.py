@@ -14,8 +14,10 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 
+from edgeroute.bundle_tools import keygen
 from router.manifest import MANIFEST_FILE, sha256_hex
-from router.signing import SIGNATURE_FILE, sign_manifest
+from router.signing import SIGNATURE_FILE, key_id_of, public_key_from_pem, sign_manifest
+from runtime.bundle import BundleTrust
 from tests.edge_fixtures import policy_head
 from tests.waiting import wait_until
 
@@ -88,6 +90,41 @@ def sign_unchecked(src: Path, out: Path, key: Path, version: str) -> Path:
     (out / MANIFEST_FILE).write_bytes(text)
     (out / SIGNATURE_FILE).write_bytes(sign_manifest(text, key.read_bytes()))
     return out
+
+
+V1, V2, V3 = "digits-edge-1", "digits-edge-2", "digits-edge-3-rolled"
+
+
+def build_versions(src: Path, d: Path) -> dict[str, Path]:
+    """Signed versions of the demo edge bundle `src` in `d`: v1 (the policy's), v2 (same
+    weights), v3 (labels shifted: disagrees), and broken ones (NaN output, not ONNX,
+    truncated, labels reversed); plus the key pair and an unsigned v4."""
+    key, pub, _ = keygen(d / "keys" / "release")
+    onnx_bytes = (src / "model.onnx").read_bytes()
+    out = {"key": key, "pub": pub}
+    out["v1"] = make_version(src, d / V1, V1, key)
+    out["v2"] = make_version(src, d / V2, V2, key)
+    out["v3"] = make_version(src, d / V3, V3, key, model=edit_coefficients(onnx_bytes, rolled))
+    out["nan"] = make_version(
+        src, d / "nan", "digits-edge-nan", key, model=edit_coefficients(onnx_bytes, nan)
+    )
+    out["broken"] = make_version(  # hashes and signature fine, not an ONNX model
+        src, d / "broken", "digits-edge-broken", key, model=b"\x08\x07garbage" * 64
+    )
+    out["truncated"] = make_version(src, d / "truncated", "digits-edge-truncated", key)
+    model = out["truncated"] / "model.onnx"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    out["labels"] = make_version(
+        src, d / "labels", "digits-edge-labels", key, labels=[str(9 - i) for i in range(10)]
+    )
+    out["unsigned"] = make_version(src, d / "unsigned", "digits-edge-4", None)
+    return out
+
+
+def trust_of(versions: dict[str, Path]) -> BundleTrust:
+    """The trust that accepts bundles signed by `versions`' key."""
+    pub = public_key_from_pem(versions["pub"].read_bytes())
+    return BundleTrust(True, {key_id_of(pub): pub})
 
 
 def trusted_policy(bundle: Path, pub: Path, canary: str = "") -> str:

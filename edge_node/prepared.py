@@ -16,7 +16,7 @@ import numpy as np
 
 from router.edge_api import InferRequest
 from router.errors import EdgerouteError, InputError, UnknownTask
-from router.inputs import coerce_inputs, coerce_many
+from router.inputs import coerce_many
 from router.policy import TaskPolicy
 
 if TYPE_CHECKING:
@@ -75,15 +75,6 @@ def prepare(
         if task is None or model is None:
             for i, _ in reqs:
                 out[i] = unknown_task(active, name)
-            continue
-        if len(reqs) == 1:  # a single request: no batch bookkeeping
-            i, req = reqs[0]
-            try:
-                x = coerce_inputs(req.inputs, model.input_spec)
-            except InputError as exc:
-                out[i] = exc
-            else:
-                out[i] = _item(req, name, task, model, x, new_id)
             continue
         rows, errors = coerce_many([r.inputs for _, r in reqs], model.input_spec)
         for (i, req), x, err in zip(reqs, rows, errors, strict=True):

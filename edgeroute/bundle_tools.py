@@ -86,14 +86,28 @@ def pack(
     manifest_bytes = (json.dumps(data, indent=2, sort_keys=True) + "\n").encode()
     parse_manifest(manifest_bytes, str(source))
     signature = sign_manifest(manifest_bytes, private_pem)
+    files = {n: (src / n).read_bytes() for n in names}
+    files.update({MANIFEST_FILE: manifest_bytes, SIGNATURE_FILE: signature})
+    return publish_bundle(out, files, shown_as=src)
+
+
+def publish_bundle(
+    out: Path,
+    files: dict[str, bytes],
+    *,
+    shown_as: Path,
+    task: str | None = None,
+    role: str | None = None,
+) -> Path:
+    """Write `files` (name -> bytes) as the bundle folder `out`, atomically: staged in a
+    sibling folder, checked by `validate_staged` (refusals name `shown_as`), fsynced, then
+    renamed into place. Raises BundleError (nothing is left behind) or OSError."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for n in names:
-            shutil.copyfile(src / n, stage / n)
-        (stage / MANIFEST_FILE).write_bytes(manifest_bytes)
-        (stage / SIGNATURE_FILE).write_bytes(signature)
-        validate_staged(stage, src)
+        for name, data in files.items():
+            (stage / name).write_bytes(data)
+        validate_staged(stage, shown_as, task=task, role=role)
         for f in stage.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -12,16 +12,13 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from edgeroute.bundle_tools import validate_staged
+from edgeroute.bundle_tools import publish_bundle
 from router.errors import BundleError, ConfigError
 from router.manifest import MANIFEST_FILE, MODEL_FILE, sha256_hex
 from runtime.bundle import session_options
@@ -65,17 +62,9 @@ def init_bundle(
         raise ConfigError(f"{out} already exists (choose a new folder)", field="out")
     model_bytes = _read(onnx_file, "onnx file")
     manifest = _manifest(model_bytes, onnx_file, opts, now or dt.datetime.now(dt.UTC))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (stage / MODEL_FILE).write_bytes(model_bytes)
-        text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-        (stage / MANIFEST_FILE).write_text(text, encoding="utf-8")
-        validate_staged(stage, out, task=opts.task, role=opts.role)
-        os.replace(stage, out)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+    files = {MODEL_FILE: model_bytes, MANIFEST_FILE: text.encode()}
+    publish_bundle(out, files, shown_as=out, task=opts.task, role=opts.role)
     return out
 
 

@@ -2,13 +2,15 @@
 and/or from an environment variable.
 
 The file holds one `node_id token` pair per line (blank lines and `#` comments ignored).
-It is re-read whenever its mtime (or size) changes, so deleting a line revokes a node
-without restarting the service. The environment variable holds the same pairs separated
+Its content is hashed on every check and re-parsed when the hash changes, so deleting or
+rotating a line revokes a node without a restart, also when a deploy keeps the mtime and
+size (`cp -p`, tar, fixed-mtime images). The environment variable holds the same pairs separated
 by newlines or commas; it is read once when a replica starts (revoke by redeploying).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import os
 import threading
@@ -84,32 +86,36 @@ class EnvTokens:
 
 
 class TokenFile:
-    """The tokens of one file, re-read when its mtime/size changes. Thread-safe.
+    """The tokens of one file, re-parsed whenever its content changes. Thread-safe.
 
-    A missing or unreadable file means no tokens (every request is refused: fail closed).
+    Every call reads the file and compares a SHA-256 of its bytes with the last one parsed,
+    so a change is seen on the next request whatever the file's mtime and size say.
+    A missing, unreadable or unparsable file means no tokens (every request is refused:
+    fail closed).
     """
 
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._signature: tuple[int, int] | None = None
+        self._digest: bytes | None = None
         self._tokens: dict[str, bytes] = {}
 
     def tokens(self) -> Mapping[str, bytes]:
-        """The current tokens, re-reading the file if it changed since the last call."""
+        """The current tokens, re-parsing the file if its content changed since the last call."""
         with self._lock:
             try:
-                st = os.stat(self._path)
+                data = self._path.read_bytes()
             except OSError:
-                self._signature, self._tokens = None, {}
+                self._digest, self._tokens = None, {}
                 return self._tokens
-            signature = (st.st_mtime_ns, st.st_size)
-            if signature != self._signature:
+            digest = hashlib.sha256(data).digest()
+            if digest != self._digest:
                 try:
-                    self._tokens = parse_tokens(self._path.read_text(encoding="utf-8"))
-                except (OSError, ValueError, UnicodeDecodeError):
+                    self._tokens = parse_tokens(data.decode("utf-8"))
+                except (ValueError, UnicodeDecodeError):
                     self._tokens = {}
-                self._signature = signature
+                    _log.warning("auth_tokens_file_invalid", reason="unparsable tokens file")
+                self._digest = digest
             return self._tokens
 
     def check(self, node_id: str, authorization: str | None) -> None:

@@ -210,8 +210,11 @@ class Escalation:
         return Settled(outcome, code=code, message=message)
 
     def _breaker(self, error: CloudError | None) -> None:
-        if breaker_effect(error) == "success":
+        effect = breaker_effect(error)
+        if effect == "success":
             self.monitor.record_success()
+        elif effect == "credentials_rejected":
+            self.monitor.record_credentials_rejected()
         else:
             self.monitor.record_failure(error.retry_after_s if error is not None else None)
 

@@ -258,4 +258,5 @@ class Node:
             policy_revision=active.revision,
             model_versions=dict(active.model_versions),
             results=dict(self.results.counts()),
+            credentials_rejected=snap["credentials"] == "rejected",
         )

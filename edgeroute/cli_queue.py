@@ -163,7 +163,8 @@ def drain(data_dir: Path, policy_path: Path, cloud_url: str | None, timeout_s: f
 async def _drain(node: Any, timeout_s: float) -> int:
     """Drain rounds through the node's own sync worker (the same escalation step, budget
     and decision records as the running node) until the queue is empty, the budget is
-    spent, or `timeout_s` has passed; returns the items left. Closes the node."""
+    spent, the cloud refuses the node's credentials, or `timeout_s` has passed; returns
+    the items left. Closes the node."""
     q, worker = node.queue, node.sync
     total = q.depth
     end = time.monotonic() + timeout_s
@@ -176,6 +177,13 @@ async def _drain(node: Any, timeout_s: float) -> int:
                 bar.update(before - q.depth)
                 if report.over_budget and report.sent == 0:
                     click.echo("\nstopped: the cost budget is exhausted", err=True)
+                    break
+                if report.paused_credentials:
+                    click.echo(
+                        "\nstopped: the cloud refused this node's credentials (401/403); "
+                        "check cloud.token_env / the cloud's tokens file",
+                        err=True,
+                    )
                     break
                 if report.done == 0:
                     await asyncio.sleep(node.service.active.policy.sync.interval_ms / 1000)

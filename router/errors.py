@@ -185,3 +185,10 @@ class CloudRejected(CloudError):
 
     code = "cloud_rejected"
     retryable = False
+
+
+class CloudUnauthorized(CloudRejected):
+    """The cloud refused the node's credentials (401/403): a problem of the node's token,
+    not of the items sent, so they are kept for when the credentials work again."""
+
+    code = "cloud_unauthorized"

@@ -10,7 +10,11 @@ them out), so both paths charge and count the same outcome the same way:
   charged when it was first sent, or any failure);
 - `breaker_effect(error)`: what a call's outcome tells the connectivity breaker: an answer
   or a refusal (4xx) shows the cloud is reachable; a retryable error (unreachable,
-  timeout, overload) is a failure.
+  timeout, overload) is a failure; a refusal of the node's credentials (401/403) shows the
+  cloud reachable but the node locked out;
+- `sync_effect(error)`: what a sync round's whole-call error does to its queued items:
+  nothing for a retryable error or refused credentials (the round is retried later; for
+  credentials the sync pauses until they work again), one attempt each otherwise.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from router.decision import (
     Decision,
     when_offline,
 )
-from router.errors import CloudError
+from router.errors import CloudError, CloudUnauthorized
 from router.policy import CostSettings, TaskPolicy
 from router.wire import RerankFailure, RerankResult
 
@@ -40,7 +44,8 @@ Outcome = Literal[
     "queue_full",
 ]
 Settlement = Literal["commit", "release"]
-BreakerEffect = Literal["success", "failure"]
+BreakerEffect = Literal["success", "failure", "credentials_rejected"]
+SyncEffect = Literal["retry_later", "count_attempt", "pause_credentials"]
 
 
 def after(
@@ -101,6 +106,28 @@ def settle(result: RerankResult | RerankFailure | None) -> Settlement:
 
 def breaker_effect(error: CloudError | None) -> BreakerEffect:
     """What a call that ended with `error` (None: the cloud answered) tells the breaker:
-    `failure` for a retryable error (unreachable, timeout, overload), `success` otherwise
-    (an answer, or a refusal: the cloud was reached). Pure."""
-    return "failure" if error is not None and error.retryable else "success"
+    `failure` for a retryable error (unreachable, timeout, overload),
+    `credentials_rejected` for a 401/403 (the cloud was reached, the node's token was not
+    accepted), `success` otherwise (an answer, or a refusal: the cloud was reached). Pure."""
+    if error is None:
+        return "success"
+    if isinstance(error, CloudUnauthorized):
+        return "credentials_rejected"
+    return "failure" if error.retryable else "success"
+
+
+def sync_effect(error: CloudError) -> SyncEffect:
+    """What a sync round whose whole cloud call ended with `error` does to its queued items.
+    Pure and total.
+
+    - `retry_later`: a retryable error (unreachable, timeout, overload): items untouched;
+    - `pause_credentials`: the cloud refused the node's credentials (401/403): items
+      untouched (no attempt counted), the sync pauses until the credentials work again;
+    - `count_attempt`: any other refusal (the items themselves were refused): one attempt
+      per item, dead-lettered after `sync.max_attempts`.
+    """
+    if error.retryable:
+        return "retry_later"
+    if isinstance(error, CloudUnauthorized):
+        return "pause_credentials"
+    return "count_attempt"

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from edge_node.cloud.client import CloudClient
-from router.errors import CloudRejected, CloudTimeout, CloudUnavailable
+from router.errors import CloudRejected, CloudTimeout, CloudUnauthorized, CloudUnavailable
 from router.policy import CloudSettings
 from router.wire import RerankFailure, RerankItem, RerankResult, parse_retry_after
 from tests.rerank_fakes import results_body
@@ -217,6 +217,21 @@ def test_4xx_is_rejected_without_retry() -> None:
 
     client, _ = make(handler, FakeTime())
     with pytest.raises(CloudRejected, match="invalid_input: bad"):
+        asyncio.run(client.rerank(items(), deadline_s=5.0))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_refused_credentials_map_to_unauthorized_without_retry(status: int) -> None:
+    """A 401/403 maps to CloudUnauthorized (the node's credentials), tried once."""
+    calls = []
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(1)
+        return httpx.Response(status, json={"error": {"code": "unauthorized", "message": "x"}})
+
+    client, _ = make(handler, FakeTime())
+    with pytest.raises(CloudUnauthorized):
         asyncio.run(client.rerank(items(), deadline_s=5.0))
     assert len(calls) == 1
 

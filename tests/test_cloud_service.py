@@ -299,6 +299,25 @@ def test_token_file_rereads_on_change_and_fails_closed(tmp_path: Path) -> None:
         check_bearer({"a": b"x"}, "a", None)
 
 
+def test_token_file_sees_rotation_that_keeps_size_and_mtime(tmp_path: Path) -> None:
+    """A token rotated by `cp -p` (same length, mtime copied) is revoked at the next check."""
+    import shutil
+
+    path = tmp_path / "tokens"
+    path.write_text("a tok-1\n")
+    tokens = TokenFile(path)
+    tokens.check("a", "Bearer tok-1")
+    staged = tmp_path / "staged"
+    staged.write_text("a tok-2\n")
+    st = os.stat(path)
+    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
+    shutil.copy2(staged, path)
+    assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_size == st.st_size
+    with pytest.raises(Unauthorized):
+        tokens.check("a", "Bearer tok-1")
+    tokens.check("a", "Bearer tok-2")
+
+
 # --- the real Serve app over HTTP ---------------------------------------------------
 
 
@@ -530,7 +549,8 @@ def test_unknown_task_is_a_per_item_failure(client: httpx.Client) -> None:
 def test_auth_rejects_missing_wrong_and_revoked_tokens(
     cloud_url: str, cloud_settings: CloudServiceSettings, digits: list[list[float]]
 ) -> None:
-    """No token, another node's token, and a revoked token all get 401 JSON errors."""
+    """No token, another node's token, and a token rotated in place (same size, same mtime,
+    as `cp -p` leaves it) all get 401 JSON errors."""
     body = digit_item("auth-1", digits[5])
     tokens = cloud_settings.tokens_file
     assert tokens is not None
@@ -546,11 +566,16 @@ def test_auth_rejects_missing_wrong_and_revoked_tokens(
         )
         assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "unauthorized"
         assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 200
+        st = os.stat(tokens)
+        rotated = original.replace("test-token", "TEST-TOKEN")
+        assert rotated != original and len(rotated) == len(original)
         try:
-            tokens.write_text("node-b token-b\n")
-            st = os.stat(tokens)
-            os.utime(tokens, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+            tokens.write_text(rotated)
+            os.utime(tokens, ns=(st.st_atime_ns, st.st_mtime_ns))
+            assert os.stat(tokens).st_size == st.st_size
             assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 401
+            rotated_auth = {**AUTH, "Authorization": "Bearer TEST-TOKEN"}
+            assert c.post("/v1/rerank", json=body, headers=rotated_auth).status_code == 200
         finally:
             tokens.write_text(original)
         assert c.post("/v1/rerank", json=body, headers=AUTH).status_code == 200

@@ -161,4 +161,26 @@ def test_snapshot_dict_fields() -> None:
         "opened_at": None,
         "open_until": None,
         "failure_ratio": 1.0,
+        "credentials": "accepted",
+        "credentials_rejected_since": None,
     }
+
+
+def test_refused_credentials_are_reachable_and_stay_rejected_until_accepted() -> None:
+    """A 401 closes the breaker but marks the credentials rejected since its first time; a
+    health probe leaves them rejected, an accepted call clears them."""
+    m, clock = monitor()
+    m.record_failure()
+    m.record_credentials_rejected()
+    clock.t += 5
+    m.record_credentials_rejected()
+    snap = m.snapshot()
+    assert (snap.state, snap.credentials, snap.credentials_rejected_since) == (
+        "online",
+        "rejected",
+        100.0,
+    )
+    m.record_success(proves_credentials=False)
+    assert m.credentials_rejected
+    m.record_success()
+    assert not m.credentials_rejected and m.snapshot().credentials_rejected_since is None

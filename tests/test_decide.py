@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from router.budget import BudgetLedger, BudgetState, limits_for, period_start
 from router.decision import Candidate, Decision, LocalResult, NodeState, decide
-from router.errors import CloudRejected, CloudTimeout, CloudUnavailable
-from router.outcome import after, breaker_effect, settle
+from router.errors import CloudRejected, CloudTimeout, CloudUnauthorized, CloudUnavailable
+from router.outcome import after, breaker_effect, settle, sync_effect
 from router.policy import CostSettings, TaskPolicy
 from router.wire import RerankResult
 
@@ -213,3 +213,12 @@ def test_breaker_counts_retryable_errors_only() -> None:
     assert breaker_effect(CloudRejected("unauthorized")) == "success"
     assert breaker_effect(CloudUnavailable("down")) == "failure"
     assert breaker_effect(CloudTimeout("slow")) == "failure"
+    assert breaker_effect(CloudUnauthorized("401")) == "credentials_rejected"
+
+
+def test_sync_effect_never_charges_items_for_credentials() -> None:
+    """Refused credentials pause the sync; only an item refusal costs the items an attempt."""
+    assert sync_effect(CloudUnauthorized("401")) == "pause_credentials"
+    assert sync_effect(CloudUnavailable("down")) == "retry_later"
+    assert sync_effect(CloudTimeout("slow")) == "retry_later"
+    assert sync_effect(CloudRejected("422")) == "count_attempt"

@@ -20,7 +20,7 @@ from edge_node.cloud.connectivity import ConnectivityMonitor
 from edge_node.storage.queue_store import DurableQueue, QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.worker import SyncWorker
-from router.errors import CloudRejected, CloudUnavailable
+from router.errors import CloudRejected, CloudUnauthorized, CloudUnavailable
 from router.log_setup import sampler
 from router.policy import (
     BreakerSettings,
@@ -252,11 +252,31 @@ def test_cloud_rejected_counts_attempts_for_the_batch(tmp_path: Path) -> None:
     q, rs, mon, cloud, worker, _ = setup(tmp_path, max_attempts=1)
     q.put(item("r0"))
     q.put(item("r1"))
-    cloud.error = CloudRejected("cloud rejected the request: 401 unauthorized")
+    cloud.error = CloudRejected("cloud rejected the request: 422 invalid_input")
     report = asyncio.run(worker.run_once())
     assert (report.failed, report.dead) == (2, 2)
     assert rs.counts()["failed"] == 2 and q.depth == 0
     assert mon.state == "online"
+
+
+def test_refused_credentials_pause_sync_without_spending_attempts(tmp_path: Path) -> None:
+    """Rounds refused with 401/403 count no attempt, mark the credentials rejected, and
+    once the cloud accepts the node again every item drains to done."""
+    q, rs, mon, cloud, worker, _ = setup(tmp_path, max_attempts=1)
+    for i in range(3):
+        q.put(item(f"c{i}"))
+    cloud.error = CloudUnauthorized("cloud refused the node's credentials: 401")
+    for _ in range(4):
+        report = asyncio.run(worker.run_once())
+        assert report.paused_credentials and (report.failed, report.dead) == (0, 0)
+    assert q.depth == 3 and all(i.attempts == 0 for i in q.oldest(5))
+    assert rs.counts().get("failed", 0) == 0
+    snap = mon.snapshot()
+    assert snap.credentials == "rejected" and snap.breaker == "closed"
+    cloud.error = None
+    report = asyncio.run(worker.run_once())
+    assert report.done == 3 and not report.paused_credentials and q.depth == 0
+    assert mon.snapshot().credentials == "accepted"
 
 
 def test_expired_items_are_recorded_even_offline(tmp_path: Path) -> None:

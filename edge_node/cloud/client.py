@@ -13,6 +13,7 @@ caller's deadline. Every httpx / HTTP / schema failure leaves this module as a
 - connect refused/reset, protocol/read errors, 5xx, 429, 503, malformed 2xx body
   -> `CloudUnavailable(retry_after_s)` (retried)
 - httpx timeouts, or no time left for a try -> `CloudTimeout` (retried while time is left)
+- 401 / 403 -> `CloudUnauthorized` (the node's credentials; never retried)
 - any other 4xx -> `CloudRejected` (never retried)
 """
 
@@ -32,7 +33,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
 from edge_node.cloud.request_ids import RequestIds
-from router.errors import CloudError, CloudRejected, CloudTimeout, CloudUnavailable
+from router.errors import (
+    CloudError,
+    CloudRejected,
+    CloudTimeout,
+    CloudUnauthorized,
+    CloudUnavailable,
+)
 from router.policy import CloudSettings
 from router.wire import (
     FIRST_SEND_HEADER,
@@ -217,6 +224,8 @@ class CloudClient:
             raise CloudUnavailable(
                 f"cloud answered {status}{_error_text(resp)}", retry_after_s=after
             )
+        if status in (401, 403):
+            raise CloudUnauthorized(f"cloud refused the node's credentials: {status}")
         if status >= 400:
             raise CloudRejected(f"cloud rejected the request: {status}{_error_text(resp)}")
         if status != 200:

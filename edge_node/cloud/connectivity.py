@@ -16,6 +16,12 @@ each reopening without a success in between (capped at `open_max_ms`), jittered 
 (itself capped at `open_max_ms`, so a bogus header cannot take the node offline for long).
 A probe failure in half_open reopens it; a success anywhere closes it.
 
+Credentials are tracked apart from the breaker: a call the cloud refused with 401/403
+(`record_credentials_rejected`) reached the cloud, so it counts as a success for the
+breaker, and marks the node's credentials `rejected` (in the snapshot, `/v1/status` and
+`edgeroute_cloud_credentials_rejected`) until a call is accepted again (`record_success`;
+a health probe, which needs no token, proves nothing about them).
+
 Time comes from the injected `clock` (monotonic seconds); nothing here sleeps. Safe to use
 from any number of tasks of one event loop (no awaits inside); not thread-safe.
 """
@@ -47,6 +53,8 @@ class ConnectivitySnapshot:
     opened_at: float | None
     open_until: float | None
     failure_ratio: float = 0.0
+    credentials: Literal["accepted", "rejected"] = "accepted"
+    credentials_rejected_since: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -58,6 +66,8 @@ class ConnectivitySnapshot:
             "opened_at": self.opened_at,
             "open_until": self.open_until,
             "failure_ratio": round(self.failure_ratio, 4),
+            "credentials": self.credentials,
+            "credentials_rejected_since": self.credentials_rejected_since,
         }
 
 
@@ -85,6 +95,7 @@ class ConnectivityMonitor:
         self._retry_after_s = 0.0
         self._window: deque[tuple[float, bool]] = deque()  # (time, ok) of recent calls
         self._window_failures = 0
+        self._credentials_rejected_since: float | None = None
 
     def _note(self, now: float, ok: bool) -> None:
         """Add one call outcome to the ratio window and drop outcomes older than it."""
@@ -156,9 +167,26 @@ class ConnectivityMonitor:
         interval = self._settings.probe_interval_ms / 1000
         return self._last_probe_at is None or now - self._last_probe_at >= interval
 
-    def record_success(self) -> None:
+    @property
+    def credentials_rejected(self) -> bool:
+        """True while the cloud's last word on the node's credentials was a refusal."""
+        return self._credentials_rejected_since is not None
+
+    def record_credentials_rejected(self) -> None:
+        """A call reached the cloud and the cloud refused the node's credentials (401/403):
+        the breaker counts it as a success (the link works); the credentials are marked
+        rejected until a later call is accepted."""
+        since = self._credentials_rejected_since
+        self.record_success(proves_credentials=False)
+        self._credentials_rejected_since = self._clock() if since is None else since
+
+    def record_success(self, *, proves_credentials: bool = True) -> None:
         """A call reached the cloud and got an answer: close the breaker, reset counters
-        (a probe that closes a half_open breaker also empties the ratio window)."""
+        (a probe that closes a half_open breaker also empties the ratio window). With
+        `proves_credentials` (a call the cloud authenticated, not a health probe) the
+        credentials are marked accepted again."""
+        if proves_credentials:
+            self._credentials_rejected_since = None
         if self._breaker != "closed":
             self._window.clear()
             self._window_failures = 0
@@ -214,4 +242,6 @@ class ConnectivityMonitor:
             opened_at=self._opened_at,
             open_until=self._open_until,
             failure_ratio=self.failure_ratio,
+            credentials="rejected" if self.credentials_rejected else "accepted",
+            credentials_rejected_since=self._credentials_rejected_since,
         )

@@ -129,6 +129,7 @@ class NodeLevels:
     policy_revision: str
     model_versions: dict[str, str]
     results: dict[str, int]
+    credentials_rejected: bool = False
 
 
 class StateCollector(Collector):
@@ -164,6 +165,11 @@ class StateCollector(Collector):
             "edgeroute_cloud_online",
             "1 online, 0.5 degraded, 0 offline",
             {"online": 1.0, "degraded": 0.5}.get(lv.connectivity, 0.0),
+        )
+        yield _gauge(
+            "edgeroute_cloud_credentials_rejected",
+            "1 while the cloud refuses the node's credentials (401/403): sync is paused",
+            1.0 if lv.credentials_rejected else 0.0,
         )
         yield _gauge("edgeroute_budget_calls_today", "Cloud calls spent today", lv.budget_calls)
         spent = GaugeMetricFamily(

@@ -21,7 +21,9 @@ class SyncReport:
     `failed`: items that got an attempt counted; `dead`: items dead-lettered;
     `expired`: items expired by ttl; `skipped_offline`: the monitor refused the call;
     `bytes_sent`: the items' JSON bytes, counted only when `sync.max_bytes_per_s` paces
-    the drain (else 0); `pace_s`: the pause asked for after this round."""
+    the drain (else 0); `pace_s`: the pause asked for after this round;
+    `paused_credentials`: the cloud refused the node's credentials, nothing was counted
+    against the items."""
 
     sent: int = 0
     done: int = 0
@@ -32,6 +34,7 @@ class SyncReport:
     bytes_sent: int = 0
     pace_s: float = 0.0
     over_budget: int = 0
+    paused_credentials: bool = False
 
 
 @dataclass(slots=True)
@@ -57,7 +60,7 @@ class AnsweredRound:
 
 
 def add_reports(a: SyncReport, b: SyncReport) -> SyncReport:
-    """Two rounds' reports summed; `skipped_offline` is b's."""
+    """Two rounds' reports summed; `skipped_offline` and `paused_credentials` are b's."""
     return SyncReport(
         sent=a.sent + b.sent,
         done=a.done + b.done,
@@ -68,6 +71,7 @@ def add_reports(a: SyncReport, b: SyncReport) -> SyncReport:
         bytes_sent=a.bytes_sent + b.bytes_sent,
         pace_s=a.pace_s + b.pace_s,
         over_budget=a.over_budget + b.over_budget,
+        paused_credentials=b.paused_credentials,
     )
 
 

@@ -15,7 +15,10 @@ One round (`run_once`):
 4. a per-item `RerankFailure` or a whole-call `CloudRejected` counts one attempt per item;
    after `sync.max_attempts` the item is dead-lettered (`failed`, with its last error);
 5. retryable cloud errors (unreachable, timeout, overload) leave the items untouched and
-   only feed the monitor.
+   only feed the monitor; so does a refusal of the node's credentials (401/403,
+   `CloudUnauthorized`): the round reports `paused_credentials`, the monitor marks the
+   credentials rejected, and the items wait, attempts untouched, until a later round's
+   call is accepted (`router.outcome.sync_effect` decides which).
 
 Order: items leave in enqueue order (one FIFO for every task, so each task's items go
 oldest first); a batch holds at most `sync.batch_size` items. Pacing: with
@@ -60,6 +63,7 @@ from edge_node.storage.result_store import ResultStore
 from edge_node.sync.bookkeeping import QueueBook
 from edge_node.sync.report import AnsweredRound, RoundBatch, SyncReport, add_reports
 from router.budget import limits_for
+from router.outcome import sync_effect
 from router.policy import Policy, SyncSettings
 from router.wire import RerankItem, RerankResult
 
@@ -175,12 +179,16 @@ class SyncWorker:
         if not sent:
             return report
         error = next((s.error for _, s in sent if s.error is not None), None)
-        if error is not None and error.retryable:
+        effect = None if error is None else sync_effect(error)
+        if error is not None and effect == "retry_later":
             self._log.warning(
                 "sync_cloud_unavailable", route="cloud", reason=error.code, items=len(sent)
             )
             return report
-        if error is not None:  # the cloud refused the whole call
+        if error is not None and effect == "pause_credentials":
+            self._log.warning("sync_paused", route="cloud", reason=error.code, items=len(sent))
+            return dataclasses.replace(report, paused_credentials=True)
+        if error is not None:  # the cloud refused the whole call's items
             dead = await asyncio.to_thread(
                 self._book.fail_all, [i for i, _ in sent], f"{error.code}: {error.message}"
             )
@@ -325,7 +333,7 @@ class SyncWorker:
         except Exception:
             ok = False
         if ok:
-            monitor.record_success()
+            monitor.record_success(proves_credentials=False)
             self._log.info("cloud_back_online", route="cloud", reason="probe_ok")
         else:
             monitor.record_failure()

@@ -23,7 +23,7 @@ from cloud_service.result_store import (
     StoreKey,
     item_fingerprint,
 )
-from router.wire import RerankFailure, RerankItem, RerankResult, WireError
+from router.wire import REQUEST_ID_CONFLICT, RerankFailure, RerankItem, RerankResult, WireError
 
 Answer = RerankResult | RerankFailure
 T = TypeVar("T")
@@ -269,7 +269,7 @@ async def _settle(
 def _conflict(item: RerankItem) -> RerankFailure:
     return failure(
         item,
-        "request_id_conflict",
+        REQUEST_ID_CONFLICT,
         "this request_id was already used for a different item",
         "request_id",
     )

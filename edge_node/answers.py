@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge_node.prepared import PreparedItem
-from router.decision import Decision, LocalResult
-from router.errors import BudgetRejected, EdgerouteError, RetryableRejection
+from router.decision import REQUEST_ID_CONFLICT, Decision, LocalResult
+from router.errors import BudgetRejected, EdgerouteError, RequestIdConflict, RetryableRejection
 from router.wire import RerankResult
 
 
@@ -111,6 +111,18 @@ def item_error(exc: EdgerouteError, request_id: str | None) -> dict[str, Any]:
     if isinstance(exc, RetryableRejection):
         out["retry_after_s"] = exc.retry_after_s
     return out
+
+
+def rejection(decision: Decision) -> EdgerouteError:
+    """The error of a request its (carried-out) decision rejects without an error of its
+    own: a request_id the cloud holds for another request, else an exhausted budget."""
+    if decision.reason == REQUEST_ID_CONFLICT:
+        return RequestIdConflict(
+            "this request_id was already used for a different request; use a new "
+            "request_id for new inputs",
+            field="request_id",
+        )
+    return budget_rejected()
 
 
 def budget_rejected() -> BudgetRejected:

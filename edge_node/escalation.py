@@ -27,7 +27,13 @@ from edge_node.storage.budget_store import BudgetStore, BudgetStoreError, Reserv
 from router.budget import BudgetLedger, Limit
 from router.errors import CloudError, CloudTimeout
 from router.outcome import Outcome, breaker_effect, settle
-from router.wire import INPUTS_REQUIRED, RerankFailure, RerankItem, RerankResult
+from router.wire import (
+    INPUTS_REQUIRED,
+    REQUEST_ID_CONFLICT,
+    RerankFailure,
+    RerankItem,
+    RerankResult,
+)
 
 log = structlog.get_logger("edgeroute.edge")
 T = TypeVar("T")
@@ -206,7 +212,7 @@ class Escalation:
             return Settled("answered", result=res)
         code, message = res.error.code, res.error.message
         self.metrics.cloud_errors.labels(call.task, code).inc()
-        outcome: Outcome = "inputs_required" if code == INPUTS_REQUIRED else "cloud_error"
+        outcome: Outcome = _ITEM_OUTCOMES.get(code, "cloud_error")
         return Settled(outcome, code=code, message=message)
 
     def _breaker(self, error: CloudError | None) -> None:
@@ -221,6 +227,12 @@ class Escalation:
     @staticmethod
     async def _off(off_loop: bool, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn) if off_loop else fn()
+
+
+_ITEM_OUTCOMES: dict[str, Outcome] = {
+    INPUTS_REQUIRED: "inputs_required",
+    REQUEST_ID_CONFLICT: "request_id_conflict",
+}
 
 
 def _release_quietly(held: list[Reservation]) -> None:

@@ -27,10 +27,10 @@ import structlog
 from edge_node.answers import (
     Answer,
     answer_body,
-    budget_rejected,
     decision_record,
     flatten_result,
     item_error,
+    rejection,
 )
 from edge_node.escalation import Call, Escalation
 from edge_node.lifecycle.active_policy import ActivePolicy
@@ -143,7 +143,7 @@ class EdgeService:
                 continue
             r = next(answers)
             if r.decision.reject:
-                out.append((p.rid, refused.get(i) or budget_rejected()))
+                out.append((p.rid, refused.get(i) or rejection(r.decision)))
             else:
                 out.append((p.rid, self._answer(active, r, t0)))
         return out

@@ -32,6 +32,7 @@ DEADLINE_TOO_SHORT = "deadline_too_short"
 CLOUD_TIMEOUT = "cloud_timeout"
 CLOUD_ERROR = "cloud_error"
 QUEUE_FULL = "queue_full"
+REQUEST_ID_CONFLICT = "request_id_conflict"  # the id was used before for another request
 
 
 # The types below are made once or more per request and never changed after: they are not

@@ -66,6 +66,15 @@ class NotFound(EdgerouteError):
     code = "not_found"
 
 
+class RequestIdConflict(EdgerouteError):
+    """A request_id already used for a different request (other task or inputs) came back:
+    one id names one request, so it is refused instead of answered with the other's
+    result."""
+
+    status = 409
+    code = "request_id_conflict"
+
+
 class Unauthorized(EdgerouteError):
     """A bearer token is missing, wrong or revoked."""
 

@@ -27,6 +27,7 @@ from router.decision import (
     CLOUD_NEEDS_INPUTS,
     CLOUD_TIMEOUT,
     QUEUE_FULL,
+    REQUEST_ID_CONFLICT,
     Decision,
     when_offline,
 )
@@ -42,6 +43,7 @@ Outcome = Literal[
     "cloud_error",
     "inputs_required",
     "queue_full",
+    "request_id_conflict",
 ]
 Settlement = Literal["commit", "release"]
 BreakerEffect = Literal["success", "failure", "credentials_rejected"]
@@ -67,6 +69,8 @@ def after(
       `task.verify_on_cloud_failure`;
     - `inputs_required` (the cloud's model needs the inputs a `send: candidates_only` task
       keeps): the local answer, final, never queued (a retry would be refused the same);
+    - `request_id_conflict` (the cloud holds another request under this id): rejected
+      (409 `request_id_conflict`), never answered with the other request's result;
     - `queue_full` (the durable queue refused the item): a `queued` route is rejected
       (reason `queue_full`; the queue's error is the answer); a failed escalation queued
       only for verification is answered locally, final.
@@ -90,6 +94,8 @@ def after(
         return Decision("edge", reason, conf, thr, enqueue=task.verify_on_cloud_failure)
     if outcome == "inputs_required":
         return Decision("edge", CLOUD_NEEDS_INPUTS, conf, thr)
+    if outcome == "request_id_conflict":
+        return Decision("edge", REQUEST_ID_CONFLICT, conf, thr, reject=True, answer_now=False)
     if decision.route == "queued":
         return Decision(
             "queued", QUEUE_FULL, conf, thr, reject=True, answer_now=False, budget=decision.budget

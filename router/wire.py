@@ -23,6 +23,7 @@ NODE_HEADER = "X-Edgeroute-Node"
 REQUEST_ID_HEADER = "X-Request-ID"
 FIRST_SEND_HEADER = "X-Edgeroute-First-Send"
 INPUTS_REQUIRED = "inputs_required"  # RerankFailure code: the model needs the inputs
+REQUEST_ID_CONFLICT = "request_id_conflict"  # RerankFailure code: the id named another item
 
 
 class _Wire(BaseModel):

@@ -193,6 +193,17 @@ def test_after_queue_full_rejects_queued_routes_and_answers_verifications() -> N
     )
 
 
+def test_after_request_id_conflict_rejects_without_an_answer() -> None:
+    """An id the cloud holds for another item is rejected, never answered or queued."""
+    d = decide(local(0.1), NodeState(), task())
+    refused = after(d, "request_id_conflict", task(), CostSettings())
+    assert (refused.reject, refused.reason, refused.enqueue) == (
+        True,
+        "request_id_conflict",
+        False,
+    )
+
+
 def _result(cached: bool) -> RerankResult:
     return RerankResult(
         request_id="r", task="t", label="7", score=0.9, candidates=[], model_version="v",

@@ -16,7 +16,7 @@ import pytest
 
 from edge_node.storage.queue_store import DurableQueue, QueuedItem
 from edge_node.storage.result_store import ResultStore, ResultStoreError
-from router.errors import QueueFull, RequestTooLarge
+from router.errors import QueueFull, RequestIdConflict, RequestTooLarge
 from router.policy import QueueSettings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +87,23 @@ def test_put_is_idempotent_per_request_id(tmp_path: Path) -> None:
     assert (q.depth, q.bytes) == before
     assert q.oldest(5)[0].enqueued_at == 1000.0
     assert q.get("r1") == item("r1") and q.get("nope") is None and "r1" in q
+    q.close()
+
+
+def test_put_refuses_a_queued_request_id_for_other_inputs(tmp_path: Path) -> None:
+    """Another request under a queued id raises RequestIdConflict, also inside one group and
+    after a restart, and the queued item is left as it was."""
+    q = DurableQueue(tmp_path, settings())
+    q.put(item("r1"))
+    with pytest.raises(RequestIdConflict):
+        q.put(item("r1", n_inputs=5))
+    out = q.put_many([item("r2"), item("r2", task="other")])
+    assert out[0] == [] and isinstance(out[1], RequestIdConflict)
+    q.close()
+    q = DurableQueue(tmp_path, settings())
+    with pytest.raises(RequestIdConflict):
+        q.put(item("r1", task="other"))
+    assert q.put(item("r1")) == [] and q.depth == 2 and q.get("r1") == item("r1")
     q.close()
 
 

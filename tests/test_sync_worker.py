@@ -71,6 +71,7 @@ class FakeCloud:
         self.calls: list[list[str]] = []
         self.error: Exception | None = None
         self.fail_ids: set[str] = set()
+        self.fail_code = "unknown_label"
         self.healthy = True
         self.health_calls = 0
 
@@ -84,7 +85,7 @@ class FakeCloud:
             RerankFailure(
                 request_id=i.request_id,
                 task=i.task,
-                error=WireError(code="unknown_label", message="no such label"),
+                error=WireError(code=self.fail_code, message="refused"),
             )
             if i.request_id in self.fail_ids
             else result(i)
@@ -245,6 +246,23 @@ def test_item_failure_dead_letters_after_max_attempts(tmp_path: Path) -> None:
     assert q.depth == 0
     rec = rs.get("bad") or {}
     assert rec["status"] == "failed" and "unknown_label" in rec["error"]
+
+
+def test_id_conflict_dead_letters_at_once_and_keeps_an_earlier_done_result(
+    tmp_path: Path,
+) -> None:
+    """A request_id_conflict is final (no more attempts); an id that already holds a done
+    result keeps it, a new id gets a failed result naming the conflict."""
+    q, rs, _, cloud, worker, _ = setup(tmp_path, max_attempts=5)
+    rs.put_done("kept", {"label": "a"})
+    q.put(item("kept"))
+    q.put(item("fresh"))
+    cloud.fail_ids, cloud.fail_code = {"kept", "fresh"}, "request_id_conflict"
+    report = asyncio.run(worker.run_once())
+    assert (report.failed, report.dead) == (2, 2) and q.depth == 0
+    assert (rs.get("kept") or {})["status"] == "done"
+    fresh = rs.get("fresh") or {}
+    assert fresh["status"] == "failed" and "request_id_conflict" in fresh["error"]
 
 
 def test_cloud_rejected_counts_attempts_for_the_batch(tmp_path: Path) -> None:

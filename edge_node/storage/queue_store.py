@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
 from edge_node.storage.group_commit import GroupCommitter
 from edge_node.storage.queue_keys import ITEM_PREFIX, QueueEntry, make_key, parse_key
-from router.errors import EdgerouteError, QueueFull, RequestTooLarge
+from router.errors import EdgerouteError, QueueFull, RequestIdConflict, RequestTooLarge
 from router.policy import QueueSettings
 
 _MAX_ERROR_CHARS = 500
@@ -63,6 +63,14 @@ class QueuedItem(BaseModel):
     attempts: int = 0
     last_error: str | None = None
     reason: str
+
+    def same_request(self, other: QueuedItem) -> bool:
+        """True when `other` carries the same request as this item (same task and inputs;
+        for a `send: candidates_only` task, whose inputs are not kept, the same candidates):
+        a client's retry, not a reuse of its id for another request."""
+        if self.task != other.task or self.inputs != other.inputs:
+            return False
+        return self.inputs is not None or self.candidates == other.candidates
 
 
 class QueueStoreError(EdgerouteError):
@@ -121,11 +129,13 @@ class DurableQueue:
     def put(self, item: QueuedItem) -> list[str]:
         """Append `item`; durable (committed to SQLite) when this returns.
 
-        Idempotent: if an item with the same request_id is queued, nothing changes and []
-        is returned. When the queue is full, `on_full: reject` raises `QueueFull` (with
-        `retry_after_s`) and `on_full: drop_oldest` removes the oldest items (any task) in
-        the same transaction and returns their request_ids, which the caller must record as
-        expired. An item bigger than `max_bytes` by itself raises `RequestTooLarge`.
+        Idempotent: if the same request (`QueuedItem.same_request`) is queued under this
+        request_id, nothing changes and [] is returned; a different request under a queued
+        request_id raises `RequestIdConflict` (409) and changes nothing. When the queue is
+        full, `on_full: reject` raises `QueueFull` (with `retry_after_s`) and
+        `on_full: drop_oldest` removes the oldest items (any task) in the same transaction
+        and returns their request_ids, which the caller must record as expired. An item
+        bigger than `max_bytes` by itself raises `RequestTooLarge`.
 
         Group commit: puts from other threads that arrive while a commit runs are written
         together in the next transaction (one commit, one fsync under `per_write`); each
@@ -186,8 +196,9 @@ class DurableQueue:
             added: list[QueueEntry] = []
             forgotten: list[QueueEntry] = []
             for item, payload in group:
-                if item.request_id in self._entries:
-                    out.append([])
+                existing = self._entries.get(item.request_id)
+                if existing is not None:
+                    out.append(self._same_or_conflict(item, existing, rows))
                     continue
                 try:
                     victims = self._victims_for(len(payload))
@@ -224,6 +235,27 @@ class DurableQueue:
                 return [o if isinstance(o, QueueFull) else err for o in out]
             self._next_seq = seq
             return out
+
+    def _same_or_conflict(
+        self, item: QueuedItem, existing: QueueEntry, rows: dict[str, bytes]
+    ) -> list[str] | EdgerouteError:
+        """The outcome of putting `item` while `existing` holds its request_id (lock held):
+        [] for the same request (idempotent), `RequestIdConflict` for another one, the
+        store's error if the queued item cannot be read."""
+        try:
+            pending = rows.get(existing.key)
+            queued = (
+                self._read(existing) if pending is None else QueuedItem.model_validate_json(pending)
+            )
+        except (QueueStoreError, ValidationError) as exc:
+            return exc if isinstance(exc, QueueStoreError) else QueueStoreError(str(exc))
+        if queued.same_request(item):
+            return []
+        return RequestIdConflict(
+            f"request_id {item.request_id!r} is already queued for a different request; "
+            "use a new request_id for new inputs",
+            field="request_id",
+        )
 
     def _restore(self, added: list[QueueEntry], forgotten: list[QueueEntry]) -> None:
         """Undo a failed group's index changes (lock held), keeping seq order."""

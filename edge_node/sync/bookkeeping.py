@@ -12,6 +12,8 @@ from edge_node.storage.result_store import ResultStore
 from edge_node.sync.report import EXPIRED_TTL, SYNCED, done_record
 from router.wire import RerankResult
 
+_FINAL_FAILURES = ("inputs_required", "request_id_conflict")
+
 
 class QueueBook:
     """Moves queued items to their final state. Thread-safe as the stores are (the
@@ -61,7 +63,7 @@ class QueueBook:
             dead += self.attempt_failed(
                 item,
                 f"{s.code}: {s.message}",
-                force_dead=s.outcome == "inputs_required",  # a retry cannot succeed
+                force_dead=s.outcome in _FINAL_FAILURES,  # a retry cannot succeed
             )
         self._results.put_done_many([(i.request_id, done_record(i, r)) for i, r in done])
         if self._on_synced is not None and done:
@@ -96,8 +98,10 @@ class QueueBook:
         return self._queue.remove(i.request_id for i in items)
 
     def attempt_failed(self, item: QueuedItem, error: str, *, force_dead: bool = False) -> int:
-        """Count an attempt; dead-letter the item when out of attempts. Returns 1 if it
-        was dead-lettered, else 0."""
+        """Count an attempt; dead-letter the item when out of attempts (its result becomes
+        `failed`, unless the id already holds a `done` result: an id reused after its first
+        request was answered, which keeps that answer). Returns 1 if it was
+        dead-lettered, else 0."""
         attempts = self._queue.record_failure(item.request_id, error)
         if not force_dead and attempts < self._max_attempts():
             self._log.info(
@@ -109,7 +113,8 @@ class QueueBook:
                 attempts=attempts,
             )
             return 0
-        self._results.put_failed(item.request_id, error)
+        if not self._is_done(item.request_id):  # an earlier request's answer stays
+            self._results.put_failed(item.request_id, error)
         self._queue.remove([item.request_id])
         self._log.warning(
             "sync_dead_letter",
@@ -120,3 +125,7 @@ class QueueBook:
             attempts=attempts,
         )
         return 1
+
+    def _is_done(self, request_id: str) -> bool:
+        record = self._results.get(request_id)
+        return record is not None and record.get("status") == "done"

@@ -15,7 +15,7 @@ from typing import Any
 
 def make_item(i: int) -> Any:
     """A `QueuedItem` of task `digits` with request_id `bench-<i>`, enqueued now."""
-    from edge_node.storage.queue_store import QueuedItem
+    from edge_node.storage.queued_item import QueuedItem
 
     return QueuedItem(
         request_id=f"bench-{i:08d}",

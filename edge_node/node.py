@@ -213,6 +213,7 @@ class Node:
                 "depth": self.queue.depth,
                 "bytes": self.queue.bytes,
                 "oldest_age_s": self.queue.oldest_age(now),
+                "quarantined": self.queue.shelf.count,
             },
             "results": self.results.counts(),
             "sync": {"drains": self.sync.drains},
@@ -223,6 +224,7 @@ class Node:
                 **self.reloader.snapshot(),
             },
             "models": active.model_versions,
+            "model_errors": active.model_errors,
             "models_update": self.updater.snapshot(),
             "cloud": {
                 "url": self.client.base_url,

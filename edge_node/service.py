@@ -40,7 +40,8 @@ from edge_node.observe.observer import RequestObserver
 from edge_node.prepared import PreparedItem, prepare
 from edge_node.routed import Routed
 from edge_node.storage.budget_store import BudgetStore
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from router.budget import limits_for
 from router.decision import QUEUE_FULL, Decision, NodeState, decide
@@ -325,12 +326,15 @@ class EdgeService:
         return max((t.max_batch_items for t in tasks.values()), default=1)
 
     def result(self, request_id: str) -> dict[str, Any]:
-        """The state of a queued request; raises NotFound for an id this node never queued
-        (requests answered finally at once are not stored)."""
+        """The state of a queued request (`quarantined` if its queue row or result could
+        not be read); raises NotFound for an id this node never queued (requests answered
+        finally at once are not stored)."""
         rec = self.results.get(request_id)
         if rec is not None:
             return flatten_result(rec)
         item = self.queue.get(request_id)
+        if item is None and (bad := self.queue.shelf.find(request_id)) is not None:
+            return {"request_id": request_id, "status": "quarantined", "reason": bad["reason"]}
         if item is not None:
             return {
                 "request_id": request_id,

@@ -23,6 +23,14 @@ def edge() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int)
 @click.option("--cloud-url", default=None, help="Overrides the policy's cloud.url.")
+@click.option(
+    "--reset-store",
+    "reset_store",
+    multiple=True,
+    type=click.Choice(["queue", "results", "budget"]),
+    help="Move this store aside (renamed, not deleted) and start it empty; says what is "
+    "lost. Only for a store the node refused as unreadable. Repeatable.",
+)
 @log_options(0.01, "Share of requests that write a per-request log line (at info level).")
 def edge_serve(
     policy_path: Path,
@@ -30,6 +38,7 @@ def edge_serve(
     host: str,
     port: int,
     cloud_url: str | None,
+    reset_store: tuple[str, ...],
     log_level: str,
     log_sample_rate: float,
 ) -> None:
@@ -53,6 +62,11 @@ def edge_serve(
         log_sample_rate=log_sample_rate,
     )
     try:
+        if reset_store:
+            from edge_node.storage.store_reset import reset_stores
+
+            for name, moved_to, lost in reset_stores(data_dir, reset_store):
+                click.echo(f"reset the {name} store: moved to {moved_to}; lost: {lost}", err=True)
         app = create_app(settings)
     except EdgerouteError as exc:
         fail(exc)

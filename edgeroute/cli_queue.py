@@ -20,7 +20,13 @@ import orjson
 from edgeroute.cli_common import fail
 from router.errors import EdgerouteError
 
-_STATES = {"pending": None, "done": "done", "expired": "expired", "dead": "failed"}
+_STATES = {
+    "pending": None,
+    "done": "done",
+    "expired": "expired",
+    "dead": "failed",
+    "quarantined": "quarantined",
+}
 # Only the bounds matter for reads; writes (drain) use the policy's queue settings.
 _READ_LIMITS: dict[str, Any] = {"max_items": 100_000_000, "max_bytes": 1 << 40, "on_full": "reject"}
 
@@ -79,8 +85,9 @@ def stats(data_dir: Path, as_json: bool) -> None:
 @click.option("--state", type=click.Choice(sorted(_STATES)), default="pending", show_default=True)
 @click.option("--limit", type=int, default=50, show_default=True)
 def list_items(data_dir: Path, state: str, limit: int) -> None:
-    """One JSON line per item in `state` (dead = dead-lettered, with its last error);
-    inputs are never printed."""
+    """One JSON line per item in `state` (dead = dead-lettered, with its last error;
+    quarantined = queue rows and results that could not be read, with the reason); inputs
+    are never printed."""
     try:
         q, rs = _open(data_dir)
         if _STATES[state] is None:
@@ -101,6 +108,8 @@ def list_items(data_dir: Path, state: str, limit: int) -> None:
                 {k: v for k, v in r.items() if k not in ("provisional", "result")}
                 for r in rs.records(_STATES[state], limit)
             ]
+        if state == "quarantined":  # queue rows and stored results that could not be read
+            rows = [*q.shelf.records(limit), *rows][:limit]
         q.close()
         rs.close()
     except EdgerouteError as exc:

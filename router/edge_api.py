@@ -74,10 +74,11 @@ class InferResponse(BaseModel):
 
 
 class ResultResponse(BaseModel):
-    """A queued request's state: pending until the cloud's final answer is stored."""
+    """A queued request's state: pending until the cloud's final answer is stored;
+    `quarantined` when its stored record could not be read (`reason` says why)."""
 
     request_id: str
-    status: Literal["pending", "done", "expired", "failed"]
+    status: Literal["pending", "done", "expired", "failed", "quarantined"]
     task: str | None = None
     label: str | None = None
     score: float | None = None

@@ -15,7 +15,7 @@ import pytest
 
 from edge_node.node import Node
 from edge_node.settings import EdgeSettings
-from edge_node.storage.queue_store import QueuedItem
+from edge_node.storage.queued_item import QueuedItem
 from router.edge_api import InferRequest
 from tests.edge_fixtures import policy_head
 from tests.rerank_fakes import results_body

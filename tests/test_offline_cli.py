@@ -20,7 +20,8 @@ from click.testing import CliRunner
 
 from edge_node.observe.decision_log import read_decision_log
 from edge_node.storage.budget_store import BudgetStore
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edgeroute import processes
 from edgeroute.cli_queue import queue

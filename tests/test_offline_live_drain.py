@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edgeroute import processes
 from tests.edge_fixtures import EdgeNode
 from tests.offline_support import offline_policy

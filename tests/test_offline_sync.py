@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from edge_node.cloud.connectivity import ConnectivityMonitor
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore, ResultStoreError
 from edge_node.sync.worker import SyncReport, SyncWorker
 from router.errors import CloudUnavailable
@@ -245,13 +246,14 @@ def test_crash_between_results_and_removal_resolves_on_next_sync(tmp_path: Path)
     cloud, ledger = Cloud(), Ledger(100)
     cloud.cached = set(ids)  # the cloud computed them before the crash
     q, rs, worker, _ = _worker(tmp_path, cloud, ledger=ledger, batch_size=64)
-    assert q.depth == n and rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0}
+    assert q.depth == n
+    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0, "quarantined": 0}
     first = {rid: (rs.get(rid) or {})["result"] for rid in ids}
 
     report = asyncio.run(worker.run_once())
     assert cloud.calls == [ids]  # at-least-once on the wire
     assert report.done == n and q.depth == 0
-    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0, "quarantined": 0}
     assert {rid: (rs.get(rid) or {})["result"] for rid in ids} == first
     assert (ledger.committed, ledger.released, ledger.left) == (0, n, 100)  # charged once
 
@@ -324,7 +326,7 @@ def test_drain_never_sends_an_item_in_flight_again(tmp_path: Path) -> None:
     assert cloud.calls == [ids[0:4], ids[4:8], ids[8:10]]
     assert cloud.overlapped == [False, True, True]  # the pipeline did overlap
     assert (report.sent, report.done, q.depth) == (10, 10, 0)
-    assert rs.counts() == {"pending": 0, "done": 10, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 0, "done": 10, "expired": 0, "failed": 0, "quarantined": 0}
 
 
 def test_drain_rereads_failed_items_after_their_round(tmp_path: Path) -> None:
@@ -450,5 +452,5 @@ def test_crash_mid_pipeline_loses_nothing(tmp_path: Path) -> None:
     report = asyncio.run(worker.drain())
     assert cloud.calls == [ids[0:4], ids[4:8], ids[8:12]]
     assert report.done == n and q.depth == 0
-    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 0, "done": n, "expired": 0, "failed": 0, "quarantined": 0}
     assert (ledger.committed, ledger.released, ledger.left) == (4, 8, 96)  # charged once

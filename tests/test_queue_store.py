@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore, ResultStoreError
 from router.errors import QueueFull, RequestIdConflict, RequestTooLarge
 from router.policy import QueueSettings
@@ -174,13 +175,13 @@ def test_item_larger_than_max_bytes_is_rejected(tmp_path: Path) -> None:
 
 
 def test_ttl_expiry_and_oldest_age(tmp_path: Path) -> None:
-    """Items older than ttl_s are returned by take_expired and removed; young ones stay."""
+    """Items older than ttl_s are listed by expired and then removed; young ones stay."""
     q = DurableQueue(tmp_path, settings(ttl_s=60))
     q.put(item("old", at=1000.0))
     q.put(item("young", at=1050.0))
     assert q.oldest_age(1070.0) == 70.0
     assert q.expired(1070.0)[0].request_id == "old" and q.depth == 2
-    assert [g.request_id for g in q.take_expired(1070.0)] == ["old"]
+    assert q.remove(i.request_id for i in q.expired(1070.0)) == 1
     assert [g.request_id for g in q.oldest(5)] == ["young"]
     assert q.oldest_age(1070.0) == 20.0
     q.close()
@@ -260,7 +261,8 @@ def test_many_concurrent_puts_share_commits(tmp_path: Path) -> None:
 _KILL_SCRIPT = textwrap.dedent(
     """
     import sys
-    from edge_node.storage.queue_store import DurableQueue, QueuedItem
+    from edge_node.storage.queue_store import DurableQueue
+    from edge_node.storage.queued_item import QueuedItem
     from router.policy import QueueSettings
     s = QueueSettings(max_items=100000, max_bytes=1 << 30, on_full="reject", fsync=sys.argv[2])
     q = DurableQueue(sys.argv[1], s)
@@ -320,7 +322,7 @@ def test_result_store_status_transitions_and_counts(tmp_path: Path) -> None:
     rs.mark_pending("a", "iris", {"label": "x"})
     rs.mark_pending("b", "iris", {"label": "y"})
     rs.mark_pending("c", "iris", {"label": "z"})
-    assert rs.counts() == {"pending": 3, "done": 0, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 3, "done": 0, "expired": 0, "failed": 0, "quarantined": 0}
     rs.put_done("a", {"label": "w", "score": 0.9})
     rs.put_expired("b", "ttl_expired")
     rs.put_failed("c", "cloud_rejected: nope")
@@ -336,7 +338,7 @@ def test_result_store_status_transitions_and_counts(tmp_path: Path) -> None:
     assert (b["status"], b["reason"]) == ("expired", "ttl_expired")
     assert (rs.get("c") or {})["error"] == "cloud_rejected: nope"
     assert rs.get("missing") is None
-    assert rs.counts() == {"pending": 0, "done": 1, "expired": 1, "failed": 1}
+    assert rs.counts() == {"pending": 0, "done": 1, "expired": 1, "failed": 1, "quarantined": 0}
     rs.close()
 
 
@@ -347,7 +349,7 @@ def test_result_store_survives_restart(tmp_path: Path) -> None:
     rs.put_done("b", {"task": "iris", "label": "l"})
     rs.close()
     rs2 = ResultStore(tmp_path, "per_write", clock=FakeClock())
-    assert rs2.counts() == {"pending": 1, "done": 1, "expired": 0, "failed": 0}
+    assert rs2.counts() == {"pending": 1, "done": 1, "expired": 0, "failed": 0, "quarantined": 0}
     assert (rs2.get("b") or {})["task"] == "iris"
     rs2.close()
 
@@ -382,7 +384,7 @@ def test_put_done_many_is_one_write_with_put_done_semantics(tmp_path: Path) -> N
         {"label": "x"},
         {"label": "3"},
     )
-    assert rs.counts() == {"pending": 0, "done": 2, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 0, "done": 2, "expired": 0, "failed": 0, "quarantined": 0}
     rs.close()
     rs2 = ResultStore(tmp_path, clock=FakeClock())
     assert rs2.counts()["done"] == 2 and (rs2.get("b") or {})["task"] == "iris"
@@ -396,7 +398,7 @@ def test_put_done_many_failure_writes_nothing(tmp_path: Path) -> None:
     with pytest.raises(ResultStoreError):
         rs.put_done_many([("a", {"label": "1"}), ("b", {"label": object()})])
     assert (rs.get("a") or {})["status"] == "pending" and rs.get("b") is None
-    assert rs.counts() == {"pending": 1, "done": 0, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 1, "done": 0, "expired": 0, "failed": 0, "quarantined": 0}
     rs.close()
 
 

@@ -17,7 +17,8 @@ import structlog
 
 from edge_node.cloud.client import CloudClient
 from edge_node.cloud.connectivity import ConnectivityMonitor
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.worker import SyncWorker
 from router.errors import CloudRejected, CloudUnauthorized, CloudUnavailable
@@ -459,7 +460,7 @@ def test_end_to_end_drain_after_outage(tmp_path: Path) -> None:
     assert q.depth == 0 and q.bytes == 0
     assert [len(b) for b in batches] == [64, 64, 64, 8]
     assert [rid for b in batches for rid in b] == ids
-    assert rs.counts() == {"pending": 0, "done": 200, "expired": 0, "failed": 0}
+    assert rs.counts() == {"pending": 0, "done": 200, "expired": 0, "failed": 0, "quarantined": 0}
     rec = rs.get("req-123") or {}
     assert rec["result"]["label"] == "a" and rec["result"]["model_version"] == "cloud-1"
     q.close()

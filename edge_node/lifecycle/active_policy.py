@@ -137,8 +137,11 @@ def activate(
 
     Models already loaded by `reuse` from the same folder are kept (no reload; a canary
     in progress keeps its counters). An installed version that fails to load is skipped:
-    the task serves its policy bundle and `model_errors` says why. Raises PolicyError or
-    BundleError (policy bundles); nothing is swapped on failure (the caller decides).
+    the task serves its policy bundle and `model_errors` says why (in `/v1/status`). A
+    task state file (`state.json`) that cannot be read raises BundleError(code=
+    bad_model_state): which model should serve is unknown, so nothing is guessed. Raises
+    PolicyError or BundleError (policy bundles); nothing is swapped on failure (the
+    caller decides).
     """
     policy, revision = load_policy_file(path) if text is None else load_policy_text(path, text)
     trust = bundle_trust(policy, path.parent)
@@ -157,6 +160,13 @@ def activate(
                     )
                     continue
             except BundleError as exc:
+                if exc.code == "bad_model_state":
+                    raise BundleError(
+                        f"{exc.message}; the node will not guess which model task {name!r} "
+                        "should serve: restore that file from a backup, or delete it to "
+                        "serve the policy's edge_bundle (installed versions are kept)",
+                        code="bad_model_state",
+                    ) from None
                 errors[name] = exc.message
                 log.warning("installed_model_failed", task=name, error=exc.message)
         models[name] = _load_or_reuse(bundle_dir, trust, known, task.bundle_task or name)

@@ -26,7 +26,7 @@ from router.errors import EdgerouteError
 from router.wire import WireCandidate
 
 if TYPE_CHECKING:
-    from edge_node.storage.queue_store import QueuedItem
+    from edge_node.storage.queued_item import QueuedItem
     from router.wire import RerankResult
 
 SYNCED_REASON = "synced"

@@ -24,7 +24,14 @@ from typing import Literal
 import diskcache
 import orjson
 
-from edge_node.storage.durable_cache import compare_and_set, get_many, open_durable_cache, put_many
+from edge_node.storage.durable_cache import (
+    DB_FILE,
+    StoreCorrupt,
+    compare_and_set,
+    get_many,
+    open_durable_cache,
+    put_many,
+)
 from router.budget import NODE_DAY, BudgetLedger, BudgetState, Limit, limits_for
 from router.errors import EdgerouteError
 from router.policy import CostSettings
@@ -36,6 +43,7 @@ Clock = Callable[[], float]
 class BudgetStoreError(EdgerouteError):
     """The budget store on disk could not be read or written (diskcache/SQLite failure)."""
 
+    status = 503
     code = "budget_store_error"
 
 
@@ -88,9 +96,16 @@ class BudgetStore:
         self._lock = threading.Lock()
         self._known: tuple[bytes | None, BudgetLedger] | None = None  # last read or written
         try:
-            self._cache = open_durable_cache(directory)
+            self._cache = open_durable_cache(directory, store="budget")
+        except StoreCorrupt:
+            raise
         except (OSError, sqlite3.Error) as exc:
             raise BudgetStoreError(f"cannot open budget store: {exc}") from exc
+        try:
+            self._known = self._load()
+        except BaseException:
+            self._cache.close()
+            raise
 
     @property
     def cost(self) -> CostSettings:
@@ -232,14 +247,24 @@ class BudgetStore:
         return self._known
 
     def _load(self) -> tuple[bytes | None, BudgetLedger]:
-        """The stored ledger: one SELECT of its JSON bytes."""
-        raw: bytes | None = get_many(self._cache, [_KEY]).get(_KEY)
+        """The stored ledger: one SELECT of its JSON bytes. Raises `StoreCorrupt` if the
+        row cannot be decoded (never taken as zero spend), BudgetStoreError if it cannot be
+        read."""
+        try:
+            raw: bytes | None = get_many(self._cache, [_KEY]).get(_KEY)
+        except (OSError, sqlite3.Error, diskcache.Timeout) as exc:
+            raise BudgetStoreError(f"cannot read budget store: {exc}") from exc
         if not raw:
             return raw, BudgetLedger()
-        counters = orjson.loads(raw)
-        return raw, BudgetLedger(
-            {k: BudgetState(int(p), int(c), float(s)) for k, (p, c, s) in counters.items()}
-        )
+        try:
+            counters = orjson.loads(raw)
+            return raw, BudgetLedger(
+                {k: BudgetState(int(p), int(c), float(s)) for k, (p, c, s) in counters.items()}
+            )
+        except (ValueError, TypeError, AttributeError) as exc:
+            path = Path(self._cache.directory) / DB_FILE
+            problem = f"its ledger row cannot be decoded ({type(exc).__name__})"
+            raise StoreCorrupt("budget", path, problem) from None
 
     def _swap(self, old: bytes | None, ledger: BudgetLedger) -> bool:
         """Store `ledger` if the row still holds `old` (the bytes it was computed from);

@@ -20,11 +20,18 @@ expiry, no tag), so `get`, `iterkeys` and `len` see them, and diskcache's own tr
 its `count`/`size` settings in step row by row. They rely on diskcache's `Cache` table
 schema (unchanged since diskcache 4; the pinned version is checked by
 `tests/test_durable_cache.py`).
+
+Opening checks the store before trusting it (`open_durable_cache` with `store=`): a
+database file that exists but is empty (0 bytes), cannot be opened as SQLite, or fails
+SQLite's `PRAGMA quick_check` (a truncated file, a garbage block) raises `StoreCorrupt`
+naming the file and what to do, instead of being taken as an empty store. Nothing is
+changed on disk when it refuses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,6 +40,7 @@ from typing import Any
 
 import diskcache
 
+from router.errors import EdgerouteError
 from router.policy import Durability
 
 Value = bytes | int
@@ -51,14 +59,100 @@ _ON_CONFLICT = (
 _CHUNK = 1000  # rows (or keys) per statement: 11,000 parameters, under SQLite's 32,766
 
 
+DB_FILE = "cache.db"
+"""The SQLite file diskcache keeps in a store's directory."""
+
+STORE_LOSSES: dict[str, str] = {
+    "queue": "every queued request not yet synced to the cloud",
+    "results": "the stored results of queued requests (their ids will answer 404)",
+    "budget": "today's recorded cloud spend: the budgets count from zero again",
+}
+"""What moving each store aside (`edgeroute edge serve --reset-store NAME`) loses."""
+
+
+class StoreCorrupt(EdgerouteError):
+    """A store's file exists but cannot be trusted (empty, not SQLite, failing SQLite's
+    check, or holding a row that cannot be decoded where no row may be skipped). The node
+    refuses to start rather than take it as empty; the message names the file and the two
+    ways out (restore it, or an explicit reset that says what is lost)."""
+
+    status = 503
+    code = "store_corrupt"
+
+    def __init__(self, store: str, path: Path, problem: str) -> None:
+        lost = STORE_LOSSES.get(store, "its content")
+        super().__init__(
+            f"the {store} store {path} cannot be used: {problem}. Nothing was changed. "
+            f"Restore {path.parent} from a backup, or start the node with "
+            f"`edgeroute edge serve ... --reset-store {store}` to move it aside and start "
+            f"empty (lost: {lost})",
+            field=store,
+        )
+        self.store = store
+        self.path = path
+
+
+def check_store_file(directory: Path, store: str) -> None:
+    """Refuse (`StoreCorrupt`) a store whose database file exists but is empty: SQLite
+    would silently make a new, empty store of a 0-byte file, and discard its write-ahead
+    log with it (diskcache writes the file's first pages when it creates a store, so a
+    store that ever held data is never 0 bytes). A missing file is a new store. Reads
+    only."""
+    db = directory / DB_FILE
+    try:
+        size = db.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreCorrupt(store, db, f"cannot be read ({exc.strerror or exc})") from None
+    if size == 0:
+        wal = directory / f"{DB_FILE}-wal"
+        lost_log = " and its write-ahead log cannot be applied to it" if wal.exists() else ""
+        raise StoreCorrupt(store, db, f"the file is empty (0 bytes){lost_log}")
+
+
+def quick_check(cache: diskcache.Cache, directory: Path, store: str) -> None:
+    """Run SQLite's `PRAGMA quick_check` (structure of every page and index, O(file size));
+    raise `StoreCorrupt` unless it answers ok."""
+    try:
+        rows = cache._sql("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreCorrupt(store, directory / DB_FILE, f"SQLite cannot read it ({exc})") from None
+    if [tuple(r) for r in rows] != [("ok",)]:
+        first = str(rows[0][0]) if rows else "no answer"
+        raise StoreCorrupt(store, directory / DB_FILE, f"SQLite's check failed ({first})")
+
+
 def open_durable_cache(
-    directory: str | Path, fsync: Durability = "os_crash_safe"
+    directory: str | Path, fsync: Durability = "os_crash_safe", *, store: str | None = None
 ) -> diskcache.Cache:
     """Open (creating if needed) the store at `directory` with the guarantees above.
 
-    Thread-safe like any diskcache.Cache. Raises what diskcache/sqlite3 raise (OSError,
-    sqlite3.Error); callers map it into their own EdgerouteError.
+    With `store` (its name: queue, results, budget) the file is checked first and after
+    opening (module doc): raises `StoreCorrupt` for a file that cannot be trusted, and
+    leaves it as it was. Thread-safe like any diskcache.Cache. Otherwise raises what
+    diskcache/sqlite3 raise (OSError, sqlite3.Error); callers map it into their own
+    EdgerouteError.
     """
+    path = Path(directory)
+    if store is not None:
+        check_store_file(path, store)
+    try:
+        cache = _open(path, fsync)
+    except sqlite3.DatabaseError as exc:
+        if store is None:
+            raise
+        raise StoreCorrupt(store, path / DB_FILE, f"SQLite cannot open it ({exc})") from None
+    if store is not None:
+        try:
+            quick_check(cache, path, store)
+        except BaseException:
+            cache.close()
+            raise
+    return cache
+
+
+def _open(directory: Path, fsync: Durability) -> diskcache.Cache:
     return diskcache.Cache(
         str(directory),
         eviction_policy="none",

@@ -32,6 +32,7 @@ def make_key(seq: int, size: int, enqueued_at: float, task: str, request_id: str
 
 
 def parse_key(key: str) -> QueueEntry:
-    """The entry a `make_key` key encodes (`request_id` may itself hold ':')."""
+    """The entry a `make_key` key encodes (`request_id` may itself hold ':'). Raises
+    ValueError for a key that does not have that form."""
     seq, size, at, task, request_id = key[len(ITEM_PREFIX) :].split(":", 4)
     return QueueEntry(key, int(seq), int(size), float(at), task, request_id)

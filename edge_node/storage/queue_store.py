@@ -17,7 +17,15 @@ Durability: `put` returns only after the SQLite transaction committed. With
 survives a crash of the process (kill -9); with `per_write` (`synchronous=FULL`) it also
 survives an OS crash or power loss. Payloads are kept inside SQLite (never in side files,
 which diskcache does not fsync), and the cache never evicts (`eviction_policy="none"`):
-items leave only through `remove`, `take_expired` or `on_full: drop_oldest`.
+items leave only through `remove` or `on_full: drop_oldest`.
+
+Bad records: a key that does not parse (found when the queue is opened) is rebuilt from
+its row when the row is intact (the item goes to the end of the queue); such a key with
+an undecodable row, or any row that cannot be decoded (found when it is read), is
+quarantined: moved aside to `shelf` (`edge_node.storage.quarantine`) with its id, the
+reason and its raw bytes, counted (`/v1/status`), logged with its id, and listed
+(`queue list --state quarantined`); every other item keeps flowing. A file that cannot
+be trusted as a whole refuses to open (`durable_cache.StoreCorrupt`).
 
 Concurrency: one process per directory (this class does not check it; an edge node's data
 dir is guarded by `edge_node.storage.data_dir_lock`). Within the process every method is
@@ -34,48 +42,32 @@ import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import structlog
 
-from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
+from edge_node.storage import quarantine
+from edge_node.storage.durable_cache import (
+    StoreCorrupt,
+    delete_many,
+    get_many,
+    open_durable_cache,
+    put_many,
+)
 from edge_node.storage.group_commit import GroupCommitter
 from edge_node.storage.queue_keys import ITEM_PREFIX, QueueEntry, make_key, parse_key
-from router.errors import EdgerouteError, QueueFull, RequestIdConflict, RequestTooLarge
+from edge_node.storage.queue_repair import decode_item, rekey
+from edge_node.storage.queued_item import QueuedItem, reuse_outcome
+from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
 
+_log = structlog.get_logger("edge_node.queue")
+
 _MAX_ERROR_CHARS = 500
-
-
-class QueuedItem(BaseModel):
-    """One request waiting for cloud verification. Never logged (it holds the inputs)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    request_id: str = Field(min_length=1)
-    task: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
-    cloud_task: str = Field(min_length=1)
-    inputs: list[float] | None  # None: the task's policy sends candidates only
-    candidates: list[str]
-    edge_label: str
-    edge_score: float
-    edge_candidates: list[tuple[str, float]]
-    model_version: str
-    enqueued_at: float
-    attempts: int = 0
-    last_error: str | None = None
-    reason: str
-
-    def same_request(self, other: QueuedItem) -> bool:
-        """True when `other` carries the same request as this item (same task and inputs;
-        for a `send: candidates_only` task, whose inputs are not kept, the same candidates):
-        a client's retry, not a reuse of its id for another request."""
-        if self.task != other.task or self.inputs != other.inputs:
-            return False
-        return self.inputs is not None or self.candidates == other.candidates
 
 
 class QueueStoreError(EdgerouteError):
     """The queue's storage failed (disk full, corrupt database...)."""
 
+    status = 503
     code = "queue_store_error"
 
 
@@ -101,28 +93,57 @@ class DurableQueue:
         self._retry_after_s = retry_after_s
         self._lock = threading.RLock()
         try:
-            self._cache = open_durable_cache(directory, settings.fsync)
+            self._cache = open_durable_cache(directory, settings.fsync, store="queue")
+        except StoreCorrupt:
+            raise
         except Exception as exc:  # sqlite3 / OSError, mapped at the boundary
             raise QueueStoreError(f"cannot open queue at {directory}: {exc}") from exc
         self._entries: dict[str, QueueEntry] = {}  # request_id -> entry, in seq order
         self._bytes = 0
         self._next_seq = 0  # the seq of the next item: one more than the highest queued
-        self._group: GroupCommitter[tuple[QueuedItem, bytes], list[str]] = GroupCommitter(
-            self._commit_group
-        )
+        self._group = GroupCommitter(self._commit_group)
+        self.shelf = quarantine.Shelf(self._cache, clock, "queue_row_quarantined", QueueStoreError)
         self._load()
 
     def _load(self) -> None:
-        entries = [
-            parse_key(k)
-            for k in self._cache.iterkeys()
-            if isinstance(k, str) and k.startswith(ITEM_PREFIX)
-        ]
+        """Rebuild the index from the keys; a key that does not parse is repaired from its
+        row or quarantined (`_repair_keys`), never a reason to refuse the rest."""
+        entries: list[QueueEntry] = []
+        bad_keys: list[str] = []
+        for k in self._cache.iterkeys():
+            if isinstance(k, str) and k.startswith(ITEM_PREFIX):
+                try:
+                    entries.append(parse_key(k))
+                except ValueError:
+                    bad_keys.append(k)
         entries.sort(key=lambda e: e.seq)
         self._next_seq = entries[-1].seq + 1 if entries else 0
         for e in entries:
             self._entries[e.request_id] = e
             self._bytes += e.size
+        if bad_keys:
+            self._repair_keys(bad_keys)
+
+    def _repair_keys(self, keys: list[str]) -> None:
+        """Rows whose key does not parse (while opening): re-keyed at the end of the queue
+        when the row is an intact item (one transaction, logged), else quarantined
+        (`queue_repair.rekey` decides)."""
+        raws = get_many(self._cache, keys)
+        fixed, rekeyed, bad = rekey(keys, raws, self._next_seq, self._entries.keys())
+        for entry in fixed:
+            self._entries[entry.request_id] = entry
+            self._bytes += entry.size
+            self._next_seq = entry.seq + 1
+            _log.warning("queue_key_repaired", request_id=entry.request_id, reason="malformed key")
+        try:
+            if rekeyed:
+                with self._cache.transact():
+                    put_many(self._cache, rekeyed)
+                    delete_many(self._cache, [k for k in keys if k not in {b[0] for b in bad}])
+        except Exception as exc:
+            raise QueueStoreError(f"cannot repair queue keys: {exc}") from exc
+        if bad:
+            self._quarantine(bad)
 
     # --- writes -----------------------------------------------------------------------
 
@@ -240,22 +261,14 @@ class DurableQueue:
         self, item: QueuedItem, existing: QueueEntry, rows: dict[str, bytes]
     ) -> list[str] | EdgerouteError:
         """The outcome of putting `item` while `existing` holds its request_id (lock held):
-        [] for the same request (idempotent), `RequestIdConflict` for another one, the
-        store's error if the queued item cannot be read."""
+        `reuse_outcome` of the item queued under it (read from this group's rows or the
+        disk), or the store's error if it cannot be read."""
+        pending = rows.get(existing.key)
         try:
-            pending = rows.get(existing.key)
-            queued = (
-                self._read(existing) if pending is None else QueuedItem.model_validate_json(pending)
-            )
-        except (QueueStoreError, ValidationError) as exc:
-            return exc if isinstance(exc, QueueStoreError) else QueueStoreError(str(exc))
-        if queued.same_request(item):
-            return []
-        return RequestIdConflict(
-            f"request_id {item.request_id!r} is already queued for a different request; "
-            "use a new request_id for new inputs",
-            field="request_id",
-        )
+            queued = self._read(existing) if pending is None else decode_item(pending)
+        except QueueStoreError as exc:
+            return exc
+        return reuse_outcome(queued, item)
 
     def _restore(self, added: list[QueueEntry], forgotten: list[QueueEntry]) -> None:
         """Undo a failed group's index changes (lock held), keeping seq order."""
@@ -315,6 +328,8 @@ class DurableQueue:
             if entry is None:
                 return 0
             item = self._read(entry)
+            if item is None:
+                return 0
             updated = item.model_copy(
                 update={"attempts": item.attempts + 1, "last_error": error[:_MAX_ERROR_CHARS]}
             )
@@ -323,14 +338,6 @@ class DurableQueue:
             except Exception as exc:
                 raise QueueStoreError(f"cannot update queue item: {exc}") from exc
             return updated.attempts
-
-    def take_expired(self, now: float) -> list[QueuedItem]:
-        """Remove and return every item enqueued more than `ttl_s` before `now`. Callers
-        that must not lose the expiry on a crash use `expired` + `remove` instead."""
-        with self._lock:
-            items = self.expired(now)
-            self.remove(i.request_id for i in items)
-            return items
 
     # --- reads ------------------------------------------------------------------------
 
@@ -352,19 +359,31 @@ class DurableQueue:
         """Up to `n` items (of `task`, or any), oldest first, leaving out the request_ids
         in `exclude` (e.g. items a caller has in flight); nothing is removed."""
         with self._lock:
-            picked: list[QueueEntry] = []
-            for e in self._entries.values():
-                if len(picked) >= n:
-                    break
-                if (task is None or e.task == task) and e.request_id not in exclude:
-                    picked.append(e)
-            return self._read_many(picked)
+            out: list[QueuedItem] = []
+            while True:
+                picked: list[QueueEntry] = []
+                skip = {i.request_id for i in out}
+                for e in self._entries.values():
+                    if len(picked) >= n - len(out):
+                        break
+                    wanted = task is None or e.task == task
+                    if wanted and e.request_id not in exclude and e.request_id not in skip:
+                        picked.append(e)
+                items = self._read_many(picked)
+                out += items
+                if len(items) == len(picked):  # nothing quarantined: nothing more to fill
+                    return out
 
-    def _read(self, entry: QueueEntry) -> QueuedItem:
-        return self._read_many([entry])[0]
+    def _read(self, entry: QueueEntry) -> QueuedItem | None:
+        """The item of `entry`, or None if it had to be quarantined (lock held)."""
+        items = self._read_many([entry])
+        return items[0] if items else None
 
     def _read_many(self, entries: Sequence[QueueEntry]) -> list[QueuedItem]:
-        """The items of `entries` (lock held), read with one SELECT per 500 keys."""
+        """The items of `entries` (lock held), read with one SELECT per 1,000 keys, in
+        order. A row that cannot be decoded, or that is gone from disk, is quarantined
+        (moved aside, its id answering `quarantined`) and left out: one bad record never
+        stops the others. Raises QueueStoreError only if the disk cannot be read."""
         if not entries:
             return []
         try:
@@ -372,15 +391,28 @@ class DurableQueue:
         except Exception as exc:
             raise QueueStoreError(f"cannot read queue items: {exc}") from exc
         out: list[QueuedItem] = []
+        bad: list[tuple[str, str | None, str]] = []
         for e in entries:
             raw = raws.get(e.key)
-            if raw is None:
-                raise QueueStoreError(f"queue item {e.seq} is missing from disk")
-            try:
-                out.append(QueuedItem.model_validate_json(raw))
-            except ValidationError as exc:
-                raise QueueStoreError(f"queue item {e.seq} is corrupt: {exc}") from exc
+            item = None if raw is None else decode_item(raw)
+            if item is None:
+                what = "missing from disk" if raw is None else "cannot be decoded"
+                bad.append((e.key, e.request_id, f"queue row {what}"))
+            else:
+                out.append(item)
+        if bad:
+            self._quarantine(bad)
         return out
+
+    def _quarantine(self, rows: Sequence[tuple[str, str | None, str]]) -> None:
+        """Move rows `(key, request_id or None, reason)` to the quarantine shelf (one
+        transaction) and out of the index (lock held). Raises QueueStoreError if the disk
+        cannot be written (nothing moved)."""
+        self.shelf.move([(key, key, rid, reason) for key, rid, reason in rows])
+        for key, rid, _ in rows:
+            entry = self._entries.get(rid) if rid is not None else None
+            if entry is not None and entry.key == key:
+                self._forget(entry)
 
     def get(self, request_id: str) -> QueuedItem | None:
         """The queued item with this request_id, or None if it is not queued."""

@@ -1,10 +1,13 @@
 """Final and pending results by request_id (diskcache on local disk).
 
 A record is a JSON object `{"request_id", "task", "status", "updated_at", ...}` with
-`status` one of pending | done | expired | failed and, by status, `provisional` (the local
-answer given while pending; kept afterwards), `result` (done), `reason` (expired) or
-`error` (failed). Records are kept for `retention_s` after their last update, then vanish:
-`get` stops returning them at once and `purge_expired` deletes them from disk.
+`status` one of pending | done | expired | failed | quarantined and, by status,
+`provisional` (the local answer given while pending; kept afterwards), `result` (done),
+`reason` (expired, quarantined) or `error` (failed). Records are kept for `retention_s`
+after their last update, then vanish: `get` stops returning them at once and
+`purge_expired` deletes them from disk. A record found undecodable when the store opens
+is quarantined, not dropped: kept under `x:<request_id>` with its raw bytes, its id
+answering `quarantined` (with the reason).
 
 Durability is that of the queue (`fsync` os_crash_safe = SQLite synchronous NORMAL in WAL
 mode, per_write = FULL); the cache never evicts on its own. One process per directory;
@@ -21,20 +24,31 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+import structlog
 
-from edge_node.storage.durable_cache import delete_many, get_many, open_durable_cache, put_many
+from edge_node.storage import quarantine
+from edge_node.storage.durable_cache import (
+    StoreCorrupt,
+    delete_many,
+    get_many,
+    open_durable_cache,
+    put_many,
+)
 from router.errors import EdgerouteError
 from router.policy import Durability
 
-Status = Literal["pending", "done", "expired", "failed"]
-STATUSES: tuple[Status, ...] = ("pending", "done", "expired", "failed")
+Status = Literal["pending", "done", "expired", "failed", "quarantined"]
+STATUSES: tuple[Status, ...] = ("pending", "done", "expired", "failed", "quarantined")
 DEFAULT_RETENTION_S = 7 * 86_400
 _PREFIX = "r:"
+_QUARANTINE = quarantine.PREFIX
+_log = structlog.get_logger("edge_node.results")
 
 
 class ResultStoreError(EdgerouteError):
     """The result store's storage failed (disk full, corrupt database...)."""
 
+    status = 503
     code = "result_store_error"
 
 
@@ -57,7 +71,9 @@ class ResultStore:
         self._clock = clock
         self._lock = threading.RLock()
         try:
-            self._cache = open_durable_cache(directory, fsync)
+            self._cache = open_durable_cache(directory, fsync, store="results")
+        except StoreCorrupt:
+            raise
         except Exception as exc:
             raise ResultStoreError(f"cannot open result store at {directory}: {exc}") from exc
         # request_id -> (status, updated_at), ordered by updated_at (re-inserted on update)
@@ -66,15 +82,40 @@ class ResultStore:
         self._load()
 
     def _load(self) -> None:
+        """Rebuild the index (one scan); a record that cannot be decoded is quarantined:
+        moved under `x:<request_id>` (raw bytes kept, hex), its id then answering
+        `quarantined`, counted and logged, never dropped and never a reason to stop."""
         rows: list[tuple[float, str, str]] = []
+        bad: list[str] = []
         for key in self._cache.iterkeys():
-            if isinstance(key, str) and key.startswith(_PREFIX):
-                rec = self._decode(self._cache.get(key))
-                if rec is not None:
+            if not isinstance(key, str):
+                continue
+            if key.startswith(_QUARANTINE):
+                held = self._decode(self._cache.get(key)) or {}
+                at = float(held.get("quarantined_at", 0.0))
+                rows.append((at, key[len(_QUARANTINE) :], "quarantined"))
+            elif key.startswith(_PREFIX):
+                raw = self._cache.get(key)
+                rec = self._decode(raw)
+                try:
+                    assert rec is not None and rec["status"] in STATUSES
                     rows.append((float(rec["updated_at"]), key[len(_PREFIX) :], rec["status"]))
+                except (AssertionError, KeyError, TypeError, ValueError):
+                    bad.append(key)
+        if bad:
+            rows += self._quarantine(bad)
         for updated_at, rid, status in sorted(rows):
             self._index[rid] = (status, updated_at)
             self._counts[status] += 1
+
+    def _quarantine(self, keys: list[str]) -> list[tuple[float, str, str]]:
+        """Move undecodable records to the quarantine shelf in one transaction; their
+        index rows. Raises ResultStoreError if the disk cannot be written."""
+        rows = [(key, key[len(_PREFIX) :]) for key in keys]
+        shelf = quarantine.Shelf(self._cache, self._clock, "result_quarantined", ResultStoreError)
+        shelf.move([(key, rid, rid, "stored result cannot be decoded") for key, rid in rows])
+        now = self._clock()
+        return [(now, rid, "quarantined") for _, rid in rows]
 
     @staticmethod
     def _decode(raw: object) -> dict[str, Any] | None:
@@ -164,7 +205,10 @@ class ResultStore:
             if not stale:
                 return 0
             try:
-                delete_many(self._cache, [_PREFIX + rid for rid, _ in stale])
+                delete_many(
+                    self._cache,
+                    [(_QUARANTINE if st == "quarantined" else _PREFIX) + rid for rid, st in stale],
+                )
             except Exception as exc:
                 raise ResultStoreError(f"cannot purge results: {exc}") from exc
             for rid, status in stale:
@@ -187,7 +231,7 @@ class ResultStore:
         """The live records of these ids (lock held), read with one SELECT per 500 ids."""
         limit = now - self._retention_s
         keys = [
-            _PREFIX + rid
+            (_QUARANTINE if e[0] == "quarantined" else _PREFIX) + rid
             for rid in dict.fromkeys(request_ids)
             if (e := self._index.get(rid)) is not None and e[1] >= limit
         ]
@@ -201,7 +245,8 @@ class ResultStore:
         for key, raw in raws.items():
             rec = self._decode(raw)
             if rec is not None:
-                out[key[len(_PREFIX) :]] = rec
+                rec.pop("raw_hex", None)
+                out[key[2:]] = rec
         return out
 
     def records(self, status: Status, limit: int = 100) -> list[dict[str, Any]]:

@@ -7,7 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 from edge_node.escalation import Settled
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.report import EXPIRED_TTL, SYNCED, done_record
 from router.wire import RerankResult

@@ -8,7 +8,7 @@ from typing import Any
 
 from edge_node.escalation import Call, Settled
 from edge_node.observe.decision_log import SYNCED_REASON
-from edge_node.storage.queue_store import QueuedItem
+from edge_node.storage.queued_item import QueuedItem
 from router.wire import RerankResult
 
 SYNCED = SYNCED_REASON

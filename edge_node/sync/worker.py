@@ -58,7 +58,8 @@ import structlog
 from pydantic import ValidationError
 
 from edge_node.escalation import Call, Escalation
-from edge_node.storage.queue_store import DurableQueue, QueuedItem
+from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.bookkeeping import QueueBook
 from edge_node.sync.report import AnsweredRound, RoundBatch, SyncReport, add_reports

@@ -19,6 +19,7 @@ import structlog
 
 from router.candidates import restrict_and_rank
 from router.errors import BundleError, EdgerouteError, InputError, UnknownTask
+from router.inputs import coerce_inputs
 from router.manifest import MANIFEST_FILE, BundleManifest
 from router.wire import (
     INPUTS_REQUIRED,
@@ -131,18 +132,10 @@ class CloudModel:
                 field="inputs",
                 code=INPUTS_REQUIRED,
             )
-        if len(item.inputs) != spec.item_size:
-            return InputError(
-                f"expected {spec.item_size} input numbers, got {len(item.inputs)}",
-                field="inputs",
-            )
-        values = np.asarray(item.inputs, dtype=np.float64)
-        if not spec.allow_non_finite and not np.isfinite(values).all():
-            return InputError("inputs contain NaN or infinity", field="inputs")
-        if spec.min_value is not None and values.min() < spec.min_value:
-            return InputError(f"inputs must be >= {spec.min_value}", field="inputs")
-        if spec.max_value is not None and values.max() > spec.max_value:
-            return InputError(f"inputs must be <= {spec.max_value}", field="inputs")
+        try:  # the edge's own input validation: one set of rules and messages
+            coerce_inputs(item.inputs, spec)
+        except InputError as exc:
+            return exc
         if item.candidates is not None:
             if not item.candidates:
                 return InputError(

@@ -22,6 +22,9 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
 NODE_HEADER = "X-Edgeroute-Node"
 REQUEST_ID_HEADER = "X-Request-ID"
 FIRST_SEND_HEADER = "X-Edgeroute-First-Send"
+Number = Annotated[float, Field(strict=True)]
+"""A JSON number (an int is taken as a float); booleans and numeric strings are refused, as
+the edge refuses them (`router.inputs`)."""
 INPUTS_REQUIRED = "inputs_required"  # RerankFailure code: the model needs the inputs
 REQUEST_ID_CONFLICT = "request_id_conflict"  # RerankFailure code: the id named another item
 
@@ -43,7 +46,7 @@ class RerankItem(_Wire):
 
     task: str = Field(min_length=1, max_length=64)
     request_id: str = Field(pattern=REQUEST_ID_PATTERN)
-    inputs: list[float] | None = Field(default=None, min_length=1, max_length=1_000_000)
+    inputs: list[Number] | None = Field(default=None, min_length=1, max_length=1_000_000)
     candidates: list[str] | None = Field(default=None, max_length=10_000)
 
 

@@ -272,10 +272,13 @@ def test_parse_rerank_body_accepts_item_and_batch() -> None:
             "items.0.request_id",
         ),
         (b"x" * 2000, RequestTooLarge, None),
+        (b'{"task":"t","request_id":"r","inputs":[1, true]}', InputError, "inputs.1"),
+        (b'{"task":"t","request_id":"r","inputs":["1.5"]}', InputError, "inputs.0"),
     ],
 )
 def test_parse_rerank_body_rejects(body: bytes, error: type[Exception], field: str | None) -> None:
-    """Bad JSON/non-objects are MalformedRequest, schema faults InputError naming the field."""
+    """Bad JSON/non-objects are MalformedRequest, schema faults (booleans and numeric
+    strings as inputs, as the edge refuses them) InputError naming the field."""
     with pytest.raises(error) as info:
         parse_rerank_body(body, 1024)
     assert getattr(info.value, "field", None) == field
@@ -526,6 +529,7 @@ def test_concurrent_single_items_are_batched(
             "invalid_input",
             "extra",
         ),
+        (b'{"task":"digits","request_id":"r","inputs":[true]}', 422, "invalid_input", "inputs.0"),
     ],
 )
 def test_bad_requests_get_json_errors(
@@ -543,6 +547,31 @@ def test_unknown_task_is_a_per_item_failure(client: httpx.Client) -> None:
     r = client.post("/v1/rerank", json={"task": "nope", "request_id": "u1", "inputs": [1.0]})
     assert r.status_code == 200
     assert r.json()["results"][0]["error"]["code"] == "unknown_task"
+
+
+@pytest.mark.ray
+def test_cloud_checks_inputs_with_the_edge_rules(
+    client: httpx.Client, demo_bundles_dir: Path, digits: list[list[float]]
+) -> None:
+    """Wrong length and out-of-range inputs fail per item with the edge's own message and
+    field (one input validation), and the valid item of the batch is answered."""
+    from router.inputs import coerce_inputs
+    from router.manifest import MANIFEST_FILE, parse_manifest
+
+    folder = demo_bundles_dir / "cloud" / "digits"
+    spec = parse_manifest((folder / MANIFEST_FILE).read_bytes(), str(folder)).input
+    short, high = [1.0, 2.0], [99.0] * len(digits[0])
+    items = [
+        {"task": "digits", "request_id": "rules-1", "inputs": short},
+        {"task": "digits", "request_id": "rules-2", "inputs": high},
+        digit_item("rules-3", digits[3]),
+    ]
+    results = client.post("/v1/rerank", json={"items": items}).json()["results"]
+    for raw, got in zip((short, high), results[:2], strict=True):
+        with pytest.raises(InputError) as edge:
+            coerce_inputs(raw, spec)
+        assert got["error"] == edge.value.to_dict()
+    assert "label" in results[2]
 
 
 @pytest.mark.ray

@@ -426,3 +426,23 @@ def test_put_many_with_drop_oldest_reports_the_dropped_ids(tmp_path: Path) -> No
     assert q.put_many([item("n1"), item("n2"), item("n3")]) == [[], ["old"], ["n1"]]
     assert [g.request_id for g in q.oldest(10)] == ["n2", "n3"]
     q.close()
+
+
+def test_removed_inputs_do_not_stay_on_disk(tmp_path: Path) -> None:
+    """Once synced items leave and the queue is empty, no queue file (database, WAL) holds
+    their inputs, with the queue still open."""
+    q = DurableQueue(tmp_path, settings())
+    marked = [item(f"s{i}").model_copy(update={"inputs": [13.3713 + i] * 40}) for i in range(50)]
+    q.put_many(marked)
+    kept = item("kept").model_copy(update={"inputs": [7.7717] * 40})
+    q.put(kept)
+
+    def on_disk(needle: bytes) -> bool:
+        return any(needle in p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+
+    assert on_disk(b"13.3713") and on_disk(b"7.7717")
+    q.remove(i.request_id for i in marked)
+    q.remove(["kept"])
+    assert not on_disk(b"13.3713") and not on_disk(b"7.7717")
+    q.close()
+    assert not on_disk(b"13.3713")

@@ -124,9 +124,16 @@ def quick_check(cache: diskcache.Cache, directory: Path, store: str) -> None:
 
 
 def open_durable_cache(
-    directory: str | Path, fsync: Durability = "os_crash_safe", *, store: str | None = None
+    directory: str | Path,
+    fsync: Durability = "os_crash_safe",
+    *,
+    store: str | None = None,
+    secure_delete: bool = False,
 ) -> diskcache.Cache:
     """Open (creating if needed) the store at `directory` with the guarantees above.
+
+    `secure_delete` makes SQLite overwrite deleted content with zeros in the database file
+    (`PRAGMA secure_delete`, on every connection), for a store whose rows hold inputs.
 
     With `store` (its name: queue, results, budget) the file is checked first and after
     opening (module doc): raises `StoreCorrupt` for a file that cannot be trusted, and
@@ -138,7 +145,7 @@ def open_durable_cache(
     if store is not None:
         check_store_file(path, store)
     try:
-        cache = _open(path, fsync)
+        cache = _open(path, fsync, secure_delete)
     except sqlite3.DatabaseError as exc:
         if store is None:
             raise
@@ -152,7 +159,7 @@ def open_durable_cache(
     return cache
 
 
-def _open(directory: Path, fsync: Durability) -> diskcache.Cache:
+def _open(directory: Path, fsync: Durability, secure_delete: bool = False) -> diskcache.Cache:
     return diskcache.Cache(
         str(directory),
         eviction_policy="none",
@@ -161,6 +168,7 @@ def _open(directory: Path, fsync: Durability) -> diskcache.Cache:
         sqlite_synchronous=_SYNCHRONOUS[fsync],
         sqlite_journal_mode="wal",
         disk_min_file_size=2**40,
+        sqlite_secure_delete=int(secure_delete),
     )
 
 

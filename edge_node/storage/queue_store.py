@@ -5,10 +5,8 @@ its position, size, age, task and request_id:
 
     q:<seq, 20 digits>:<size bytes>:<enqueued_at>:<task>:<request_id>
 
-(layout in `edge_node.storage.queue_keys`), so reopening the queue rebuilds its in-memory
-index (order, byte count, ages) from the keys without reading a single payload, and the
-order and byte accounting survive restarts by construction: there is no separate counter
-to drift. `seq` is one more than the highest `seq` on disk when the queue is opened, then
+(`edge_node.storage.queue_keys`), so reopening the queue rebuilds its index (order, byte
+count, ages) from the keys without reading a payload: no separate counter to drift. `seq` is one more than the highest `seq` on disk when the queue is opened, then
 counts up in memory (an emptied queue may start again from 0 after a restart: seqs are
 only ever compared between queued items).
 
@@ -19,13 +17,10 @@ survives an OS crash or power loss. Payloads are kept inside SQLite (never in si
 which diskcache does not fsync), and the cache never evicts (`eviction_policy="none"`):
 items leave only through `remove` or `on_full: drop_oldest`.
 
-Bad records: a key that does not parse (found when the queue is opened) is rebuilt from
-its row when the row is intact (the item goes to the end of the queue); such a key with
-an undecodable row, or any row that cannot be decoded (found when it is read), is
-quarantined: moved aside to `shelf` (`edge_node.storage.quarantine`) with its id, the
-reason and its raw bytes, counted (`/v1/status`), logged with its id, and listed
-(`queue list --state quarantined`); every other item keeps flowing. A file that cannot
-be trusted as a whole refuses to open (`durable_cache.StoreCorrupt`).
+Bad records: a key that does not parse is rebuilt from its row when the row is intact;
+otherwise, and for any row that cannot be decoded when read, the row is quarantined
+(`shelf`, `edge_node.storage.quarantine`: counted, logged with its id, listed) and every
+other item keeps flowing. A file that cannot be trusted refuses to open (`StoreCorrupt`).
 
 Concurrency: one process per directory (this class does not check it; an edge node's data
 dir is guarded by `edge_node.storage.data_dir_lock`). Within the process every method is
@@ -93,7 +88,9 @@ class DurableQueue:
         self._retry_after_s = retry_after_s
         self._lock = threading.RLock()
         try:
-            self._cache = open_durable_cache(directory, settings.fsync, store="queue")
+            self._cache = open_durable_cache(
+                directory, settings.fsync, store="queue", secure_delete=True
+            )
         except StoreCorrupt:
             raise
         except Exception as exc:  # sqlite3 / OSError, mapped at the boundary
@@ -306,7 +303,9 @@ class DurableQueue:
     def remove(self, request_ids: Iterable[str]) -> int:
         """Delete these items in one transaction and one DELETE statement (unknown ids are
         ignored); returns how many were removed. Durable when it returns: either every
-        listed item is gone or, on `QueueStoreError`, none is."""
+        listed item is gone or, on `QueueStoreError`, none is. Their bytes are zeroed in
+        the database file (secure_delete); when the queue is left empty the write-ahead
+        log is checkpointed and truncated, so no removed item's inputs stay on disk."""
         with self._lock:
             gone = [self._entries[r] for r in dict.fromkeys(request_ids) if r in self._entries]
             if not gone:
@@ -317,6 +316,8 @@ class DurableQueue:
                 raise QueueStoreError(f"cannot remove queue items: {exc}") from exc
             for e in gone:
                 self._forget(e)
+            if not self._entries:  # emptied: no removed inputs left in the log either
+                self._cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
             return len(gone)
 
     def record_failure(self, request_id: str, error: str) -> int:

@@ -26,10 +26,8 @@ from edge_node.observe.metrics import EdgeMetrics
 from edge_node.storage.budget_store import BudgetStore, BudgetStoreError, Reservation
 from router.budget import BudgetLedger, Limit
 from router.errors import CloudError, CloudTimeout
-from router.outcome import Outcome, breaker_effect, settle
+from router.outcome import Outcome, breaker_effect, item_outcome, settle
 from router.wire import (
-    INPUTS_REQUIRED,
-    REQUEST_ID_CONFLICT,
     RerankFailure,
     RerankItem,
     RerankResult,
@@ -212,7 +210,7 @@ class Escalation:
             return Settled("answered", result=res)
         code, message = res.error.code, res.error.message
         self.metrics.cloud_errors.labels(call.task, code).inc()
-        outcome: Outcome = _ITEM_OUTCOMES.get(code, "cloud_error")
+        outcome = item_outcome(code)
         return Settled(outcome, code=code, message=message)
 
     def _breaker(self, error: CloudError | None) -> None:
@@ -227,12 +225,6 @@ class Escalation:
     @staticmethod
     async def _off(off_loop: bool, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn) if off_loop else fn()
-
-
-_ITEM_OUTCOMES: dict[str, Outcome] = {
-    INPUTS_REQUIRED: "inputs_required",
-    REQUEST_ID_CONFLICT: "request_id_conflict",
-}
 
 
 def _release_quietly(held: list[Reservation]) -> None:

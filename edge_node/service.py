@@ -41,7 +41,7 @@ from edge_node.prepared import PreparedItem, prepare
 from edge_node.routed import Routed
 from edge_node.storage.budget_store import BudgetStore
 from edge_node.storage.queue_store import DurableQueue
-from edge_node.storage.queued_item import QueuedItem
+from edge_node.storage.queued_item import QueuedItem, id_conflict
 from edge_node.storage.result_store import ResultStore
 from router.budget import limits_for
 from router.decision import QUEUE_FULL, Decision, NodeState, decide
@@ -126,7 +126,7 @@ class EdgeService:
         so the whole batch is decided by one policy."""
         t0 = self._monotonic()
         active = self.active
-        prepared = prepare(active, requests, self._new_id)
+        prepared = self._refuse_taken_ids(prepare(active, requests, self._new_id))
         pos = [i for i, p in enumerate(prepared) if isinstance(p, PreparedItem)]
         ok = [p for p in prepared if isinstance(p, PreparedItem)]
         routed = self.route(active, ok, t0) if ok else []
@@ -147,6 +147,20 @@ class EdgeService:
                 out.append((p.rid, refused.get(i) or rejection(r.decision)))
             else:
                 out.append((p.rid, self._answer(active, r, t0)))
+        return out
+
+    def _refuse_taken_ids(
+        self, prepared: list[PreparedItem | EdgerouteError]
+    ) -> list[PreparedItem | EdgerouteError]:
+        """Each item whose request_id is queued for another request (other task or inputs)
+        becomes `RequestIdConflict`, online or not: one id, one request. Reads a queued
+        item only when its id is in the queue's index (a client reusing its own id)."""
+        out = list(prepared)
+        for i, p in enumerate(prepared):
+            if isinstance(p, PreparedItem) and p.rid in self.queue:
+                queued = self.queue.get(p.rid)
+                if queued is not None and not queued.same_inputs(p.task_name, p.sendable_inputs):
+                    out[i] = id_conflict(p.rid, "a different request")
         return out
 
     def route(self, active: ActivePolicy, items: Sequence[PreparedItem], t0: float) -> list[Routed]:

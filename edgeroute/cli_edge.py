@@ -28,8 +28,9 @@ def edge() -> None:
     "reset_store",
     multiple=True,
     type=click.Choice(["queue", "results", "budget"]),
-    help="Move this store aside (renamed, not deleted) and start it empty; says what is "
-    "lost. Only for a store the node refused as unreadable. Repeatable.",
+    help="If the node would refuse this store as unreadable, move it aside (renamed, not "
+    "deleted) and start it empty; says what is lost. A healthy store is left alone. "
+    "Repeatable.",
 )
 @log_options(0.01, "Share of requests that write a per-request log line (at info level).")
 def edge_serve(
@@ -65,8 +66,13 @@ def edge_serve(
         if reset_store:
             from edge_node.storage.store_reset import reset_stores
 
-            for name, moved_to, lost in reset_stores(data_dir, reset_store):
-                click.echo(f"reset the {name} store: moved to {moved_to}; lost: {lost}", err=True)
+            for name, moved_to, said in reset_stores(data_dir, reset_store):
+                if moved_to is None:
+                    click.echo(f"not reset: the {name} store: {said}", err=True)
+                else:
+                    click.echo(
+                        f"reset the {name} store: moved to {moved_to}; lost: {said}", err=True
+                    )
         app = create_app(settings)
     except EdgerouteError as exc:
         fail(exc)

@@ -31,7 +31,9 @@ _STATES = {
 _READ_LIMITS: dict[str, Any] = {"max_items": 100_000_000, "max_bytes": 1 << 40, "on_full": "reject"}
 
 
-def _open(data_dir: Path, queue_settings: Any = None) -> tuple[Any, Any]:
+def _open(
+    data_dir: Path, queue_settings: Any = None, *, read_only: bool = False
+) -> tuple[Any, Any]:
     from edge_node.storage.queue_store import DurableQueue
     from edge_node.storage.result_store import ResultStore
     from router.policy import QueueSettings
@@ -39,8 +41,8 @@ def _open(data_dir: Path, queue_settings: Any = None) -> tuple[Any, Any]:
     if not (data_dir / "queue").is_dir():
         raise click.ClickException(f"{data_dir} is not an edge node data dir (no queue/)")
     settings = queue_settings or QueueSettings(**_READ_LIMITS)
-    return DurableQueue(data_dir / "queue", settings), ResultStore(
-        data_dir / "results", settings.fsync
+    return DurableQueue(data_dir / "queue", settings, read_only=read_only), ResultStore(
+        data_dir / "results", settings.fsync, read_only=read_only
     )
 
 
@@ -60,7 +62,7 @@ def queue() -> None:
 def stats(data_dir: Path, as_json: bool) -> None:
     """Depth, oldest age, bytes, and results per state."""
     try:
-        q, rs = _open(data_dir)
+        q, rs = _open(data_dir, read_only=True)
         data = {
             "depth": q.depth,
             "bytes": q.bytes,
@@ -89,7 +91,7 @@ def list_items(data_dir: Path, state: str, limit: int) -> None:
     quarantined = queue rows and results that could not be read, with the reason); inputs
     are never printed."""
     try:
-        q, rs = _open(data_dir)
+        q, rs = _open(data_dir, read_only=True)
         if _STATES[state] is None:
             rows = [
                 {

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from router.policy import TaskPolicy
+from router.wire import REQUEST_ID_CONFLICT as WIRE_ID_CONFLICT
 
 Route = Literal["edge", "cloud", "queued"]
 Connectivity = Literal["online", "degraded", "offline"]
@@ -32,7 +33,7 @@ DEADLINE_TOO_SHORT = "deadline_too_short"
 CLOUD_TIMEOUT = "cloud_timeout"
 CLOUD_ERROR = "cloud_error"
 QUEUE_FULL = "queue_full"
-REQUEST_ID_CONFLICT = "request_id_conflict"  # the id was used before for another request
+REQUEST_ID_CONFLICT = WIRE_ID_CONFLICT  # the reason is the cloud's code: the id named another
 
 
 # The types below are made once or more per request and never changed after: they are not

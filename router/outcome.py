@@ -33,7 +33,7 @@ from router.decision import (
 )
 from router.errors import CloudError, CloudUnauthorized
 from router.policy import CostSettings, TaskPolicy
-from router.wire import RerankFailure, RerankResult
+from router.wire import INPUTS_REQUIRED, RerankFailure, RerankResult
 
 Outcome = Literal[
     "answered",
@@ -137,3 +137,22 @@ def sync_effect(error: CloudError) -> SyncEffect:
     if isinstance(error, CloudUnauthorized):
         return "pause_credentials"
     return "count_attempt"
+
+
+_ITEM_OUTCOMES: dict[str, Outcome] = {
+    INPUTS_REQUIRED: "inputs_required",
+    REQUEST_ID_CONFLICT: "request_id_conflict",
+}
+
+
+def item_outcome(code: str) -> Outcome:
+    """The outcome of one item the cloud failed with error `code`: `inputs_required`,
+    `request_id_conflict`, else `cloud_error`. Pure."""
+    return _ITEM_OUTCOMES.get(code, "cloud_error")
+
+
+def retry_can_succeed(outcome: Outcome) -> bool:
+    """Whether sending a failed queued item again can end otherwise: not when the cloud's
+    model needs inputs the item does not carry, nor when its id names another item (the
+    sync worker dead-letters those at once). Pure."""
+    return outcome not in ("inputs_required", "request_id_conflict")

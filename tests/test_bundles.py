@@ -242,7 +242,9 @@ def test_cloud_bad_items_fail_alone(cloud: CloudModel, split: tuple[Any, Any]) -
     assert (errors["label"].code, errors["label"].field) == ("unknown_label", "candidates")
     assert "eleven" in errors["label"].message
     assert (errors["task"].code, errors["task"].field) == ("unknown_task", "task")
-    assert errors["range"].field == "inputs" and errors["nan"].field == "inputs"
+    assert (
+        errors["range"].field == "inputs[0]" and errors["nan"].field == "inputs[0]"
+    )  # the edge's rule
     assert errors["empty"].field == "candidates"
     good = [r for r in results if isinstance(r, RerankResult)]
     assert [r.label for r in good] == [str(y[0]), str(y[7])]

@@ -70,3 +70,33 @@ def test_reused_request_id_with_other_inputs_is_refused(
         stored = httpx.get(f"{node.url}/v1/results/{rid}", timeout=5).json()
         assert stored["status"] == "pending"
         assert stored["provisional"]["label"] == a.json()["label"]
+
+
+def test_queued_id_cannot_be_taken_over_online(
+    start_edge: Callable[..., EdgeNode],
+    proxy: ThreadedFaultProxy,
+    demo_bundles_dir: Path,
+    digits_split: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """An id queued offline, reused online for other inputs while still queued, is refused
+    with 409 before anything is escalated; the id still names the queued request."""
+    x, _ = digits_split
+    rid = f"taken-{uuid.uuid4().hex[:10]}"
+    proxy.set_mode("down")
+    node = start_edge(
+        offline_policy(
+            demo_bundles_dir / "edge" / "digits", sync="batch_size: 32\n  interval_ms: 60000"
+        ),
+        f"http://127.0.0.1:{proxy.port}",
+    )
+    first = _single(node, rid, x[0].tolist())
+    assert first.status_code == 200 and first.json()["final"] is False
+    proxy.set_mode("pass")
+    taken = _single(node, rid, x[1].tolist())
+    assert taken.status_code == 409, taken.text
+    assert taken.json()["error"]["code"] == "request_id_conflict"
+    calls = node.status()["cloud"]["calls"]  # type: ignore[index]
+    assert calls == 0  # refused before any cloud call
+    stored = httpx.get(f"{node.url}/v1/results/{rid}", timeout=5).json()
+    assert stored["status"] == "pending"
+    assert stored["provisional"]["label"] == first.json()["label"]

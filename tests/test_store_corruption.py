@@ -12,7 +12,7 @@ import pytest
 
 from edge_node.storage.budget_store import BudgetStore
 from edge_node.storage.durable_cache import DB_FILE, StoreCorrupt, open_durable_cache, put_many
-from edge_node.storage.queue_store import DurableQueue
+from edge_node.storage.queue_store import DurableQueue, QueueStoreError
 from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.storage.store_reset import reset_stores
@@ -46,6 +46,15 @@ def _queue_key(directory: Path, rid: str) -> str:
     finally:
         con.close()
     return str(key)
+
+
+def _keys(directory: Path) -> list[str]:
+    """Every key of a closed store's SQLite file."""
+    con = sqlite3.connect(directory / DB_FILE)
+    try:
+        return sorted(str(k) for (k,) in con.execute("SELECT key FROM Cache"))
+    finally:
+        con.close()
 
 
 def test_undecodable_queue_row_is_quarantined_and_the_rest_flows(tmp_path: Path) -> None:
@@ -156,17 +165,55 @@ def test_untrustworthy_store_file_refuses_to_open_and_is_left_alone(
     assert db.read_bytes() == before
 
 
-def test_reset_moves_the_store_aside_and_says_what_is_lost(tmp_path: Path) -> None:
-    """--reset-store renames the store's folder (kept for forensics) and names the loss;
-    a store with no folder is skipped and an unknown name is refused."""
+def test_reset_moves_only_a_refused_store_aside_and_says_what_is_lost(tmp_path: Path) -> None:
+    """--reset-store renames a store the node would refuse (kept for forensics) and names
+    the loss; a healthy store and a missing one are left alone; an unknown name is
+    refused."""
     (tmp_path / "budget").mkdir()
     (tmp_path / "budget" / DB_FILE).write_bytes(b"")
-    ((name, moved, lost),) = reset_stores(tmp_path, ("budget", "queue"), now=0.0)
-    assert name == "budget" and moved.name == "budget.reset-19700101T000000Z"
+    q = DurableQueue(tmp_path / "queue", SETTINGS)
+    q.put(_item("kept"))
+    q.close()
+    out = reset_stores(tmp_path, ("budget", "queue", "results"), now=0.0)
+    (budget, moved, lost), (queue, left, why), (results, absent, _) = out
+    assert (budget, queue, results) == ("budget", "queue", "results")
+    assert moved is not None and moved.name == "budget.reset-19700101T000000Z"
     assert (moved / DB_FILE).exists() and not (tmp_path / "budget").exists()
-    assert "spend" in lost
+    assert "spend" in lost and left is None and absent is None and "cleanly" in why
+    q = DurableQueue(tmp_path / "queue", SETTINGS)
+    assert q.get("kept") == _item("kept")
+    q.close()
     with pytest.raises(ValueError, match="allowed: queue, results, budget"):
         reset_stores(tmp_path, ("models",))
+
+
+def test_faults_that_pass_are_not_reported_as_corruption(tmp_path: Path) -> None:
+    """A store SQLite cannot open for a reason other than damage (here: a directory where
+    the file should be) raises the store's ordinary error, never StoreCorrupt and its
+    advice to reset."""
+    (tmp_path / DB_FILE).mkdir()
+    with pytest.raises(QueueStoreError) as info:
+        DurableQueue(tmp_path, SETTINGS)
+    assert not isinstance(info.value, StoreCorrupt) and "--reset-store" not in info.value.message
+
+
+def test_read_only_queue_skips_bad_rows_without_writing(tmp_path: Path) -> None:
+    """A read-only queue (`queue list` beside a running node) skips an undecodable row and
+    a malformed key without quarantining or repairing them; the node's queue then does."""
+    q = DurableQueue(tmp_path, SETTINGS)
+    for rid in ("a", "b", "c"):
+        q.put(_item(rid))
+    q.close()
+    _sql(tmp_path, "UPDATE Cache SET value = ? WHERE key = ?", (b"{", _queue_key(tmp_path, "b")))
+    _sql(tmp_path, "UPDATE Cache SET key = 'q:x' WHERE key = ?", (_queue_key(tmp_path, "c"),))
+    before = _keys(tmp_path)
+    reader = DurableQueue(tmp_path, SETTINGS, read_only=True)
+    assert [i.request_id for i in reader.oldest(5)] == ["a"] and reader.shelf.count == 0
+    reader.close()
+    assert _keys(tmp_path) == before and "q:x" in before
+    node = DurableQueue(tmp_path, SETTINGS)
+    assert [i.request_id for i in node.oldest(5)] == ["a", "c"] and node.shelf.count == 1
+    node.close()
 
 
 def test_queue_cli_on_an_emptied_store_refuses_without_traceback(tmp_path: Path) -> None:

@@ -92,35 +92,48 @@ class StoreCorrupt(EdgerouteError):
         self.path = path
 
 
+_CORRUPT = frozenset({11, 26})  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """True when SQLite says the file itself is damaged or not a database; False for
+    faults that pass (locked, cannot open, disk full, I/O), which are no reason to reset."""
+    return getattr(exc, "sqlite_errorcode", None) in _CORRUPT
+
+
 def check_store_file(directory: Path, store: str) -> None:
-    """Refuse (`StoreCorrupt`) a store whose database file exists but is empty: SQLite
-    would silently make a new, empty store of a 0-byte file, and discard its write-ahead
-    log with it (diskcache writes the file's first pages when it creates a store, so a
-    store that ever held data is never 0 bytes). A missing file is a new store. Reads
-    only."""
+    """Refuse (`StoreCorrupt`) a store whose database file exists but cannot be trusted,
+    before diskcache writes anything to it:
+
+    - empty (0 bytes): SQLite would silently make a new, empty store of it and discard
+      its write-ahead log (diskcache writes the file's first pages when it creates a
+      store, so a store that ever held data is never 0 bytes);
+    - not a database, or failing SQLite's `PRAGMA quick_check` (structure of every page
+      and index, O(file size); run on a plain connection that creates nothing).
+
+    A missing file is a new store. Other faults (permissions, locks, I/O) raise what
+    sqlite3/OSError raise: the store's own error, never a reason to reset it."""
     db = directory / DB_FILE
     try:
         size = db.stat().st_size
     except FileNotFoundError:
         return
-    except OSError as exc:
-        raise StoreCorrupt(store, db, f"cannot be read ({exc.strerror or exc})") from None
     if size == 0:
         wal = directory / f"{DB_FILE}-wal"
         lost_log = " and its write-ahead log cannot be applied to it" if wal.exists() else ""
         raise StoreCorrupt(store, db, f"the file is empty (0 bytes){lost_log}")
-
-
-def quick_check(cache: diskcache.Cache, directory: Path, store: str) -> None:
-    """Run SQLite's `PRAGMA quick_check` (structure of every page and index, O(file size));
-    raise `StoreCorrupt` unless it answers ok."""
+    con = sqlite3.connect(db)
     try:
-        rows = cache._sql("PRAGMA quick_check").fetchall()
+        rows = con.execute("PRAGMA quick_check").fetchall()
     except sqlite3.DatabaseError as exc:
-        raise StoreCorrupt(store, directory / DB_FILE, f"SQLite cannot read it ({exc})") from None
+        if not is_corruption(exc):
+            raise
+        raise StoreCorrupt(store, db, f"SQLite cannot read it ({exc})") from None
+    finally:
+        con.close()
     if [tuple(r) for r in rows] != [("ok",)]:
         first = str(rows[0][0]) if rows else "no answer"
-        raise StoreCorrupt(store, directory / DB_FILE, f"SQLite's check failed ({first})")
+        raise StoreCorrupt(store, db, f"SQLite's check failed ({first})")
 
 
 def open_durable_cache(
@@ -135,28 +148,21 @@ def open_durable_cache(
     `secure_delete` makes SQLite overwrite deleted content with zeros in the database file
     (`PRAGMA secure_delete`, on every connection), for a store whose rows hold inputs.
 
-    With `store` (its name: queue, results, budget) the file is checked first and after
-    opening (module doc): raises `StoreCorrupt` for a file that cannot be trusted, and
-    leaves it as it was. Thread-safe like any diskcache.Cache. Otherwise raises what
-    diskcache/sqlite3 raise (OSError, sqlite3.Error); callers map it into their own
-    EdgerouteError.
+    With `store` (its name: queue, results, budget) the file is checked before diskcache
+    opens it (`check_store_file`): raises `StoreCorrupt` for a file that cannot be
+    trusted, and leaves its content as it was. Thread-safe like any diskcache.Cache.
+    Otherwise raises what diskcache/sqlite3 raise (OSError, sqlite3.Error); callers map
+    it into their own EdgerouteError.
     """
     path = Path(directory)
     if store is not None:
         check_store_file(path, store)
     try:
-        cache = _open(path, fsync, secure_delete)
+        return _open(path, fsync, secure_delete)
     except sqlite3.DatabaseError as exc:
-        if store is None:
+        if store is None or not is_corruption(exc):
             raise
         raise StoreCorrupt(store, path / DB_FILE, f"SQLite cannot open it ({exc})") from None
-    if store is not None:
-        try:
-            quick_check(cache, path, store)
-        except BaseException:
-            cache.close()
-            raise
-    return cache
 
 
 def _open(directory: Path, fsync: Durability, secure_delete: bool = False) -> diskcache.Cache:
@@ -263,3 +269,16 @@ def get_many(cache: diskcache.Cache, keys: Sequence[str]) -> dict[str, bytes]:
             if isinstance(data, bytes):
                 out[key] = data
     return out
+
+
+def truncate_log(cache: diskcache.Cache, log: Any) -> None:
+    """Checkpoint the write-ahead log into the file and truncate it (`PRAGMA
+    wal_checkpoint(TRUNCATE)`). A failure or a busy answer (a reader still holds old
+    frames) is logged on `log` (`wal_not_truncated`), never raised."""
+    try:
+        ((busy, _, _),) = cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    except Exception as exc:
+        log.warning("wal_not_truncated", reason=type(exc).__name__)
+        return
+    if busy:
+        log.info("wal_not_truncated", reason="busy")

@@ -3,8 +3,9 @@ the others and is never silently dropped.
 
 A quarantined row moves, in one transaction, from its key to `x:<its key's id part>`,
 holding a JSON record: the original key, the request_id when known, the reason, the time
-and the row's raw bytes (hex, for forensics or a manual repair). Readers of the record
-(`records`) never see the raw bytes. The queue and the result store each keep one
+and, where the store allows it, the row's raw bytes (hex, for forensics or a manual
+repair; never for queue rows, which hold inputs). Readers of the record (`records`) never
+see the raw bytes. The queue and the result store each keep one
 `Shelf`.
 """
 
@@ -31,9 +32,12 @@ def quarantine(
     cache: diskcache.Cache,
     rows: Sequence[tuple[str, str, str | None, str]],
     now: float,
+    *,
+    keep_raw: bool = True,
 ) -> None:
     """Move each row `(key, quarantine key suffix, request_id or None, reason)` to
-    `PREFIX + suffix` with its record (module doc) and delete it, all in one transaction:
+    `PREFIX + suffix` with its record (module doc; the raw bytes only with `keep_raw`)
+    and delete it, all in one transaction:
     every row moves or none does. Raises what the cache raises (sqlite3.Error,
     diskcache.Timeout); callers map it into their store's error."""
     raws = get_many(cache, [key for key, _, _, _ in rows])
@@ -48,7 +52,7 @@ def quarantine(
                     "reason": reason,
                     "quarantined_at": now,
                     "updated_at": now,
-                    "raw_hex": raws[key].hex() if key in raws else None,
+                    "raw_hex": raws[key].hex() if keep_raw and key in raws else None,
                 }
             ),
         )
@@ -82,9 +86,10 @@ def keys(cache: diskcache.Cache) -> list[str]:
 
 
 class Shelf:
-    """The quarantined rows of one store's cache: moving rows there, counting and listing
-    them. Thread-safe (its own lock; the cache is). Storage failures raise `error` (the
-    store's own EdgerouteError), with nothing moved."""
+    """The quarantined rows of one store's cache: moving rows there, counting them,
+    listing them and finding one by request_id (an in-memory map, read once when the shelf
+    is made). Thread-safe (its own lock; the cache is). Storage failures raise `error`
+    (the store's own EdgerouteError), with nothing moved."""
 
     def __init__(
         self,
@@ -92,13 +97,18 @@ class Shelf:
         clock: Callable[[], float],
         event: str,
         error: type[EdgerouteError],
+        *,
+        keep_raw: bool = True,
     ) -> None:
         self._cache = cache
         self._clock = clock
         self._event = event
         self._error = error
+        self._keep_raw = keep_raw
         self._lock = threading.Lock()
-        self._count = len(keys(cache))
+        found = records(cache, keys(cache))
+        self._count = len(found)
+        self._by_id = {str(r["request_id"]): k for k, r in found.items() if r.get("request_id")}
 
     @property
     def count(self) -> int:
@@ -110,11 +120,12 @@ class Shelf:
         """`quarantine` these rows in one transaction, then log each (`event`, with its
         request_id and reason, never its content)."""
         try:
-            quarantine(self._cache, rows, self._clock())
+            quarantine(self._cache, rows, self._clock(), keep_raw=self._keep_raw)
         except Exception as exc:
             raise self._error(f"cannot quarantine rows: {exc}") from exc
         with self._lock:
             self._count += len(rows)
+            self._by_id.update({rid: PREFIX + suffix for _, suffix, rid, _ in rows if rid})
         for _, _, rid, reason in rows:
             _log.error(self._event, request_id=rid, reason=reason)
 
@@ -126,8 +137,13 @@ class Shelf:
             raise self._error(f"cannot read quarantined rows: {exc}") from exc
 
     def find(self, request_id: str) -> dict[str, Any] | None:
-        """The quarantine record of `request_id`, or None (reads every record: the shelf
-        is expected to stay small)."""
-        if not self.count:
+        """The quarantine record of `request_id`, or None (one read, only when it is known
+        to be there)."""
+        with self._lock:
+            key = self._by_id.get(request_id)
+        if key is None:
             return None
-        return next((r for r in self.records(1 << 30) if r.get("request_id") == request_id), None)
+        try:
+            return records(self._cache, [key]).get(key)
+        except Exception as exc:
+            raise self._error(f"cannot read quarantined rows: {exc}") from exc

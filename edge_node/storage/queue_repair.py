@@ -1,11 +1,13 @@
-"""Rebuilding queue keys that do not parse from the rows they name (pure)."""
+"""Rebuilding queue keys that do not parse from the rows they name."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 
+import diskcache
 from pydantic import ValidationError
 
+from edge_node.storage.durable_cache import delete_many, get_many, put_many
 from edge_node.storage.queue_keys import QueueEntry, make_key
 from edge_node.storage.queued_item import QueuedItem
 
@@ -53,3 +55,18 @@ def rekey(
         rows.append((new_key, raw))
         seen.add(item.request_id)
     return fixed, rows, bad
+
+
+def repair(
+    cache: diskcache.Cache, keys: Sequence[str], next_seq: int, known: Collection[str]
+) -> tuple[list[QueueEntry], list[BadRow]]:
+    """Re-key the intact rows among `keys` (`rekey`), writing them under their new keys
+    and deleting the old ones in one transaction; returns (their new index entries, the
+    rows left to quarantine). Raises what the cache raises, with nothing written."""
+    fixed, rows, bad = rekey(keys, get_many(cache, list(keys)), next_seq, known)
+    if rows:
+        quarantined = {b[0] for b in bad}
+        with cache.transact():
+            put_many(cache, rows)
+            delete_many(cache, [k for k in keys if k not in quarantined])
+    return fixed, bad

@@ -6,9 +6,9 @@ its position, size, age, task and request_id:
     q:<seq, 20 digits>:<size bytes>:<enqueued_at>:<task>:<request_id>
 
 (`edge_node.storage.queue_keys`), so reopening the queue rebuilds its index (order, byte
-count, ages) from the keys without reading a payload: no separate counter to drift. `seq` is one more than the highest `seq` on disk when the queue is opened, then
-counts up in memory (an emptied queue may start again from 0 after a restart: seqs are
-only ever compared between queued items).
+count, ages) from the keys without reading a payload: no separate counter to drift.
+`seq` is one more than the highest on disk when the queue is opened, then counts up in
+memory (seqs are only ever compared between queued items).
 
 Durability: `put` returns only after the SQLite transaction committed. With
 `fsync: os_crash_safe` (`PRAGMA synchronous=NORMAL` in WAL mode) an acknowledged item
@@ -46,10 +46,11 @@ from edge_node.storage.durable_cache import (
     get_many,
     open_durable_cache,
     put_many,
+    truncate_log,
 )
 from edge_node.storage.group_commit import GroupCommitter
 from edge_node.storage.queue_keys import ITEM_PREFIX, QueueEntry, make_key, parse_key
-from edge_node.storage.queue_repair import decode_item, rekey
+from edge_node.storage.queue_repair import decode_item, repair
 from edge_node.storage.queued_item import QueuedItem, reuse_outcome
 from router.errors import EdgerouteError, QueueFull, RequestTooLarge
 from router.policy import QueueSettings
@@ -68,12 +69,10 @@ class QueueStoreError(EdgerouteError):
 
 class DurableQueue:
     """FIFO of `QueuedItem`s on disk, bounded by `settings.max_items` and `max_bytes`.
-
-    `clock` (wall-clock seconds, default `time.time`) is used only for `retry_after_s`
-    hints; callers pass `now` explicitly where ages matter. `retry_after_s` is the hint put
-    in `QueueFull` when `on_full: reject` refuses an item. Raises `QueueStoreError` if the
-    directory cannot be opened.
-    """
+    `read_only` (a reader beside a running node, e.g. `queue list`) never repairs or
+    quarantines (bad keys and rows are skipped, left for the node). `clock` (wall-clock
+    seconds) is used only for `retry_after_s`, the hint put in `QueueFull` when
+    `on_full: reject` refuses an item. Raises `QueueStoreError` if it cannot be opened."""
 
     def __init__(
         self,
@@ -82,7 +81,9 @@ class DurableQueue:
         *,
         clock: Callable[[], float] = time.time,
         retry_after_s: float = 1.0,
+        read_only: bool = False,
     ) -> None:
+        self._read_only = read_only
         self._settings = settings
         self._clock = clock
         self._retry_after_s = retry_after_s
@@ -99,7 +100,9 @@ class DurableQueue:
         self._bytes = 0
         self._next_seq = 0  # the seq of the next item: one more than the highest queued
         self._group = GroupCommitter(self._commit_group)
-        self.shelf = quarantine.Shelf(self._cache, clock, "queue_row_quarantined", QueueStoreError)
+        self.shelf = quarantine.Shelf(
+            self._cache, clock, "queue_row_quarantined", QueueStoreError, keep_raw=False
+        )
         self._load()
 
     def _load(self) -> None:
@@ -118,27 +121,21 @@ class DurableQueue:
         for e in entries:
             self._entries[e.request_id] = e
             self._bytes += e.size
-        if bad_keys:
+        if bad_keys and not self._read_only:
             self._repair_keys(bad_keys)
 
     def _repair_keys(self, keys: list[str]) -> None:
         """Rows whose key does not parse (while opening): re-keyed at the end of the queue
-        when the row is an intact item (one transaction, logged), else quarantined
-        (`queue_repair.rekey` decides)."""
-        raws = get_many(self._cache, keys)
-        fixed, rekeyed, bad = rekey(keys, raws, self._next_seq, self._entries.keys())
+        when intact (`queue_repair.repair`, one transaction, logged), else quarantined."""
+        try:
+            fixed, bad = repair(self._cache, keys, self._next_seq, self._entries.keys())
+        except Exception as exc:
+            raise QueueStoreError(f"cannot repair queue keys: {exc}") from exc
         for entry in fixed:
             self._entries[entry.request_id] = entry
             self._bytes += entry.size
             self._next_seq = entry.seq + 1
             _log.warning("queue_key_repaired", request_id=entry.request_id, reason="malformed key")
-        try:
-            if rekeyed:
-                with self._cache.transact():
-                    put_many(self._cache, rekeyed)
-                    delete_many(self._cache, [k for k in keys if k not in {b[0] for b in bad}])
-        except Exception as exc:
-            raise QueueStoreError(f"cannot repair queue keys: {exc}") from exc
         if bad:
             self._quarantine(bad)
 
@@ -317,7 +314,7 @@ class DurableQueue:
             for e in gone:
                 self._forget(e)
             if not self._entries:  # emptied: no removed inputs left in the log either
-                self._cache._sql("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                truncate_log(self._cache, _log)
             return len(gone)
 
     def record_failure(self, request_id: str, error: str) -> int:
@@ -361,18 +358,19 @@ class DurableQueue:
         in `exclude` (e.g. items a caller has in flight); nothing is removed."""
         with self._lock:
             out: list[QueuedItem] = []
+            tried: set[str] = set()  # read once each: a skipped bad row is not read again
             while True:
                 picked: list[QueueEntry] = []
-                skip = {i.request_id for i in out}
                 for e in self._entries.values():
                     if len(picked) >= n - len(out):
                         break
                     wanted = task is None or e.task == task
-                    if wanted and e.request_id not in exclude and e.request_id not in skip:
+                    if wanted and e.request_id not in exclude and e.request_id not in tried:
                         picked.append(e)
+                tried.update(e.request_id for e in picked)
                 items = self._read_many(picked)
                 out += items
-                if len(items) == len(picked):  # nothing quarantined: nothing more to fill
+                if len(items) == len(picked):  # no bad row: nothing more to fill
                     return out
 
     def _read(self, entry: QueueEntry) -> QueuedItem | None:
@@ -382,9 +380,9 @@ class DurableQueue:
 
     def _read_many(self, entries: Sequence[QueueEntry]) -> list[QueuedItem]:
         """The items of `entries` (lock held), read with one SELECT per 1,000 keys, in
-        order. A row that cannot be decoded, or that is gone from disk, is quarantined
-        (moved aside, its id answering `quarantined`) and left out: one bad record never
-        stops the others. Raises QueueStoreError only if the disk cannot be read."""
+        order. A row that cannot be decoded is quarantined (unless `read_only`) and left
+        out, a row gone from disk is dropped from the index: one bad record never stops
+        the others. Raises QueueStoreError only if the disk cannot be read."""
         if not entries:
             return []
         try:
@@ -396,11 +394,12 @@ class DurableQueue:
         for e in entries:
             raw = raws.get(e.key)
             item = None if raw is None else decode_item(raw)
-            if item is None:
-                what = "missing from disk" if raw is None else "cannot be decoded"
-                bad.append((e.key, e.request_id, f"queue row {what}"))
-            else:
+            if item is not None:
                 out.append(item)
+            elif raw is None:  # removed by another process meanwhile: not a bad record
+                self._forget(e)
+            elif not self._read_only:
+                bad.append((e.key, e.request_id, "queue row cannot be decoded"))
         if bad:
             self._quarantine(bad)
         return out

@@ -30,9 +30,22 @@ class QueuedItem(BaseModel):
         """True when `other` carries the same request as this item (same task and inputs;
         for a `send: candidates_only` task, whose inputs are not kept, the same candidates):
         a client's retry, not a reuse of its id for another request."""
-        if self.task != other.task or self.inputs != other.inputs:
+        if not self.same_inputs(other.task, other.inputs):
             return False
         return self.inputs is not None or self.candidates == other.candidates
+
+    def same_inputs(self, task: str, inputs: list[float] | None) -> bool:
+        """True when a request of `task` with `inputs` (None: not kept) could be this one."""
+        return self.task == task and self.inputs == inputs
+
+
+def id_conflict(request_id: str, what: str) -> RequestIdConflict:
+    """The 409 refusing `request_id`, already queued for `what`."""
+    return RequestIdConflict(
+        f"request_id {request_id!r} is already queued for {what}; "
+        "use a new request_id for new inputs",
+        field="request_id",
+    )
 
 
 def reuse_outcome(queued: QueuedItem | None, item: QueuedItem) -> list[str] | RequestIdConflict:
@@ -42,8 +55,4 @@ def reuse_outcome(queued: QueuedItem | None, item: QueuedItem) -> list[str] | Re
     if queued is not None and queued.same_request(item):
         return []
     what = "a request that could not be read" if queued is None else "a different request"
-    return RequestIdConflict(
-        f"request_id {item.request_id!r} is already queued for {what}; "
-        "use a new request_id for new inputs",
-        field="request_id",
-    )
+    return id_conflict(item.request_id, what)

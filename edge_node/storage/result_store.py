@@ -66,7 +66,9 @@ class ResultStore:
         *,
         retention_s: float = DEFAULT_RETENTION_S,
         clock: Callable[[], float] = time.time,
+        read_only: bool = False,
     ) -> None:
+        self._read_only = read_only
         self._retention_s = retention_s
         self._clock = clock
         self._lock = threading.RLock()
@@ -82,29 +84,33 @@ class ResultStore:
         self._load()
 
     def _load(self) -> None:
-        """Rebuild the index (one scan); a record that cannot be decoded is quarantined:
-        moved under `x:<request_id>` (raw bytes kept, hex), its id then answering
-        `quarantined`, counted and logged, never dropped and never a reason to stop."""
-        rows: list[tuple[float, str, str]] = []
+        """Rebuild the index (one scan); a record that cannot be decoded is quarantined
+        (unless `read_only`): moved under `x:<request_id>`, its id then answering
+        `quarantined`, counted and logged, never dropped and never a reason to stop. A
+        record written for the id since then wins over its quarantine record."""
+        rows: dict[str, tuple[float, str]] = {}
+        held: dict[str, float] = {}
         bad: list[str] = []
         for key in self._cache.iterkeys():
             if not isinstance(key, str):
                 continue
             if key.startswith(_QUARANTINE):
-                held = self._decode(self._cache.get(key)) or {}
-                at = float(held.get("quarantined_at", 0.0))
-                rows.append((at, key[len(_QUARANTINE) :], "quarantined"))
+                shelved = self._decode(self._cache.get(key)) or {}
+                held[key[len(_QUARANTINE) :]] = float(shelved.get("quarantined_at", 0.0))
             elif key.startswith(_PREFIX):
-                raw = self._cache.get(key)
-                rec = self._decode(raw)
-                try:
-                    assert rec is not None and rec["status"] in STATUSES
-                    rows.append((float(rec["updated_at"]), key[len(_PREFIX) :], rec["status"]))
-                except (AssertionError, KeyError, TypeError, ValueError):
+                rec = self._decode(self._cache.get(key))
+                status = rec.get("status") if rec is not None else None
+                at = rec.get("updated_at") if rec is not None else None
+                if status in STATUSES and isinstance(at, int | float):
+                    rows[key[len(_PREFIX) :]] = (float(at), str(status))
+                else:
                     bad.append(key)
-        if bad:
-            rows += self._quarantine(bad)
-        for updated_at, rid, status in sorted(rows):
+        if bad and not self._read_only:
+            for _, rid, _ in self._quarantine(bad):
+                held[rid] = self._clock()
+        for rid, at in held.items():
+            rows.setdefault(rid, (at, "quarantined"))
+        for updated_at, rid, status in sorted((a, r, s) for r, (a, s) in rows.items()):
             self._index[rid] = (status, updated_at)
             self._counts[status] += 1
 

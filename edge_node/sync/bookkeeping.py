@@ -11,9 +11,8 @@ from edge_node.storage.queue_store import DurableQueue
 from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.report import EXPIRED_TTL, SYNCED, done_record
+from router.outcome import retry_can_succeed
 from router.wire import RerankResult
-
-_FINAL_FAILURES = ("inputs_required", "request_id_conflict")
 
 
 class QueueBook:
@@ -64,7 +63,7 @@ class QueueBook:
             dead += self.attempt_failed(
                 item,
                 f"{s.code}: {s.message}",
-                force_dead=s.outcome in _FINAL_FAILURES,  # a retry cannot succeed
+                force_dead=not retry_can_succeed(s.outcome),
             )
         self._results.put_done_many([(i.request_id, done_record(i, r)) for i, r in done])
         if self._on_synced is not None and done:

@@ -48,6 +48,13 @@ def _queue_key(directory: Path, rid: str) -> str:
     return str(key)
 
 
+def _closed_queue(directory: Path, *ids: str) -> None:
+    """A queue holding one item per id, in order, closed (ready to be damaged)."""
+    q = DurableQueue(directory, SETTINGS)
+    q.put_many([_item(rid) for rid in ids])
+    q.close()
+
+
 def _keys(directory: Path) -> list[str]:
     """Every key of a closed store's SQLite file."""
     con = sqlite3.connect(directory / DB_FILE)
@@ -60,10 +67,7 @@ def _keys(directory: Path) -> list[str]:
 def test_undecodable_queue_row_is_quarantined_and_the_rest_flows(tmp_path: Path) -> None:
     """A non-JSON row is moved aside (listed with its id and reason, counted across
     restarts) and the items around it are read in order."""
-    q = DurableQueue(tmp_path, SETTINGS)
-    for rid in ("a", "b", "c"):
-        q.put(_item(rid))
-    q.close()
+    _closed_queue(tmp_path, "a", "b", "c")
     _sql(
         tmp_path,
         "UPDATE Cache SET value = ? WHERE key = ?",
@@ -84,10 +88,7 @@ def test_undecodable_queue_row_is_quarantined_and_the_rest_flows(tmp_path: Path)
 def test_malformed_queue_key_is_rebuilt_from_an_intact_row(tmp_path: Path) -> None:
     """A key that does not parse, over an intact item, is re-keyed (nothing lost); over an
     undecodable row it is quarantined; opening never raises."""
-    q = DurableQueue(tmp_path, SETTINGS)
-    for rid in ("a", "b", "c"):
-        q.put(_item(rid))
-    q.close()
+    _closed_queue(tmp_path, "a", "b", "c")
     _sql(tmp_path, "UPDATE Cache SET key = 'q:broken' WHERE key = ?", (_queue_key(tmp_path, "a"),))
     _sql(
         tmp_path,
@@ -200,10 +201,7 @@ def test_faults_that_pass_are_not_reported_as_corruption(tmp_path: Path) -> None
 def test_read_only_queue_skips_bad_rows_without_writing(tmp_path: Path) -> None:
     """A read-only queue (`queue list` beside a running node) skips an undecodable row and
     a malformed key without quarantining or repairing them; the node's queue then does."""
-    q = DurableQueue(tmp_path, SETTINGS)
-    for rid in ("a", "b", "c"):
-        q.put(_item(rid))
-    q.close()
+    _closed_queue(tmp_path, "a", "b", "c")
     _sql(tmp_path, "UPDATE Cache SET value = ? WHERE key = ?", (b"{", _queue_key(tmp_path, "b")))
     _sql(tmp_path, "UPDATE Cache SET key = 'q:x' WHERE key = ?", (_queue_key(tmp_path, "c"),))
     before = _keys(tmp_path)

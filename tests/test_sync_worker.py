@@ -279,8 +279,9 @@ def test_cloud_rejected_counts_attempts_for_the_batch(tmp_path: Path) -> None:
 
 
 def test_refused_credentials_pause_sync_without_spending_attempts(tmp_path: Path) -> None:
-    """Rounds refused with 401/403 count no attempt, mark the credentials rejected, and
-    once the cloud accepts the node again every item drains to done."""
+    """Rounds refused with 401/403 count no attempt, mark the credentials rejected, send
+    one item per round while rejected, and once the cloud accepts the node again every
+    item drains to done."""
     q, rs, mon, cloud, worker, _ = setup(tmp_path, max_attempts=1)
     for i in range(3):
         q.put(item(f"c{i}"))
@@ -288,13 +289,16 @@ def test_refused_credentials_pause_sync_without_spending_attempts(tmp_path: Path
     for _ in range(4):
         report = asyncio.run(worker.run_once())
         assert report.paused_credentials and (report.failed, report.dead) == (0, 0)
+    assert [len(c) for c in cloud.calls] == [3, 1, 1, 1]  # then one item per probe round
     assert q.depth == 3 and all(i.attempts == 0 for i in q.oldest(5))
     assert rs.counts().get("failed", 0) == 0
     snap = mon.snapshot()
     assert snap.credentials == "rejected" and snap.breaker == "closed"
     cloud.error = None
     report = asyncio.run(worker.run_once())
-    assert report.done == 3 and not report.paused_credentials and q.depth == 0
+    assert report.done == 1 and not report.paused_credentials
+    report = asyncio.run(worker.run_once())
+    assert report.done == 2 and q.depth == 0
     assert mon.snapshot().credentials == "accepted"
 
 

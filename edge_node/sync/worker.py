@@ -18,7 +18,8 @@ One round (`run_once`):
    only feed the monitor; so does a refusal of the node's credentials (401/403,
    `CloudUnauthorized`): the round reports `paused_credentials`, the monitor marks the
    credentials rejected, and the items wait, attempts untouched, until a later round's
-   call is accepted (`router.outcome.sync_effect` decides which).
+   call is accepted (`router.outcome.sync_effect` decides which); while the credentials
+   are rejected each round sends one item only, as a probe, not a whole batch.
 
 Order: items leave in enqueue order (one FIFO for every task, so each task's items go
 oldest first); a batch holds at most `sync.batch_size` items. Pacing: with
@@ -147,7 +148,8 @@ class SyncWorker:
         is nothing to store (nothing queued, offline, nothing sendable, a cloud error),
         else the answered batch, whose results `_store` must store. Every charge is
         settled by the escalation step, whatever is raised."""
-        expired, items, batch = await asyncio.to_thread(self._read_round, in_flight)
+        size = 1 if self._escalation.monitor.credentials_rejected else self._sync.batch_size
+        expired, items, batch = await asyncio.to_thread(self._read_round, in_flight, size)
         if not items:
             return SyncReport(expired=expired)
         if not batch.calls:
@@ -274,11 +276,14 @@ class SyncWorker:
         else:
             await self._pause(stop, seconds)
 
-    def _read_round(self, in_flight: frozenset[str]) -> tuple[int, list[QueuedItem], RoundBatch]:
-        """Expire items past their ttl, read the next batch and make its calls (one
-        worker-thread step); items in `in_flight` are neither expired nor read."""
+    def _read_round(
+        self, in_flight: frozenset[str], size: int
+    ) -> tuple[int, list[QueuedItem], RoundBatch]:
+        """Expire items past their ttl, read the next batch of up to `size` items and make
+        its calls (one worker-thread step); items in `in_flight` are neither expired nor
+        read."""
         expired = self._book.expire(in_flight)
-        items = self._queue.oldest(self._sync.batch_size, exclude=in_flight)
+        items = self._queue.oldest(size, exclude=in_flight)
         return expired, items, self._prepare(items) if items else RoundBatch()
 
     def _prepare(self, items: list[QueuedItem]) -> RoundBatch:

@@ -27,11 +27,7 @@ from edge_node.storage.budget_store import BudgetStore, BudgetStoreError, Reserv
 from router.budget import BudgetLedger, Limit
 from router.errors import CloudError, CloudTimeout
 from router.outcome import Outcome, breaker_effect, item_outcome, settle
-from router.wire import (
-    RerankFailure,
-    RerankItem,
-    RerankResult,
-)
+from router.wire import RerankFailure, RerankItem, RerankResult
 
 log = structlog.get_logger("edgeroute.edge")
 T = TypeVar("T")

@@ -152,16 +152,15 @@ class EdgeService:
     def _refuse_taken_ids(
         self, prepared: list[PreparedItem | EdgerouteError]
     ) -> list[PreparedItem | EdgerouteError]:
-        """Each item whose request_id is queued for another request (other task or inputs)
-        becomes `RequestIdConflict`, online or not: one id, one request. Reads a queued
-        item only when its id is in the queue's index (a client reusing its own id)."""
-        out = list(prepared)
+        """`prepared`, changed in place: each item whose request_id is queued for another
+        request (other task or inputs) becomes `RequestIdConflict`, online or not: one id,
+        one request. Reads a queued item only when its id is in the queue's index."""
         for i, p in enumerate(prepared):
             if isinstance(p, PreparedItem) and p.rid in self.queue:
                 queued = self.queue.get(p.rid)
                 if queued is not None and not queued.same_inputs(p.task_name, p.sendable_inputs):
-                    out[i] = id_conflict(p.rid, "a different request")
-        return out
+                    prepared[i] = id_conflict(p.rid, "a different request")
+        return prepared
 
     def route(self, active: ActivePolicy, items: Sequence[PreparedItem], t0: float) -> list[Routed]:
         """Infer and decide `items` (each task's model once on its items): the answering

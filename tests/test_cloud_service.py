@@ -12,7 +12,6 @@ from typing import Any
 import httpx
 import pytest
 
-from cloud_service.auth import TokenFile, check_bearer
 from cloud_service.http_parsing import parse_rerank_body
 from cloud_service.rerank_flow import Answer, answer_with_dedup, rerank_by_task
 from cloud_service.result_store import (
@@ -22,7 +21,7 @@ from cloud_service.result_store import (
     TtlResultMap,
 )
 from cloud_service.settings import CloudServiceSettings
-from router.errors import InputError, MalformedRequest, RequestTooLarge, Unauthorized
+from router.errors import InputError, MalformedRequest, RequestTooLarge
 from router.wire import RerankItem, RerankResult, WireCandidate
 
 NODE = "test-node"
@@ -282,43 +281,6 @@ def test_parse_rerank_body_rejects(body: bytes, error: type[Exception], field: s
     with pytest.raises(error) as info:
         parse_rerank_body(body, 1024)
     assert getattr(info.value, "field", None) == field
-
-
-def test_token_file_rereads_on_change_and_fails_closed(tmp_path: Path) -> None:
-    """Tokens are checked per node, a rewrite revokes, and a missing file refuses all."""
-    path = tmp_path / "tokens"
-    path.write_text("a tok-a\nb tok-b\n")
-    tokens = TokenFile(path)
-    tokens.check("a", "Bearer tok-a")
-    with pytest.raises(Unauthorized):
-        tokens.check("a", "Bearer tok-b")
-    path.write_text("b tok-b\n")
-    with pytest.raises(Unauthorized):
-        tokens.check("a", "Bearer tok-a")
-    path.unlink()
-    with pytest.raises(Unauthorized):
-        tokens.check("b", "Bearer tok-b")
-    with pytest.raises(Unauthorized):
-        check_bearer({"a": b"x"}, "a", None)
-
-
-def test_token_file_sees_rotation_that_keeps_size_and_mtime(tmp_path: Path) -> None:
-    """A token rotated by `cp -p` (same length, mtime copied) is revoked at the next check."""
-    import shutil
-
-    path = tmp_path / "tokens"
-    path.write_text("a tok-1\n")
-    tokens = TokenFile(path)
-    tokens.check("a", "Bearer tok-1")
-    staged = tmp_path / "staged"
-    staged.write_text("a tok-2\n")
-    st = os.stat(path)
-    os.utime(staged, ns=(st.st_atime_ns, st.st_mtime_ns))
-    shutil.copy2(staged, path)
-    assert os.stat(path).st_mtime_ns == st.st_mtime_ns and os.stat(path).st_size == st.st_size
-    with pytest.raises(Unauthorized):
-        tokens.check("a", "Bearer tok-1")
-    tokens.check("a", "Bearer tok-2")
 
 
 # --- the real Serve app over HTTP ---------------------------------------------------

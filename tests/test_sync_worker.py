@@ -21,7 +21,7 @@ from edge_node.storage.queue_store import DurableQueue
 from edge_node.storage.queued_item import QueuedItem
 from edge_node.storage.result_store import ResultStore
 from edge_node.sync.worker import SyncWorker
-from router.errors import CloudRejected, CloudUnauthorized, CloudUnavailable
+from router.errors import CloudRejected, CloudUnavailable
 from router.log_setup import sampler
 from router.policy import (
     BreakerSettings,
@@ -249,23 +249,6 @@ def test_item_failure_dead_letters_after_max_attempts(tmp_path: Path) -> None:
     assert rec["status"] == "failed" and "unknown_label" in rec["error"]
 
 
-def test_id_conflict_dead_letters_at_once_and_keeps_an_earlier_done_result(
-    tmp_path: Path,
-) -> None:
-    """A request_id_conflict is final (no more attempts); an id that already holds a done
-    result keeps it, a new id gets a failed result naming the conflict."""
-    q, rs, _, cloud, worker, _ = setup(tmp_path, max_attempts=5)
-    rs.put_done("kept", {"label": "a"})
-    q.put(item("kept"))
-    q.put(item("fresh"))
-    cloud.fail_ids, cloud.fail_code = {"kept", "fresh"}, "request_id_conflict"
-    report = asyncio.run(worker.run_once())
-    assert (report.failed, report.dead) == (2, 2) and q.depth == 0
-    assert (rs.get("kept") or {})["status"] == "done"
-    fresh = rs.get("fresh") or {}
-    assert fresh["status"] == "failed" and "request_id_conflict" in fresh["error"]
-
-
 def test_cloud_rejected_counts_attempts_for_the_batch(tmp_path: Path) -> None:
     """A whole-call CloudRejected counts an attempt per item and keeps the cloud online."""
     q, rs, mon, cloud, worker, _ = setup(tmp_path, max_attempts=1)
@@ -276,30 +259,6 @@ def test_cloud_rejected_counts_attempts_for_the_batch(tmp_path: Path) -> None:
     assert (report.failed, report.dead) == (2, 2)
     assert rs.counts()["failed"] == 2 and q.depth == 0
     assert mon.state == "online"
-
-
-def test_refused_credentials_pause_sync_without_spending_attempts(tmp_path: Path) -> None:
-    """Rounds refused with 401/403 count no attempt, mark the credentials rejected, send
-    one item per round while rejected, and once the cloud accepts the node again every
-    item drains to done."""
-    q, rs, mon, cloud, worker, _ = setup(tmp_path, max_attempts=1)
-    for i in range(3):
-        q.put(item(f"c{i}"))
-    cloud.error = CloudUnauthorized("cloud refused the node's credentials: 401")
-    for _ in range(4):
-        report = asyncio.run(worker.run_once())
-        assert report.paused_credentials and (report.failed, report.dead) == (0, 0)
-    assert [len(c) for c in cloud.calls] == [3, 1, 1, 1]  # then one item per probe round
-    assert q.depth == 3 and all(i.attempts == 0 for i in q.oldest(5))
-    assert rs.counts().get("failed", 0) == 0
-    snap = mon.snapshot()
-    assert snap.credentials == "rejected" and snap.breaker == "closed"
-    cloud.error = None
-    report = asyncio.run(worker.run_once())
-    assert report.done == 1 and not report.paused_credentials
-    report = asyncio.run(worker.run_once())
-    assert report.done == 2 and q.depth == 0
-    assert mon.snapshot().credentials == "accepted"
 
 
 def test_expired_items_are_recorded_even_offline(tmp_path: Path) -> None:

@@ -149,14 +149,14 @@ class CloudReranker:
                 status=err.status,
             )
             retry = err.retry_after_s if isinstance(err, RetryableRejection) else None
-            self._metrics.request(err.status, (time.perf_counter() - started) * 1000)
+            self._metrics.request(err.status, time.perf_counter() - started)
             return json_response(error_body(err), err.status, retry)
         except Exception as exc:  # a bug: still answer JSON, never a bare 500 page
             _log.error(
                 "rerank_failed", request_id=request_id, route="cloud", reason=type(exc).__name__
             )
             internal = EdgerouteError("internal error while re-ranking")
-            self._metrics.request(internal.status, (time.perf_counter() - started) * 1000)
+            self._metrics.request(internal.status, time.perf_counter() - started)
             return json_response(error_body(internal), internal.status)
         latency_ms = (time.perf_counter() - started) * 1000
         body = RerankResponse(results=answers).model_dump_json().encode()
@@ -175,7 +175,7 @@ class CloudReranker:
     ) -> None:
         """Record an answered /v1/rerank call: metrics, and the `rerank_answered` line when
         the log sampler picks the call."""
-        self._metrics.request(200, latency_ms)
+        self._metrics.request(200, latency_ms / 1000)
         self._record_items(answers)
         if not self._sample():
             return

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-LATENCY_BOUNDARIES_MS = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0]
+LATENCY_BOUNDARIES_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0]
 BATCH_BOUNDARIES = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]
 
 
@@ -44,9 +44,9 @@ class ReplicaMetrics:
             description="Calls refused with 401 (missing, wrong or revoked token).",
         )
         self._latency: Any = metrics.Histogram(
-            "edgeroute_cloud_latency_ms",
-            description="Time to answer one HTTP call inside the replica, in ms.",
-            boundaries=LATENCY_BOUNDARIES_MS,
+            "edgeroute_cloud_latency_seconds",
+            description="Time to answer one HTTP call inside the replica, in seconds.",
+            boundaries=LATENCY_BOUNDARIES_S,
             tag_keys=("status",),
         )
         self._batch: Any = metrics.Histogram(
@@ -60,11 +60,11 @@ class ReplicaMetrics:
         with self._lock:
             self._mirror[key] = self._mirror.get(key, 0.0) + by
 
-    def request(self, status: int, latency_ms: float) -> None:
-        """Record one answered HTTP call."""
+    def request(self, status: int, latency_s: float) -> None:
+        """Record one answered HTTP call that took `latency_s` seconds."""
         tags = {"status": str(status)}
         self._requests.inc(1, tags=tags)
-        self._latency.observe(latency_ms, tags=tags)
+        self._latency.observe(latency_s, tags=tags)
         self._bump(f"requests.{status}")
         self._bump("latency_observations")
 

@@ -2,7 +2,9 @@
 for tests (`init_ray`, `start_cloud_in_process`, `stop_cloud`).
 
 Ray is always started as a *new* local instance (never joining another one found on the
-machine), bound to 127.0.0.1, with the dashboard and usage stats off.
+machine) with node IP 127.0.0.1, the dashboard and usage stats off, and Ray's default
+token authentication for a new local instance. Ray 2.60 still binds some of its servers
+to all interfaces (README, "Run on a Ray cluster"); Serve's HTTP is on the given host.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def init_ray(
 ) -> None:
     """Start a fresh local Ray in this process (no-op if Ray is already initialised here).
 
-    Bound to 127.0.0.1, dashboard off, usage stats off, worker logs not echoed.
+    Node IP 127.0.0.1, dashboard off, usage stats off, worker logs not echoed.
     """
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
@@ -74,13 +76,20 @@ def start_cloud_in_process(
 
 
 def stop_cloud(settings: CloudServiceSettings | None = None, *, shutdown_ray: bool = True) -> None:
-    """Shut Serve down, kill the shared result store, and (by default) shut Ray down.
+    """Shut Ray down (by default), or, with `shutdown_ray=False` (a Ray instance shared
+    with others), shut Serve down and kill the shared result store.
 
-    Safe to call when nothing is running.
+    Shutting this process's local Ray instance down ends every actor it runs (Serve's
+    controller, proxy and replicas, the result store) at once; `serve.shutdown()` first
+    would only add the controller's own graceful stop (up to 30 s). Safe to call when
+    nothing is running.
     """
     import ray
 
     if not ray.is_initialized():
+        return
+    if shutdown_ray:
+        ray.shutdown()
         return
     from ray import serve
 
@@ -89,8 +98,6 @@ def stop_cloud(settings: CloudServiceSettings | None = None, *, shutdown_ray: bo
     serve.shutdown()  # type: ignore[no-untyped-call]
     if settings is not None:
         kill_result_store(settings.result_store_name, settings.ray_namespace)
-    if shutdown_ray:
-        ray.shutdown()
 
 
 def preflight(settings: CloudServiceSettings) -> None:

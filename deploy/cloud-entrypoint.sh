@@ -2,7 +2,13 @@
 # The `cloud` container: a Ray head node running the edgeroute Serve app from a Serve config.
 # Ray's own processes stay in the foreground (`ray start --block`); the app is deployed onto
 # the head with `serve run --non-blocking` (works with the dashboard off). SIGTERM stops Ray.
+# Ray's token authentication comes from the environment: RAY_AUTH_MODE=token and the token
+# in RAY_AUTH_TOKEN_PATH (docker-compose mounts secrets/ray-token there; `make secrets`).
 set -eu
+if [ "${RAY_AUTH_MODE:-}" != "token" ]; then
+    echo "refusing to start: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (see docker-compose.yml)" >&2
+    exit 2
+fi
 RAY_PORT="${RAY_PORT:-6379}"
 SERVE_CONFIG="${SERVE_CONFIG:-cloud_service/serve_config.yaml}"
 ray start --head --port="$RAY_PORT" --include-dashboard=false --disable-usage-stats \

@@ -208,7 +208,7 @@ class Node:
         spent = self.budget.snapshot(now)
         return {
             "node_id": pol.node.id,
-            "connectivity": self.monitor.snapshot().to_dict(),
+            "connectivity": self.monitor.snapshot().to_dict(now - time.monotonic()),
             "queue": {
                 "depth": self.queue.depth,
                 "bytes": self.queue.bytes,

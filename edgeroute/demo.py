@@ -10,10 +10,13 @@ no final answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import re
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +73,10 @@ def run_demo(
     proxy: ThreadedFaultProxy | None = None
     edge = None
     try:
-        processes.wait_http(f"http://127.0.0.1:{cloud_port}/healthz", cloud, 180, cloud_log)
+        processes.wait_http(
+            f"http://127.0.0.1:{cloud_port}/healthz", cloud, 180, cloud_log, _starting(cloud_log)
+        )
+        print("cloud ready", flush=True)
         proxy = ThreadedFaultProxy("127.0.0.1", cloud_port)
         proxy.start()
         print("starting the edge node ...", flush=True)
@@ -98,22 +104,42 @@ def run_demo(
         drained = _wait_drained(edge_url, timeout_s=120)
         _fetch_finals(edge_url, outcomes)
         status = httpx.get(f"{edge_url}/v1/status", timeout=5).json()
+        report = _report(outcomes, status, models_dir, x_test, y_test, drained)
+        _print_table(report)
+        labels = {o.request_id: o.truth for o in outcomes}
+        (data_dir / "labels.json").write_text(json.dumps(labels))
+        if report_path is not None:
+            report_path.write_text(json.dumps(report, indent=2))
+            print(f"\nreport written to {report_path}")
+        print(
+            f"decision log: {data_dir / 'edge' / 'decisions'}; "
+            f"true labels: {data_dir / 'labels.json'}",
+            flush=True,
+        )
     finally:
+        print("stopping the edge node and the cloud ...", flush=True)
         if edge is not None:
             processes.stop(edge)
         if proxy is not None:
             proxy.stop()
-        processes.stop(cloud, timeout_s=60)
-    report = _report(outcomes, status, models_dir, x_test, y_test, drained)
-    _print_table(report)
-    (data_dir / "labels.json").write_text(json.dumps({o.request_id: o.truth for o in outcomes}))
-    if report_path is not None:
-        report_path.write_text(json.dumps(report, indent=2))
-        print(f"\nreport written to {report_path}")
-    print(
-        f"decision log: {data_dir / 'edge' / 'decisions'}; true labels: {data_dir / 'labels.json'}"
-    )
+        processes.stop(cloud, timeout_s=30, group=False)  # Ray stops its own processes
     return bool(report["lost"] == 0)
+
+
+def _starting(log_path: Path) -> Callable[[float], None]:
+    """Prints how long the cloud has been starting and its last log event, if any."""
+
+    def show(elapsed_s: float) -> None:
+        event = ""
+        with contextlib.suppress(OSError):
+            for line in reversed(log_path.read_text(errors="replace").splitlines()):
+                found = re.search(r'"event": ?"([a-z_]+)"', line)
+                if found:
+                    event = f" (last: {found.group(1)})"
+                    break
+        print(f"  cloud still starting: {elapsed_s:.0f} s{event}", flush=True)
+
+    return show
 
 
 async def _replay(

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -61,11 +62,19 @@ def wait_http(
     proc: subprocess.Popen[bytes] | None = None,
     timeout_s: float = 120.0,
     log_path: Path | None = None,
+    progress: Callable[[float], None] | None = None,
+    progress_every_s: float = 5.0,
 ) -> None:
     """Poll `url` until it answers 200; raise RuntimeError (with the log's tail) on timeout
-    or if `proc` exits first."""
-    deadline = time.monotonic() + timeout_s
+    or if `proc` exits first. `progress(elapsed_s)` is called about every
+    `progress_every_s` seconds while waiting."""
+    started = time.monotonic()
+    deadline = started + timeout_s
+    next_report = started + progress_every_s
     while time.monotonic() < deadline:
+        if progress is not None and time.monotonic() >= next_report:
+            progress(time.monotonic() - started)
+            next_report += progress_every_s
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(
                 f"process exited with {proc.returncode} before {url} was ready" + _tail(log_path)
@@ -77,15 +86,24 @@ def wait_http(
     raise RuntimeError(f"{url} not ready after {timeout_s:.0f}s" + _tail(log_path))
 
 
-def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM the process group, wait up to `timeout_s`, then SIGKILL it. Returns the code."""
+def stop(proc: subprocess.Popen[bytes], timeout_s: float = 30.0, *, group: bool = True) -> int:
+    """SIGTERM the process group (or, with `group=False`, the process alone, so it can stop
+    its children in order), wait up to `timeout_s`, then SIGKILL the group. Returns the
+    code. With `group=False` the group is SIGKILLed after the process exits too, so
+    nothing it started outlives it."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            if group:
+                os.killpg(proc.pid, signal.SIGTERM)
+            else:
+                os.kill(proc.pid, signal.SIGTERM)
         try:
             proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             kill(proc)
+    if not group:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     return proc.wait()
 
 

@@ -113,6 +113,37 @@ class BreakerSettings(_Model):
         return self
 
 
+def _absolute_path(path: str) -> str:
+    if not path.startswith("/"):
+        raise ValueError(f"must be an absolute path (starting with '/'), got {path!r}")
+    return path
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
+
+
+class TlsSettings(_Model):
+    """How the node checks the cloud's certificate and proves its own (mTLS). Files are
+    PEM, read once when the node starts (a change takes a restart)."""
+
+    ca_bundle: AbsolutePath | None = Field(
+        default=None,
+        description="CA certificates to trust for the cloud instead of the system's.",
+    )
+    client_cert: AbsolutePath | None = Field(
+        default=None, description="The node's certificate chain, sent when the cloud asks (mTLS)."
+    )
+    client_key: AbsolutePath | None = Field(
+        default=None, description="The private key of client_cert (unencrypted PEM)."
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsSettings:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key must be set together")
+        return self
+
+
 class CloudSettings(_Model):
     """Where the cloud re-ranker is and how to talk to it."""
 
@@ -129,6 +160,12 @@ class CloudSettings(_Model):
     connect_timeout_ms: int = Field(default=200, ge=1, le=60_000)
     request_timeout_ms: int = Field(
         default=2_000, ge=1, le=600_000, description="Per-try timeout of one cloud call."
+    )
+    tls: TlsSettings = TlsSettings()
+    proxy: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s]+$",
+        description="HTTP(S) proxy for the cloud link (environment proxy variables are ignored).",
     )
     retry: RetrySettings = RetrySettings()
     breaker: BreakerSettings = BreakerSettings()

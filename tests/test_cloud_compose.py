@@ -43,7 +43,7 @@ def host_port(mapping: str) -> tuple[int, int]:
 def test_dockerfile_copies_only_existing_paths() -> None:
     """Every COPY source in the Dockerfile exists in the project."""
     for line in (ROOT / "Dockerfile").read_text().splitlines():
-        if line.startswith("COPY "):
+        if line.startswith("COPY ") and not line.startswith("COPY --from="):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), source
 
@@ -66,8 +66,12 @@ def test_cloud_service_runs_the_serve_config_on_a_ray_head() -> None:
     assert Path(args["bundles_dir"]).relative_to(APP_DIR).parts[:2] == ("models", "cloud")
     assert f"edgeroute model build-demo {APP_DIR}/models" in (ROOT / "Dockerfile").read_text()
     mounts = [v.split(":") for v in cloud["volumes"]]
-    assert [m[1] for m in mounts] == [args["tokens_file"]]
+    assert [m[1] for m in mounts] == [
+        args["tokens_file"],
+        cloud["environment"]["RAY_AUTH_TOKEN_PATH"],
+    ]
     assert all(m[0].startswith("./secrets/") and m[2] == "ro" for m in mounts)
+    assert cloud["environment"]["RAY_AUTH_MODE"] == "token"
     metrics_port = int(cloud["environment"]["RAY_METRICS_PORT"])
     prometheus = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
     targets = [
@@ -139,3 +143,63 @@ def test_serve_configs_validate_with_serve_and_edgeroute_schemas() -> None:
         [deployment] = app.deployments
         assert deployment.name == "CloudReranker"
         assert deployment.autoscaling_config["min_replicas"] >= 1  # type: ignore[index]
+
+
+def _stages() -> dict[str, str]:
+    """The Dockerfile's stages: {name: text}."""
+    stages: dict[str, str] = {}
+    name = ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("FROM "):
+            name = line.split(" AS ")[-1].strip()
+            stages[name] = ""
+        elif name:
+            stages[name] += line + "\n"
+    return stages
+
+
+def test_each_image_installs_only_its_profile_lock() -> None:
+    """The compose services build the Dockerfile's `edge` and `cloud` targets; each
+    installs its own hashed profile lock (no dev or tools lock), and only the throwaway
+    `models` stage installs the tools."""
+    stages = _stages()
+    services = compose()["services"]
+    for service in ("edge", "cloud"):
+        assert services[service]["build"] == {"context": ".", "target": service}
+        locks = re.findall(r"requirements/(\w+)\.lock", stages[service])
+        assert set(locks) == {service}, locks
+        assert "--require-hashes" in stages[service]
+    assert set(re.findall(r"requirements/(\w+)\.lock", stages["models"])) == {"tools"}
+
+
+def test_the_rayservice_inlines_the_serve_config_with_token_auth() -> None:
+    """The KubeRay RayService's serveConfigV2 is serve_config.yaml (parsed equal), its Ray
+    cluster has token authentication on, and it runs the cloud image."""
+    rayservice = yaml.safe_load((ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text())
+    serve_config = yaml.safe_load((ROOT / "cloud_service" / "serve_config.yaml").read_text())
+    assert yaml.safe_load(rayservice["spec"]["serveConfigV2"]) == serve_config
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token" and cluster["authOptions"]["secretName"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert head["image"].startswith("edgeroute-cloud:")
+
+
+def test_make_secrets_creates_matching_tokens_once(tmp_path: Path) -> None:
+    """`make secrets` writes the tokens file (the compose edge's node id), edge.env with
+    the same token and a Ray token, all mode 0600; a second run overwrites nothing."""
+    import subprocess
+
+    folder = tmp_path / "secrets"
+    subprocess.run(["make", "-s", "secrets", f"SECRETS={folder}"], cwd=ROOT, check=True,
+                   capture_output=True, timeout=60)  # fmt: skip
+    node_id, token = (folder / "edgeroute-tokens").read_text().split()
+    policy = yaml.safe_load((ROOT / "deploy" / "edge-policy.yaml").read_text())
+    assert node_id == policy["node"]["id"] and len(token) >= 32
+    assert (folder / "edge.env").read_text() == f"EDGEROUTE_CLOUD_TOKEN={token}\n"
+    assert len((folder / "ray-token").read_text().strip()) == 64
+    assert {f.stat().st_mode & 0o777 for f in folder.iterdir()} == {0o600}
+    before = {f.name: f.read_text() for f in folder.iterdir()}
+    out = subprocess.run(["make", "-s", "secrets", f"SECRETS={folder}"], cwd=ROOT, check=True,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "wrote nothing" in out.stdout
+    assert {f.name: f.read_text() for f in folder.iterdir()} == before

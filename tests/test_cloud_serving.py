@@ -19,6 +19,7 @@ import pytest
 from cloud_service.auth import EnvTokens, TokenFile, TokenSources, token_sources
 from cloud_service.settings import CloudServiceSettings
 from router.errors import Unauthorized
+from tests.dashboard import dashboard_metrics
 from tests.waiting import holds_within, wait_until
 
 AUTH = {"X-Edgeroute-Node": "test-node", "Authorization": "Bearer test-token"}
@@ -206,11 +207,12 @@ def test_replica_metrics_reach_rays_prometheus_export(cloud_url: str) -> None:
     port = ray._private.worker.global_worker.node.metrics_export_port
     wanted = [
         "ray_edgeroute_cloud_requests_total{",
-        "ray_edgeroute_cloud_latency_ms_bucket{",
+        "ray_edgeroute_cloud_latency_seconds_bucket{",
         "ray_edgeroute_cloud_batch_size_bucket{",
         "ray_edgeroute_cloud_dedup_hits_total{",
         "ray_edgeroute_cloud_auth_failures_total{",
         "ray_edgeroute_cloud_items_total{",
+        *(f"{name}{{" for name in dashboard_metrics(cloud=True)),  # the Grafana panels' series
     ]
     text = ""
 

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edgeroute.netproxy import ThreadedFaultProxy
+from tests.dashboard import dashboard_metrics
 from tests.edge_fixtures import EdgeNode, policy_text
 from tests.waiting import wait_until
 
@@ -98,4 +99,7 @@ def test_metric_families_move_with_traffic(
     age = ("edgeroute_queue_oldest_age_seconds", ())
     wait_until(lambda: scrape(node)[age] > 0, 10, 0.05, "the queued item's age to grow")
     assert scrape(node)[age] > 0
+    exported = {name for name, _ in m2}
+    missing = dashboard_metrics(cloud=False) - exported
+    assert not missing, f"the Grafana dashboard queries series the node does not export: {missing}"
     proxy.set_mode("pass")

@@ -1,10 +1,8 @@
 """The edge node's client of the cloud re-ranker (`POST {cloud}/v1/rerank`, `GET /healthz`).
 
-One httpx transport (a keep-alive connection pool on `edge_node.cloud.asyncio_transport`'s
-asyncio network backend, no transport-level retries), called directly with prebuilt
-requests: httpx's `AsyncClient` layers (URL merging, cookies, auth and redirect handling,
-event hooks) cost a measurable share of an escalation (docs/performance.md) and none of
-them applies to this one JSON endpoint. Exactly one retry
+httpx's standard transport (a keep-alive connection pool, no transport-level retries,
+the policy's TLS and proxy settings: `edge_node.cloud.http_link`), called directly with
+prebuilt requests. Exactly one retry
 layer (tenacity) that retries only retryable failures, waits exponential backoff with
 jitter but never less than the cloud's `Retry-After`, and never sleeps or tries past the
 caller's deadline. Every httpx / HTTP / schema failure leaves this module as a
@@ -21,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,7 +30,7 @@ import structlog
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
+from edge_node.cloud.http_link import transport as link_transport
 from edge_node.cloud.request_ids import RequestIds
 from router.errors import (
     CloudError,
@@ -95,7 +94,7 @@ class CloudClient:
         }
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
-        self._transport = transport or AsyncioHTTPTransport()
+        self._transport = transport or link_transport(settings)
 
     @property
     def base_url(self) -> str:
@@ -115,8 +114,8 @@ class CloudClient:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        """One HTTP exchange through the transport, body read and connection released.
-        Raises httpx's transport errors (mapped by the callers)."""
+        """One HTTP exchange, body read and connection released. Raises httpx's errors
+        (mapped by the callers)."""
         request = httpx.Request(
             method,
             url,
@@ -212,7 +211,7 @@ class CloudClient:
         except (httpx.TimeoutException, TimeoutError) as exc:
             raise CloudTimeout(f"cloud did not answer within {per_try:.3f}s") from exc
         except httpx.HTTPError as exc:
-            raise CloudUnavailable(f"cloud unreachable: {type(exc).__name__}") from exc
+            raise CloudUnavailable(f"cloud unreachable: {_link_failure(exc)}") from exc
         return self._parse(resp, expected)
 
     def _parse(
@@ -257,6 +256,19 @@ class CloudClient:
     async def aclose(self) -> None:
         """Close the connection pool."""
         await self._transport.aclose()
+
+
+def _link_failure(exc: httpx.HTTPError) -> str:
+    """The httpx error's name, and the TLS reason when a TLS check failed (an untrusted or
+    misnamed certificate, a client certificate the cloud refused)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"{type(exc).__name__} (TLS: certificate rejected: {cause.verify_message})"
+    if isinstance(cause, ssl.SSLError):
+        return f"{type(exc).__name__} (TLS: {cause.reason or type(cause).__name__})"
+    return type(exc).__name__
 
 
 def _error_text(resp: httpx.Response) -> str:

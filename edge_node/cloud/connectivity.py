@@ -56,18 +56,23 @@ class ConnectivitySnapshot:
     credentials: Literal["accepted", "rejected"] = "accepted"
     credentials_rejected_since: float | None = None
 
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready form."""
+    def to_dict(self, clock_offset_s: float = 0.0) -> dict[str, object]:
+        """JSON-ready form; `clock_offset_s` is added to each time (pass UNIX time minus
+        the monitor's clock to report UNIX seconds, as `/v1/status` does)."""
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else round(t + clock_offset_s, 3)
+
         return {
             "state": self.state,
             "breaker": self.breaker,
             "consecutive_failures": self.consecutive_failures,
             "openings": self.openings,
-            "opened_at": self.opened_at,
-            "open_until": self.open_until,
+            "opened_at": at(self.opened_at),
+            "open_until": at(self.open_until),
             "failure_ratio": round(self.failure_ratio, 4),
             "credentials": self.credentials,
-            "credentials_rejected_since": self.credentials_rejected_since,
+            "credentials_rejected_since": at(self.credentials_rejected_since),
         }
 
 

@@ -1,6 +1,6 @@
 """Request ids the node makes for requests that bring none, and whether it made an id.
 
-The cloud link uses `minted` to mark a call's first try as a first send
+The cloud link uses `take_unsent` to mark a call's first try as a first send
 (`router.wire.FIRST_SEND_HEADER`): an id this process made was never sent before the
 request that got it escalates, so the cloud may skip its idempotency claim for it. That
 knowledge lives here and in `edge_node.cloud.client` alone.
@@ -8,41 +8,35 @@ knowledge lives here and in `edge_node.cloud.client` alone.
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections import OrderedDict
 from collections.abc import Callable
 
 
 class RequestIds:
-    """32 hex digits: a random 64-bit prefix per instance, then a 64-bit counter. Unique
-    across restarts and nodes (with the odds of a 64-bit collision). Remembers the last
-    `keep` ids it made that were not sent yet (oldest forgotten first), so `take_unsent`
-    can tell a first send from a client echoing an id back. Thread-safe under the GIL
-    (itertools.count and OrderedDict insert and pop are atomic). Every method is O(1)
-    per id: the oldest id is dropped by `popitem(last=False)`, not by scanning."""
+    """32 hex digits of 128 random bits from `rand` (the OS's CSPRNG by default): unique
+    across restarts and nodes, and not guessable from ids seen before, so a request's
+    result cannot be found by walking ids. Remembers the last `keep` ids it made that
+    were not sent yet (oldest forgotten first), so `take_unsent` can tell a first send
+    from a client echoing an id back. Thread-safe under the GIL (OrderedDict insert and pop
+    are atomic). Every method is O(1) per id: the oldest id is dropped by
+    `popitem(last=False)`, not by scanning."""
 
-    __slots__ = ("_counter", "_keep", "_prefix", "_unsent")
+    __slots__ = ("_keep", "_rand", "_unsent")
 
     def __init__(self, rand: Callable[[int], bytes] = os.urandom, keep: int = 16_384) -> None:
-        self._prefix = rand(8).hex()
-        self._counter = itertools.count(1)
+        self._rand = rand
         self._keep = keep
         self._unsent: OrderedDict[str, None] = OrderedDict()
 
     def new(self) -> str:
         """A fresh id, remembered as not sent yet."""
-        rid = f"{self._prefix}{next(self._counter):016x}"
+        rid = self._rand(16).hex()
         unsent = self._unsent
         unsent[rid] = None
         if len(unsent) > self._keep:
             unsent.popitem(last=False)
         return rid
-
-    def minted(self, request_id: str) -> bool:
-        """Whether `request_id` has this instance's form and prefix (made by `new`, or a
-        copy of one a client echoes back)."""
-        return len(request_id) == 32 and request_id.startswith(self._prefix)
 
     def take_unsent(self, request_ids: list[str]) -> bool:
         """True if every id was made by `new` and never taken before (so no call can have

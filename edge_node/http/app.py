@@ -15,12 +15,14 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, ORJSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
-from edge_node.http.auth import BearerAuth, check_token_configured
+from edge_node.http.auth import PROTECTED_PREFIX, BearerAuth, check_token_configured
 from edge_node.http.body_limit import BodyLimit
-from edge_node.http.errors import error_response
+from edge_node.http.docs_page import render as render_docs
+from edge_node.http.errors import OrjsonResponse, error_response, http_error_response
 from edge_node.http.infer_route import InferEndpoint, answer_infer, error_detail_of
 from edge_node.node import Node
 from edge_node.settings import EdgeSettings
@@ -59,7 +61,9 @@ def create_app(settings: EdgeSettings, node: Node | None = None) -> FastAPI:
         title="edgeroute edge node",
         version="1",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
+        default_response_class=OrjsonResponse,
+        docs_url=None,  # Swagger UI and ReDoc load their code from a CDN; /docs is ours
+        redoc_url=None,
     )
     app.state.node = node
     app.state.service = svc
@@ -74,6 +78,10 @@ def create_app(settings: EdgeSettings, node: Node | None = None) -> FastAPI:
     @app.exception_handler(EdgerouteError)
     async def _edgeroute_error(_: Request, exc: EdgerouteError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return http_error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -94,11 +102,15 @@ def create_app(settings: EdgeSettings, node: Node | None = None) -> FastAPI:
         # route documents the endpoint in the OpenAPI schema (body given by `openapi_extra`)
         # and answers the same way if reached.
         answer = await answer_infer(svc, await request.body())
-        return ORJSONResponse(answer.body, status_code=answer.status)
+        return OrjsonResponse(answer.body, status_code=answer.status)
 
     @app.get("/v1/results/{request_id}", response_model=ResultResponse, responses=_ERRORS)
     async def result(request_id: str) -> dict[str, Any]:
         return svc.result(request_id)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(render_docs(app.openapi()))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -119,7 +131,7 @@ def create_app(settings: EdgeSettings, node: Node | None = None) -> FastAPI:
     @app.post("/v1/policy/reload", summary="Reload the policy file now (validated, atomic)")
     async def policy_reload() -> Response:
         outcome = await node.reloader.reload("http")
-        return ORJSONResponse(outcome.to_dict(), status_code=422 if outcome.error else 200)
+        return OrjsonResponse(outcome.to_dict(), status_code=422 if outcome.error else 200)
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -141,6 +153,12 @@ request_id), an `ItemError` with that status in `http_status`. Only faults of th
 itself (bad JSON, `items` not a non-empty list, too many items) fail the whole request."""
 
 _BODY_MODELS: tuple[type[BaseModel], ...] = (InferRequest, InferBatchRequest)
+BEARER_SCHEME = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "Required on /v1/* when the active policy sets api.auth "
+    "(the token is the value of the environment variable api.auth.token_env names).",
+}
 
 
 def _infer_body_schema() -> dict[str, Any]:
@@ -154,7 +172,13 @@ def _openapi_with_body_models(app: FastAPI) -> dict[str, Any]:
         schema = get_openapi(
             title=app.title, version=app.version, routes=app.routes, description=app.description
         )
-        defs = schema.setdefault("components", {}).setdefault("schemas", {})
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = {"bearerAuth": BEARER_SCHEME}
+        for path, item in schema.get("paths", {}).items():
+            if path.startswith(PROTECTED_PREFIX):
+                for op in item.values():
+                    op["security"] = [{"bearerAuth": []}]
+        defs = components.setdefault("schemas", {})
         for model in _BODY_MODELS:
             js = model.model_json_schema(ref_template="#/components/schemas/{model}")
             defs.update(js.pop("$defs", {}))

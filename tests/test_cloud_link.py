@@ -1,27 +1,27 @@
-"""The asyncio network backend under httpx, against real servers on 127.0.0.1 (TCP and TLS):
-keep-alive reuse, reconnects, timeouts, flow control and the CloudClient's error mapping."""
+"""The cloud link (httpx's standard transport) against real servers on
+127.0.0.1: keep-alive reuse, reconnects, timeouts, large bodies, TLS with a CA made in
+the test (trusted, untrusted, wrong host name, client certificate required), a forwarding
+proxy, and the CloudClient's error mapping."""
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import ipaddress
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
 import uvloop
 
-from edge_node.cloud.asyncio_transport import AsyncioHTTPTransport
 from edge_node.cloud.client import CloudClient
-from router.errors import CloudTimeout, CloudUnavailable
+from router.errors import CloudTimeout, CloudUnavailable, PolicyError
 from router.policy import CloudSettings
 from router.wire import RerankItem, RerankResult
+from tests.forward_proxy import forward_proxy
 from tests.rerank_fakes import results_body
+from tests.tls_certs import TestCA
 from tests.waiting import until
 
 
@@ -106,13 +106,18 @@ def items(n: int = 1, size: int = 2) -> list[RerankItem]:
     ]
 
 
-def client(port: int, scheme: str = "http", **kw: object) -> CloudClient:
+def client(port: int, scheme: str = "http", **cloud: object) -> CloudClient:
+    """A CloudClient of the server on `port`, one try of at most 0.3 s; `cloud` adds policy
+    settings of the `cloud` section (tls, proxy)."""
     settings = CloudSettings.model_validate(
         {"url": f"{scheme}://127.0.0.1:{port}", "request_timeout_ms": 300,
-         "retry": {"max_attempts": 1}}
+         "retry": {"max_attempts": 1}, **cloud}
     )  # fmt: skip
-    transport = AsyncioHTTPTransport(**kw)  # type: ignore[arg-type]
-    return CloudClient(settings, node_id="n1", transport=transport)
+    return CloudClient(settings, node_id="n1")
+
+
+def _pool(c: CloudClient) -> object:
+    return c._transport._pool  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
@@ -140,11 +145,11 @@ def test_a_connection_the_server_closed_is_replaced_without_an_error() -> None:
         server = HttpServer(mode="close")
         async with serving(server) as port:
             c = client(port)
-            pool = c._transport._pool  # the transport's httpcore connection pool
+            pool = _pool(c)  # httpx's httpcore connection pool
             for _ in range(3):
                 await c.rerank(items(), deadline_s=2.0)
                 await until(  # the client saw the close: no idle connection it would reuse
-                    lambda: all(conn.has_expired() for conn in pool.connections),
+                    lambda: all(conn.has_expired() for conn in pool.connections),  # type: ignore[attr-defined]
                     timeout_s=2.0,
                     what="the server's close to reach the client",
                 )
@@ -200,7 +205,7 @@ def test_a_large_body_to_a_slow_reader_arrives_whole() -> None:
             settings = CloudSettings.model_validate(
                 {"url": f"http://127.0.0.1:{port}", "request_timeout_ms": 20_000}
             )
-            c = CloudClient(settings, node_id="n1", transport=AsyncioHTTPTransport())
+            c = CloudClient(settings, node_id="n1")
             batch = items(40, size=12000)
             out = await c.rerank(batch, deadline_s=30.0)
             await c.aclose()
@@ -212,79 +217,137 @@ def test_a_large_body_to_a_slow_reader_arrives_whole() -> None:
     asyncio.run(main())
 
 
-def _self_signed(tmp: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and its key, made with `cryptography`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgeroute-test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
+def _server_tls(
+    ca: TestCA, hosts: tuple[str, ...], *, require_client: bool = False
+) -> ssl.SSLContext:
+    leaf = ca.issue("server", hosts=hosts)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(leaf.cert, leaf.key)
+    if require_client:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(ca.bundle)
+    return ctx
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
-def test_tls_works_with_a_trusted_certificate_and_fails_closed_otherwise(
+def test_tls_to_a_server_signed_by_the_policy_ca_works_and_fails_closed_otherwise(
     tmp_path: Path, loop: str
 ) -> None:
-    """https to a server whose certificate the client trusts succeeds (twice, one
-    connection); with the default CAs the handshake fails as CloudUnavailable."""
-    cert, key = _self_signed(tmp_path)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    """With `tls.ca_bundle` naming the test CA, https calls succeed over one connection;
+    with the system CAs the certificate is refused as CloudUnavailable naming TLS."""
+    ca = TestCA(tmp_path)
 
     async def main() -> None:
         server = HttpServer()
-        async with serving(server, tls=server_ctx) as port:
-            c = client(port, "https", verify=trusting)
+        async with serving(server, tls=_server_tls(ca, ("127.0.0.1",))) as port:
+            c = client(port, "https", tls={"ca_bundle": str(ca.bundle)})
             for _ in range(2):
                 out = await c.rerank(items(), deadline_s=2.0)
                 assert out[0].request_id == "r0"
             await c.aclose()
             assert server.connections == 1
             strict = client(port, "https")
-            with pytest.raises(CloudUnavailable, match="ConnectError"):
+            with pytest.raises(
+                CloudUnavailable, match="TLS: certificate rejected: unable to get local issuer"
+            ):
                 await strict.rerank(items(), deadline_s=2.0)
             await strict.aclose()
 
     (uvloop.run if loop == "uvloop" else asyncio.run)(main())
 
 
-def test_the_transport_is_httpx_with_the_asyncio_backend() -> None:
-    """A plain httpx.AsyncClient works over the transport (GET, status, body)."""
+def test_a_certificate_for_another_host_name_is_refused(tmp_path: Path) -> None:
+    """A certificate signed by the trusted CA but issued for another name fails the host
+    name check: CloudUnavailable, nothing reaches the server's handler."""
+    ca = TestCA(tmp_path)
 
     async def main() -> None:
         server = HttpServer()
-        async with serving(server) as port:
-            async with httpx.AsyncClient(transport=AsyncioHTTPTransport()) as http:
-                resp = await http.post(f"http://127.0.0.1:{port}/x", content=b"")
-            assert resp.status_code == 200 and resp.json() == {"results": []}
+        async with serving(server, tls=_server_tls(ca, ("cloud.example.com",))) as port:
+            c = client(port, "https", tls={"ca_bundle": str(ca.bundle)})
+            with pytest.raises(CloudUnavailable, match=r"TLS: .*(mismatch|not valid)"):
+                await c.rerank(items(), deadline_s=2.0)
+            await c.aclose()
+        assert server.bodies == []
 
     asyncio.run(main())
+
+
+def test_a_server_requiring_a_client_certificate_accepts_only_the_nodes(tmp_path: Path) -> None:
+    """mTLS: without `tls.client_cert` the server refuses the node (CloudUnavailable, no
+    request handled); with a client certificate signed by its CA the call succeeds."""
+    ca = TestCA(tmp_path)
+    node = ca.issue("node", client=True)
+
+    async def main() -> None:
+        server = HttpServer()
+        tls = _server_tls(ca, ("127.0.0.1",), require_client=True)
+        async with serving(server, tls=tls) as port:
+            anonymous = client(port, "https", tls={"ca_bundle": str(ca.bundle)})
+            with pytest.raises(CloudUnavailable, match="cloud unreachable"):  # a reset or TLS alert
+                await anonymous.rerank(items(), deadline_s=2.0)
+            await anonymous.aclose()
+            assert server.bodies == []
+            mutual = client(
+                port,
+                "https",
+                tls={"ca_bundle": str(ca.bundle), "client_cert": str(node.cert),
+                     "client_key": str(node.key)},
+            )  # fmt: skip
+            out = await mutual.rerank(items(), deadline_s=2.0)
+            await mutual.aclose()
+        assert out[0].request_id == "r0" and len(server.bodies) == 1
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_calls_go_through_the_policy_proxy(tmp_path: Path, scheme: str) -> None:
+    """With `proxy` set, http calls are forwarded by the proxy (absolute-form requests)
+    and https calls tunnel through it (CONNECT, TLS checked end to end)."""
+    ca = TestCA(tmp_path)
+
+    async def main() -> None:
+        server = HttpServer()
+        tls = _server_tls(ca, ("127.0.0.1",)) if scheme == "https" else None
+        async with serving(server, tls=tls) as port, forward_proxy() as (proxy, proxy_url):
+            c = client(port, scheme, proxy=proxy_url, tls={"ca_bundle": str(ca.bundle)})
+            for _ in range(2):
+                out = await c.rerank(items(), deadline_s=2.0)
+                assert out[0].request_id == "r0"
+            await c.aclose()
+        assert len(server.bodies) == 2
+        assert (proxy.tunnels, proxy.forwarded) == ((1, 0) if scheme == "https" else (0, 1))
+
+    asyncio.run(main())
+
+
+def test_unusable_tls_files_are_policy_errors_naming_the_field(tmp_path: Path) -> None:
+    """A missing CA bundle or a key that does not match the certificate stops the client
+    from being built, with a PolicyError naming the cloud.tls field and the file."""
+    ca = TestCA(tmp_path)
+    node, other = ca.issue("node", client=True), ca.issue("other", client=True)
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(PolicyError) as err:
+        client(1, "https", tls={"ca_bundle": str(missing)})
+    assert err.value.issues[0].path == "cloud.tls.ca_bundle"
+    assert str(missing) in str(err.value.issues[0])
+    with pytest.raises(PolicyError) as err:
+        client(1, "https", tls={"client_cert": str(node.cert), "client_key": str(other.key)})
+    assert err.value.issues[0].path == "cloud.tls.client_cert"
+
+
+@pytest.mark.parametrize(
+    ("tls", "message"),
+    [
+        ({"ca_bundle": "certs/ca.pem"}, "must be an absolute path"),
+        ({"client_cert": "/etc/node.crt"}, "must be set together"),
+        ({"client_key": "/etc/node.key"}, "must be set together"),
+        ({"ca_file": "/etc/ca.pem"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_tls_settings_are_checked_when_the_policy_loads(tls: dict[str, str], message: str) -> None:
+    """Relative paths, a certificate without its key (or the reverse) and unknown keys
+    are refused by the policy model."""
+    with pytest.raises(ValueError, match=message):
+        CloudSettings.model_validate({"tls": tls})

@@ -27,7 +27,7 @@ demo: setup
 	$(BIN)/edgeroute demo --models $(MODELS) --report demo-report.json
 
 test: setup lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check router runtime edge_node cloud_service edgeroute tests benchmarks

@@ -29,6 +29,7 @@ import structlog
 
 from edge_node.cloud.client import CloudClient
 from edge_node.cloud.connectivity import ConnectivityMonitor
+from edge_node.cloud.http_link import transport as link_transport
 from edge_node.escalation import Escalation
 from edge_node.lifecycle.active_policy import ActivePolicy, activate
 from edge_node.lifecycle.model_store import ModelStore
@@ -65,12 +66,13 @@ class Node:
     ) -> None:
         """Validate the policy and load every task's bundle (a version installed in the
         model store wins over the policy's), then take the data dir for `role` and open
-        its stores. Raises PolicyError / BundleError before anything is opened, and
-        DataDirBusy if another process writes the data dir. `transport` replaces the
-        cloud client's HTTP transport (tests)."""
+        its stores. Raises PolicyError (also for unusable `cloud.tls` files) / BundleError
+        before anything is opened, and DataDirBusy if another process writes the data dir.
+        `transport` replaces the cloud client's HTTP transport (tests)."""
         self.settings = settings
         self.store = ModelStore(settings.data_dir / "models")
         active = activate(settings.policy_path, clock(), store=self.store)
+        transport = transport or link_transport(active.policy.cloud)  # reads the TLS files
         data = settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         hold(data, role)

@@ -124,7 +124,15 @@ def cloud_stop(temp_dir: Path, grace: float) -> None:
     grace time), by pid; other Ray instances on the machine are left alone."""
     from edgeroute.ray_cluster import stop_cluster
 
-    signalled, left = stop_cluster(temp_dir.resolve(), grace_s=grace)
+    if not temp_dir.is_dir():
+        fail(EdgerouteError(f"--temp-dir: {temp_dir} is not a folder", field="--temp-dir"))
+    try:
+        signalled, left = stop_cluster(temp_dir.resolve(), grace_s=grace)
+    except EdgerouteError as exc:
+        fail(exc)
+    if not signalled:
+        click.echo(f"nothing to stop: no process of a Ray cluster in {temp_dir} is running")
+        return
     if left:
         fail(EdgerouteError(f"{len(left)} of the cluster's processes did not stop: {sorted(left)}"))
     click.echo(f"stopped {len(signalled)} processes of the cluster in {temp_dir}")

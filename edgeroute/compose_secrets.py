@@ -5,8 +5,9 @@ Writes, in the folder given (default `secrets/`, which git ignores), each only i
 - `edgeroute-tokens`: the cloud's `node_id token` lines (one line, for the compose edge);
 - `edge.env`: `EDGEROUTE_CLOUD_TOKEN=<the same token>` for the edge container;
 - `ray-token`: the Ray cluster's auth token (`RAY_AUTH_MODE=token`).
-Files are created with mode 0600; an existing file is never overwritten (rotate by hand,
-docs/cloud.md).
+Files are created with mode 0600, owned by the user running it; an existing file is never
+overwritten (rotate by hand, docs/cloud.md). The images run as uid 1000: on a host whose
+user has another uid, `chown 1000` the files before `docker compose up`.
 """
 
 from __future__ import annotations
@@ -33,20 +34,31 @@ def _write_new(path: Path, text: str) -> bool:
 
 
 def create(folder: Path, node_id: str) -> list[str]:
-    """Create the missing secret files in `folder`; returns the names written."""
+    """Create the missing secret files in `folder`; returns the names written. A missing
+    `edge.env` is rebuilt from `node_id`'s line of an existing tokens file."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
+    tokens_file, edge_env = folder / "edgeroute-tokens", folder / "edge.env"
     written = []
-    tokens_file = folder / "edgeroute-tokens"
+    token: str | None = secrets.token_urlsafe(32)
     if _write_new(tokens_file, f"{node_id} {token}\n"):
         written.append(tokens_file.name)
-        edge_env = folder / "edge.env"
         edge_env.unlink(missing_ok=True)  # the edge's token must match the new tokens file
-        _write_new(edge_env, f"EDGEROUTE_CLOUD_TOKEN={token}\n")
+    else:
+        token = _token_of(tokens_file, node_id)
+    if token is not None and _write_new(edge_env, f"EDGEROUTE_CLOUD_TOKEN={token}\n"):
         written.append(edge_env.name)
     if _write_new(folder / "ray-token", secrets.token_hex(32) + "\n"):
         written.append("ray-token")
     return written
+
+
+def _token_of(tokens_file: Path, node_id: str) -> str | None:
+    """`node_id`'s token in a `node_id token` lines file, or None if it has no line."""
+    for line in tokens_file.read_text(encoding="utf-8").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == node_id:
+            return parts[1]
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -57,8 +69,14 @@ def main(argv: list[str]) -> int:
         print(f"error: no node id in {EDGE_POLICY}", file=sys.stderr)
         return 2
     written = create(folder, found.group(1))
-    kept = sorted({"edgeroute-tokens", "edge.env", "ray-token"} - set(written))
+    names = ("edgeroute-tokens", "edge.env", "ray-token")
+    kept = [n for n in names if n not in written and (folder / n).exists()]
+    missing = [n for n in names if not (folder / n).exists()]
     print(f"{folder}: wrote {', '.join(written) or 'nothing'}; kept {', '.join(kept) or 'nothing'}")
+    if missing:
+        print(f"error: {', '.join(missing)} not written: {found.group(1)} has no line in "
+              f"{folder / 'edgeroute-tokens'}", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
 
 

@@ -63,7 +63,7 @@ def run_demo(
 
     cloud_port, edge_port = processes.free_port(), processes.free_port()
     cloud_log, edge_log = data_dir / "cloud.log", data_dir / "edge.log"
-    print("starting the cloud re-ranker (Ray Serve on 127.0.0.1) ...", flush=True)
+    print("starting the cloud re-ranker (Ray Serve, HTTP on 127.0.0.1) ...", flush=True)
     cloud = processes.start(
         processes.edgeroute_cmd(
             "cloud", "serve", "--port", str(cloud_port), "--bundles", str(models_dir / "cloud")

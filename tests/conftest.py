@@ -1,5 +1,6 @@
-"""Shared fixtures: one Ray + cloud app per session (tests.ray_fixtures), edge node processes."""
+"""Shared fixtures: one Ray + cloud app per session (tests.ray_fixtures), edge node
+processes, fresh environments of the install profiles."""
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.ray_fixtures", "tests.edge_fixtures"]
+pytest_plugins = ["tests.ray_fixtures", "tests.edge_fixtures", "tests.profile_envs"]

@@ -126,14 +126,18 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
         *,
         log_args: tuple[str, ...] = ("--log-level", "warning"),
         env: dict[str, str] | None = None,
+        cli: tuple[str, ...] = (),
     ) -> EdgeNode:
+        """Start a node (`cli`: the `edgeroute` command to run, default this interpreter's
+        `-m edgeroute.cli`) and wait until it is ready."""
         policy_path = tmp_path / f"{name}-policy.yaml"
         policy_path.write_text(policy)
         data = data_dir or tmp_path / f"{name}-data"
         port = processes.free_port()
         log_path = tmp_path / f"{name}.log"
         proc = processes.start(
-            processes.edgeroute_cmd(
+            [
+                *(cli or processes.edgeroute_cmd()),
                 "edge",
                 "serve",
                 "--policy",
@@ -145,7 +149,7 @@ def start_edge(tmp_path: Path) -> Iterator[Callable[..., EdgeNode]]:
                 "--cloud-url",
                 cloud_url,
                 *log_args,
-            ),
+            ],
             log_path,
             env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN, **(env or {})},
         )

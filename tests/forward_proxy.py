@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 
 
 class ForwardProxy:
-    """Counts `tunnels` (CONNECTs) and `forwarded` (absolute-form requests) it served."""
+    """Counts `tunnels` (CONNECTs) and `forwarded` (connections opened by an absolute-form
+    request; later requests on that connection are piped through, not counted)."""
 
     def __init__(self) -> None:
         self.tunnels = 0

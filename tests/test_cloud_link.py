@@ -317,6 +317,7 @@ def test_calls_go_through_the_policy_proxy(tmp_path: Path, scheme: str) -> None:
                 assert out[0].request_id == "r0"
             await c.aclose()
         assert len(server.bodies) == 2
+        assert server.connections == 1  # both calls came over the proxy's one connection
         assert (proxy.tunnels, proxy.forwarded) == ((1, 0) if scheme == "https" else (0, 1))
 
     asyncio.run(main())

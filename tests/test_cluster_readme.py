@@ -1,7 +1,8 @@
-"""The README's "Run on a Ray cluster" commands, run as written against a real head node
-with token authentication: the Serve app answers an edge node's escalations, a Ray
-client without the token is refused, Serve's HTTP listens on loopback only, and the
-README's stop command stops exactly that cluster's processes."""
+"""The README's "Run on a Ray cluster" commands, run as written from a fresh environment of
+the cloud install profile, against a real head node with token authentication: the
+Serve app answers the escalations of an edge node running from a fresh edge-profile
+environment, a Ray client without the token is refused, Serve's HTTP listens on loopback
+only, and the README's stop command stops that cluster's processes and no other."""
 
 from __future__ import annotations
 
@@ -21,9 +22,10 @@ from edgeroute.processes import free_port
 from edgeroute.ray_cluster import cluster_pids, stop_cluster
 from tests.doc_blocks import steps
 from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, EdgeNode, policy_text
+from tests.profile_envs import ProfileEnv
+from tests.test_install_profiles import REFUSED
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 SECTION = "## Run on a Ray cluster"
 PORTS = ("6379", "10001", "52365", "8080", "8000")  # swapped for free ports
 TEMP_DIR = "/tmp/edgeroute-ray"
@@ -78,13 +80,17 @@ def test_the_readme_cluster_commands_serve_an_edge_node_with_token_auth(
     start_edge: Callable[..., EdgeNode],
     digits_split: tuple[np.ndarray, np.ndarray],
     edge_margins: np.ndarray,
+    profile_envs: dict[str, ProfileEnv],
 ) -> None:
     """`make secrets`, `ray start` with token auth, `edgeroute cloud config`, `serve run`
-    and the health wait succeed as written; unsure edge items are re-ranked on the cluster;
-    a Ray client without the token is refused; `edgeroute cloud stop` ends every process
-    of the cluster."""
+    and the health wait succeed as written with only the cloud profile installed; unsure
+    items of an edge node with only the edge profile are re-ranked on the cluster; a Ray
+    client without the token is refused; `edgeroute cloud stop` ends every process of
+    the cluster and leaves a bystander naming a path under its temp dir alone."""
+    cloud_env, edge_env = profile_envs["cloud"], profile_envs["edge"]
     work = Path(tempfile.mkdtemp(prefix="er-rm-", dir="/tmp"))  # short: Ray's socket paths
     ray_tmp = work / "ray"
+    bystander: subprocess.Popen[bytes] | None = None
     try:
         (work / "Makefile").symlink_to(ROOT / "Makefile")
         (work / "models").symlink_to(demo_bundles_dir)
@@ -97,7 +103,7 @@ def test_the_readme_cluster_commands_serve_an_edge_node_with_token_auth(
         home = work / "home"
         home.mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-        env.update(PATH=f"{BIN}:{env['PATH']}", HOME=str(home), PYTHONPATH=str(ROOT),
+        env.update(PATH=f"{cloud_env.bin}:{env['PATH']}", HOME=str(home), PYTHONPATH=str(ROOT),
                    RAY_USAGE_STATS_ENABLED="0")  # fmt: skip
         run = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", script],
@@ -109,7 +115,8 @@ def test_the_readme_cluster_commands_serve_an_edge_node_with_token_auth(
         assert listening_hosts(http_port) == {"0100007F"}, "Serve's HTTP is not loopback-only"
 
         url = f"http://127.0.0.1:{http_port}"
-        node = start_edge(policy_text(demo_bundles_dir / "edge" / "digits"), url)
+        edge_cli = (str(edge_env.bin / "edgeroute"),)
+        node = start_edge(policy_text(demo_bundles_dir / "edge" / "digits"), url, cli=edge_cli)
         x, _ = digits_split
         routes = [
             node.infer({"task": "digits", "inputs": x[int(i)].tolist()}, timeout=30).json()["route"]
@@ -117,20 +124,27 @@ def test_the_readme_cluster_commands_serve_an_edge_node_with_token_auth(
         ]
         assert routes == ["cloud"] * 4
 
+        gcs = f"127.0.0.1:{ports['6379']}"
         anonymous = subprocess.run(
-            [sys.executable, "-c", f"import ray; ray.init(address='127.0.0.1:{ports['6379']}')"],
+            [str(cloud_env.python), "-c", f"import ray; ray.init(address='{gcs}')"],
             cwd=work, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert anonymous.returncode != 0
-        assert re.search(r"auth|token", anonymous.stderr, re.IGNORECASE), anonymous.stderr[-2000:]
+        assert re.search(REFUSED, anonymous.stderr), anonymous.stderr[-2000:]
 
+        sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
+        bystander = subprocess.Popen([*sleeper, str(ray_tmp / "session_x" / "bystander")])
         stopped = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", swap(stop, {TEMP_DIR: str(ray_tmp)})],
             cwd=work, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert stopped.returncode == 0, stopped.stderr[-2000:]
         assert not cluster_pids(ray_tmp)
+        assert bystander.poll() is None, "the stop killed a process outside the cluster"
     finally:
+        if bystander is not None:
+            bystander.kill()
+            bystander.wait()
         _, left = stop_cluster(ray_tmp, grace_s=5)
         shutil.rmtree(work, ignore_errors=True)
         assert not left, f"cluster processes left: {sorted(left)}"

@@ -1,23 +1,18 @@
 """Install profiles: every lock pins every package with hashes, the edge and client
-profiles stay free of Ray, the tools and the test tools (in the locks and in what their
-code imports), and a fresh edge-only environment serves requests escalated to a cloud
-running from a fresh cloud-only environment."""
+profiles stay free of Ray, the tools and the test tools (in the locks, in what their code
+imports, and in a fresh edge-only environment)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import httpx
-import numpy as np
 import pytest
 
-from edgeroute import processes
-from tests.edge_fixtures import CLOUD_NODE, CLOUD_TOKEN, policy_text
+from tests.profile_envs import ProfileEnv
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCKS = ROOT / "requirements"
@@ -26,6 +21,7 @@ NOT_ON_EDGE = {"ray", "scikit-learn", "scipy", "matplotlib", "skl2onnx", "pytest
                "ruff", "hypothesis", "schemathesis", "grpcio", "opentelemetry-sdk"}  # fmt: skip
 NOT_IN_CLIENT = {"numpy", "onnxruntime", "onnx", "fastapi", "uvicorn", "diskcache", *NOT_ON_EDGE}
 EDGE_MAX_MB = 215  # measured 208 MB; the issue's 150 MB goal is not met (docs/install.md)
+REFUSED = r"AuthenticationError|UNAUTHENTICATED|[Aa]uthentication token"
 _PIN = re.compile(r"^([A-Za-z0-9._-]+)==(\S+)")
 
 
@@ -89,113 +85,21 @@ def test_the_edge_node_and_its_cli_import_no_cloud_or_tools_package() -> None:
     assert not {"numpy", "onnxruntime", "edge_node", "cloud_service", "fastapi"} & client
 
 
-def _uv() -> str:
-    return str(Path(sys.executable).parent / "uv")
-
-
-def _venv(path: Path, profile: str) -> Path:
-    """A fresh virtual environment at `path` with exactly the profile's lock (hash-checked)
-    and edgeroute installed from this checkout (editable: no build files in the checkout)
-    without dependencies; its python."""
-    env = {**os.environ, "UV_NO_PROGRESS": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    run = {"check": True, "capture_output": True, "env": env, "timeout": 600}
-    subprocess.run([_uv(), "venv", "--python", sys.executable, str(path)], **run)  # type: ignore[call-overload]
-    python = path / "bin" / "python"
-    lock = str(LOCKS / f"{profile}.lock")
-    subprocess.run([_uv(), "pip", "sync", "--python", str(python), "--require-hashes", lock], **run)  # type: ignore[call-overload]
-    subprocess.run(
-        [_uv(), "pip", "install", "--python", str(python), "--no-deps", "-e", str(ROOT)], **run
-    )  # type: ignore[call-overload]
-    return python
-
-
-def _installed_mb(python: Path) -> float:
-    """Size in MB of the environment's installed packages (its site-packages)."""
-    site = next((python.parent.parent / "lib").glob("python3*/site-packages"))
-    return (
-        sum(f.stat().st_size for f in site.rglob("*") if f.is_file() and not f.is_symlink()) / 1e6
-    )
-
-
-def _gcs_port(root: int) -> int:
-    """The GCS port of the Ray instance started under process `root` (from the
-    `gcs_server` descendant's command line)."""
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            pgid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
-        except (OSError, ValueError, IndexError):
-            continue
-        if pgid == root and args and args[0].endswith(b"gcs_server"):
-            for arg in args:
-                if arg.startswith(b"--gcs_server_port="):
-                    return int(arg.split(b"=")[1])
-    raise AssertionError("no gcs_server process under the cloud")
-
-
 @pytest.mark.slow
-def test_a_fresh_edge_only_environment_serves_against_a_cloud_only_environment(
-    tmp_path: Path,
-    demo_bundles_dir: Path,
-    digits_split: tuple[np.ndarray, np.ndarray],
-    edge_margins: np.ndarray,
+def test_a_fresh_edge_environment_cannot_import_the_cloud_or_the_tools(
+    profile_envs: dict[str, ProfileEnv],
 ) -> None:
-    """An environment with only the edge profile cannot import ray, sklearn or matplotlib,
-    stays under EDGE_MAX_MB, and its `edgeroute edge serve` escalates to `edgeroute cloud
-    serve` running from an environment with only the cloud profile, whose Ray refuses a
-    client without the token."""
-    edge_py, cloud_py = _venv(tmp_path / "edge-env", "edge"), _venv(tmp_path / "cloud-env", "cloud")
+    """An environment with only the edge profile cannot import ray, sklearn, matplotlib or
+    pytest, and its packages stay under EDGE_MAX_MB; the cloud profile's can import ray.
+    (tests/test_cluster_readme.py runs a node from the edge environment against a
+    cluster from the cloud environment.)"""
+    edge, cloud = profile_envs["edge"], profile_envs["cloud"]
     for module in ("ray", "sklearn", "matplotlib", "pytest"):
-        probe = subprocess.run([str(edge_py), "-c", f"import {module}"], capture_output=True)
+        probe = subprocess.run([str(edge.python), "-c", f"import {module}"], capture_output=True)
         assert probe.returncode != 0, f"{module} is importable in the edge environment"
-    sizes = {"edge": _installed_mb(edge_py), "cloud": _installed_mb(cloud_py)}
+    node_imports = [str(edge.python), "-c", "import onnxruntime, edge_node.node"]
+    assert subprocess.run(node_imports).returncode == 0
+    assert subprocess.run([str(cloud.python), "-c", "import ray.serve"]).returncode == 0
+    sizes = {"edge": round(edge.installed_mb), "cloud": round(cloud.installed_mb)}
     print(f"installed sizes (MB): {sizes}")
     assert sizes["edge"] <= EDGE_MAX_MB, sizes
-
-    tokens = tmp_path / "tokens.txt"
-    tokens.write_text(f"{CLOUD_NODE} {CLOUD_TOKEN}\n")
-    cloud_port, edge_port = processes.free_port(), processes.free_port()
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(policy_text(demo_bundles_dir / "edge" / "digits"))
-    bin_of = {"edge": edge_py.parent / "edgeroute", "cloud": cloud_py.parent / "edgeroute"}
-    cloud = processes.start(
-        [str(bin_of["cloud"]), "cloud", "serve", "--port", str(cloud_port),
-         "--bundles", str(demo_bundles_dir / "cloud"), "--tokens-file", str(tokens)],
-        tmp_path / "cloud.log", cwd=tmp_path,
-    )  # fmt: skip
-    edge = None
-    try:
-        cloud_url = f"http://127.0.0.1:{cloud_port}"
-        processes.wait_http(f"{cloud_url}/healthz", cloud, 180, tmp_path / "cloud.log")
-        edge = processes.start(
-            [str(bin_of["edge"]), "edge", "serve", "--policy", str(policy), "--data-dir",
-             str(tmp_path / "data"), "--port", str(edge_port), "--cloud-url", cloud_url],
-            tmp_path / "edge.log", env={"EDGEROUTE_TEST_TOKEN": CLOUD_TOKEN}, cwd=tmp_path,
-        )  # fmt: skip
-        edge_url = f"http://127.0.0.1:{edge_port}"
-        processes.wait_http(f"{edge_url}/readyz", edge, 60, tmp_path / "edge.log")
-        x, _ = digits_split
-        unsure = int(np.argmin(edge_margins))
-        answer = httpx.post(
-            f"{edge_url}/v1/infer",
-            json={"task": "digits", "inputs": x[unsure].tolist()},
-            timeout=30,
-        ).json()
-        assert (answer["route"], answer["model_version"].split("-")[1]) == ("cloud", "cloud")
-        # the cloud's own Ray has token authentication on: a client without it is refused
-        gcs = f"127.0.0.1:{_gcs_port(cloud.pid)}"
-        home = tmp_path / "home"
-        home.mkdir()
-        anonymous = subprocess.run(
-            [str(cloud_py), "-c", f"import ray; ray.init(address='{gcs}')"],
-            env={k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
-            | {"HOME": str(home)},
-            capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        )  # fmt: skip
-        assert anonymous.returncode != 0
-        assert re.search(r"auth|token", anonymous.stderr, re.IGNORECASE), anonymous.stderr[-2000:]
-    finally:
-        if edge is not None:
-            processes.stop(edge, timeout_s=10)
-        assert processes.stop(cloud, timeout_s=60) is not None

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from edgeroute.cli_common import fail, log_options, require_port
 from router.errors import EdgerouteError
 
+F = TypeVar("F", bound=Callable[..., Any])
+
 # ---- cloud ------------------------------------------------------------------------------
+
+
+def _bundles_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--bundles",
+        default="models/cloud",
+        show_default=True,
+        type=click.Path(path_type=Path),
+        help=help_text,
+    )
+
+
+def _tokens_option(help_text: str) -> Callable[[F], F]:
+    return click.option(
+        "--tokens-file", default=None, type=click.Path(path_type=Path), help=help_text
+    )
 
 
 @click.group()
@@ -20,19 +40,8 @@ def cloud() -> None:
 @cloud.command("serve")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option(
-    "--bundles",
-    default="models/cloud",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="Folder of cloud bundles, one per task.",
-)
-@click.option(
-    "--tokens-file",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="File of `node_id token` lines; when set, every call needs its token.",
-)
+@_bundles_option("Folder of cloud bundles, one per task.")
+@_tokens_option("File of `node_id token` lines; when set, every call needs its token.")
 @click.option(
     "--ready-file",
     default=None,
@@ -73,19 +82,8 @@ def cloud_serve(
 
 
 @cloud.command("config")
-@click.option(
-    "--bundles",
-    default="models/cloud",
-    show_default=True,
-    type=click.Path(path_type=Path),
-    help="Folder of cloud bundles, one per task (must exist on every Ray node).",
-)
-@click.option(
-    "--tokens-file",
-    default=None,
-    type=click.Path(path_type=Path),
-    help="File of `node_id token` lines (must exist on every Ray node).",
-)
+@_bundles_option("Folder of cloud bundles, one per task (must exist on every Ray node).")
+@_tokens_option("File of `node_id token` lines (must exist on every Ray node).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Serve's HTTP host.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Serve's HTTP port.")
 @click.option(

@@ -342,3 +342,30 @@ def test_replica_log_line_is_json_with_the_request_id_and_no_inputs(cloud_url: s
     assert record["task"] == "digits" and record["items"] == 1
     assert isinstance(record["latency_ms"], float)
     assert "0.123456789" not in lines[0] and "inputs" not in record
+
+
+# --- Ray's own token authentication ---------------------------------------------------------
+
+
+@pytest.mark.ray
+def test_the_clouds_ray_refuses_a_client_without_the_token(cloud_url: str, tmp_path: Path) -> None:
+    """The local Ray instance `init_ray` starts (as `edgeroute cloud serve` does) has token
+    authentication on: a driver given its GCS address but no token is refused."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import ray
+
+    from tests.test_install_profiles import REFUSED
+
+    gcs = ray._private.worker.global_worker.node.gcs_address
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token
+    anonymous = subprocess.run(
+        [sys.executable, "-c", f"import ray; ray.init(address='{gcs}')"],
+        env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert anonymous.returncode != 0
+    assert re.search(REFUSED, anonymous.stderr), anonymous.stderr[-2000:]

@@ -146,6 +146,12 @@ class PolicyError(EdgerouteError):
         super().__init__("\n".join(str(i) for i in self.issues) or "invalid policy")
 
 
+class RolloutError(PolicyError):
+    """A rollout file is invalid (same issue list and locations as a policy's)."""
+
+    code = "invalid_rollout"
+
+
 class BundleError(EdgerouteError):
     """A model bundle is missing, corrupt, or does not match its manifest."""
 

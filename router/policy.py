@@ -41,11 +41,14 @@ def _check_task_name(name: str) -> str:
 TaskName = Annotated[str, AfterValidator(_check_task_name)]
 
 
-class _Model(BaseModel):
+class StrictModel(BaseModel):
+    """Base of every model users write: frozen, strict types, unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class NodeSettings(_Model):
+
+class NodeSettings(StrictModel):
     """Who this edge node is."""
 
     id: str = Field(
@@ -57,7 +60,7 @@ class NodeSettings(_Model):
     )
 
 
-class RetrySettings(_Model):
+class RetrySettings(StrictModel):
     """Retries of one cloud call (tenacity): exponential backoff with jitter."""
 
     max_attempts: int = Field(default=3, ge=1, le=10, description="Tries per call, first included.")
@@ -72,7 +75,7 @@ class RetrySettings(_Model):
         return self
 
 
-class BreakerSettings(_Model):
+class BreakerSettings(StrictModel):
     """Circuit breaker of the connectivity monitor, one per cloud endpoint."""
 
     failure_threshold: int = Field(
@@ -122,7 +125,7 @@ def _absolute_path(path: str) -> str:
 AbsolutePath = Annotated[str, AfterValidator(_absolute_path)]
 
 
-class TlsSettings(_Model):
+class TlsSettings(StrictModel):
     """How the node checks the cloud's certificate and proves its own (mTLS). Files are
     PEM, read once when the node starts (a change takes a restart)."""
 
@@ -144,7 +147,7 @@ class TlsSettings(_Model):
         return self
 
 
-class CloudSettings(_Model):
+class CloudSettings(StrictModel):
     """Where the cloud re-ranker is and how to talk to it."""
 
     url: str = Field(
@@ -171,7 +174,7 @@ class CloudSettings(_Model):
     breaker: BreakerSettings = BreakerSettings()
 
 
-class QueueSettings(_Model):
+class QueueSettings(StrictModel):
     """The durable queue of requests waiting for the cloud (diskcache in the data dir)."""
 
     max_items: int = Field(ge=1, le=100_000_000, description="Most items held at once.")
@@ -186,7 +189,7 @@ class QueueSettings(_Model):
     )
 
 
-class SyncSettings(_Model):
+class SyncSettings(StrictModel):
     """The background worker that drains the queue to the cloud."""
 
     batch_size: int = Field(default=64, ge=1, le=4096)
@@ -207,7 +210,7 @@ class SyncSettings(_Model):
     )
 
 
-class BudgetLimit(_Model):
+class BudgetLimit(StrictModel):
     """One budget: at most `calls` cloud calls and/or `money` spent per UTC `period`.
 
     Named `node/<period>/<calls|money>` under `cost.budgets` and
@@ -228,7 +231,7 @@ class BudgetLimit(_Model):
         return self
 
 
-class CostSettings(_Model):
+class CostSettings(StrictModel):
     """Price of cloud calls and the budget they must stay within."""
 
     price_per_call: float = Field(default=0.0, ge=0.0, le=1_000.0)
@@ -249,7 +252,7 @@ class CostSettings(_Model):
     )
 
 
-class CanaryRule(_Model):
+class CanaryRule(StrictModel):
     """When a canary or shadow model (`edgeroute model install --canary F | --shadow`)
     is promoted or rolled back, decided by the node on its own.
 
@@ -290,7 +293,7 @@ def _known_score(name: str) -> str:
     return name
 
 
-class TaskPolicy(_Model):
+class TaskPolicy(StrictModel):
     """How one task is routed."""
 
     edge_bundle: str = Field(
@@ -357,7 +360,7 @@ class TaskPolicy(_Model):
         return self
 
 
-class TrustSettings(_Model):
+class TrustSettings(StrictModel):
     """Which model bundles the node may load (see `edgeroute model pack/verify`)."""
 
     require_signed: bool = Field(
@@ -369,7 +372,7 @@ class TrustSettings(_Model):
     )
 
 
-class ApiAuthSettings(_Model):
+class ApiAuthSettings(StrictModel):
     """Bearer-token auth of the edge node's `/v1/*` API (health and metrics stay open)."""
 
     token_env: str = Field(
@@ -379,7 +382,7 @@ class ApiAuthSettings(_Model):
     )
 
 
-class ApiSettings(_Model):
+class ApiSettings(StrictModel):
     """The edge node's own HTTP API."""
 
     auth: ApiAuthSettings | None = Field(
@@ -387,7 +390,7 @@ class ApiSettings(_Model):
     )
 
 
-class Policy(_Model):
+class Policy(StrictModel):
     """A whole policy file."""
 
     version: Literal[1] = 1

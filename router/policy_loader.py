@@ -60,32 +60,9 @@ def parse_policy(
     """
     issues: list[PolicyIssue] = []
     marks: dict[KeyPath, tuple[int, int]] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(
-            [PolicyIssue("", f"not valid YAML: {problem}", source, line, col)]
-        ) from None
-    if root is None:
-        raise PolicyError(
-            [
-                PolicyIssue(
-                    "",
-                    "the file is empty; a policy needs at least `queue` and `tasks`",
-                    source,
-                    1,
-                    1,
-                )
-            ]
-        )
-    data = _to_python(root, (), marks, issues, env if env is not None else {}, source)
-    if not isinstance(data, dict):
-        raise PolicyError(
-            [*issues, PolicyIssue("", "the top level must be a mapping of keys", source, 1, 1)]
-        )
+    data = read_document(
+        text, source, env, marks, issues, "a policy needs at least `queue` and `tasks`"
+    )
     policy: Policy | None = None
     try:
         policy = Policy.model_validate(data)
@@ -121,6 +98,37 @@ def parse_policy(
         raise PolicyError(issues)
     assert policy is not None
     return policy
+
+
+def read_document(
+    text: str,
+    source: str,
+    env: Mapping[str, str] | None,
+    marks: dict[KeyPath, tuple[int, int]],
+    issues: list[PolicyIssue],
+    needs: str,
+) -> dict[Any, Any]:
+    """The YAML mapping in `text` as Python values, `${VAR}` substituted from `env`, the
+    line and column of every key recorded in `marks` and every problem found on the way
+    appended to `issues`. Raises PolicyError at once when `text` is not YAML, is empty
+    (the message ends with `needs`) or is not a mapping."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line, col = (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(
+            [PolicyIssue("", f"not valid YAML: {problem}", source, line, col)]
+        ) from None
+    if root is None:
+        raise PolicyError([PolicyIssue("", f"the file is empty; {needs}", source, 1, 1)])
+    data = _to_python(root, (), marks, issues, env if env is not None else {}, source)
+    if not isinstance(data, dict):
+        raise PolicyError(
+            [*issues, PolicyIssue("", "the top level must be a mapping of keys", source, 1, 1)]
+        )
+    return data
 
 
 def _valid_tasks(data: dict[Any, Any]) -> dict[str, TaskPolicy]:

@@ -1,10 +1,11 @@
-"""Turn pydantic's `ValidationError` on a policy into `PolicyIssue`s a person can act on.
+"""Turn pydantic's `ValidationError` on a policy (or another document users write, such as
+a rollout) into `PolicyIssue`s a person can act on.
 
 Each error gets the file line and column of the key it is about (or of its nearest
 enclosing key), the dotted field path, and a message naming what is allowed: unknown keys
 get a "did you mean" or the place in the schema where that key belongs, missing keys the
-field's description. Pure: it only reads the `router.policy` schema and the `marks` the
-loader collected while reading the YAML.
+field's description. Pure: it only reads the document's schema (`router.policy.Policy`
+unless told) and the `marks` the loader collected while reading the YAML.
 """
 
 from __future__ import annotations
@@ -40,18 +41,22 @@ def nearest_mark(
 
 
 def validation_issues(
-    exc: ValidationError, marks: dict[KeyPath, tuple[int, int]], source: str
+    exc: ValidationError,
+    marks: dict[KeyPath, tuple[int, int]],
+    source: str,
+    root: type[BaseModel] = Policy,
 ) -> list[PolicyIssue]:
-    """One `PolicyIssue` per error in `exc`, in pydantic's order, placed with `marks`."""
+    """One `PolicyIssue` per error in `exc` (raised validating a `root` document), in
+    pydantic's order, placed with `marks`."""
     issues = []
     for err in exc.errors():
         loc: KeyPath = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
         line, col = nearest_mark(loc, marks)
         kind = err["type"]
         if kind == "extra_forbidden":
-            msg = _unknown_key_message(loc)
+            msg = _unknown_key_message(loc, root)
         elif kind == "missing":
-            msg = f"required key {loc[-1]!r} is missing{_allowed_hint(loc)}"
+            msg = f"required key {loc[-1]!r} is missing{_allowed_hint(loc, root)}"
         elif kind == "literal_error":
             msg = f"got {err.get('input')!r}; allowed: {err['ctx']['expected']}"
         else:
@@ -64,9 +69,10 @@ def validation_issues(
     return issues
 
 
-def _model_at(loc: KeyPath) -> type[BaseModel] | None:
-    """The pydantic model whose keys live at `loc` (skipping dict keys such as task names)."""
-    model: Any = Policy
+def _model_at(loc: KeyPath, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The pydantic model whose keys live at `loc` (skipping dict keys such as task names
+    and list indexes such as stage numbers)."""
+    model: Any = root
     i = 0
     while i < len(loc):
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
@@ -78,6 +84,9 @@ def _model_at(loc: KeyPath) -> type[BaseModel] | None:
         if typing.get_origin(model) is dict:
             model = _unwrap(typing.get_args(model)[1])
             i += 1  # skip the dict key
+        elif typing.get_origin(model) in (list, tuple):
+            model = _unwrap(typing.get_args(model)[0])
+            i += 1  # skip the list index
         i += 1
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
@@ -90,7 +99,7 @@ def _unwrap(tp: Any) -> Any:
     return tp
 
 
-def _all_key_paths() -> dict[str, list[str]]:
+def _all_key_paths(root: type[BaseModel]) -> dict[str, list[str]]:
     """Every key name in the schema -> the dotted places where it is allowed."""
     found: dict[str, list[str]] = {}
 
@@ -105,29 +114,29 @@ def _all_key_paths() -> dict[str, list[str]]:
             elif isinstance(tp, type) and issubclass(tp, BaseModel):
                 visit(tp, f"{prefix}{name}.")
 
-    visit(Policy, "")
+    visit(root, "")
     return found
 
 
-def _unknown_key_message(loc: KeyPath) -> str:
+def _unknown_key_message(loc: KeyPath, root: type[BaseModel]) -> str:
     """What to say about the unknown key at `loc`: the close match, else where the key
     belongs in the schema, else the keys allowed at that place."""
     key = str(loc[-1])
-    model = _model_at(loc[:-1])
+    model = _model_at(loc[:-1], root)
     allowed = sorted(model.model_fields) if model is not None else []
     msg = f"unknown key {key!r}"
     close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
     if close:
         return f"{msg}; did you mean {close[0]!r}?"
-    elsewhere = _all_key_paths().get(key)
+    elsewhere = _all_key_paths(root).get(key)
     if elsewhere:
         return f"{msg} here; it belongs under {' or '.join(elsewhere)}"
     return f"{msg}; allowed keys here: {', '.join(allowed)}" if allowed else msg
 
 
-def _allowed_hint(loc: KeyPath) -> str:
+def _allowed_hint(loc: KeyPath, root: type[BaseModel]) -> str:
     """` (<field description>)` for the field at `loc`, or "" when it has none."""
-    model = _model_at(loc[:-1])
+    model = _model_at(loc[:-1], root)
     if model is None:
         return ""
     field = model.model_fields.get(str(loc[-1]))

@@ -47,7 +47,6 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-
 class NodeSettings(StrictModel):
     """Who this edge node is."""
 

@@ -119,18 +119,18 @@ def _all_key_paths(root: type[BaseModel]) -> dict[str, list[str]]:
 
 
 def _unknown_key_message(loc: KeyPath, root: type[BaseModel]) -> str:
-    """What to say about the unknown key at `loc`: the close match, else where the key
-    belongs in the schema, else the keys allowed at that place."""
+    """What to say about the unknown key at `loc`: where the key belongs in the schema if
+    it is a key of another place, else the close match, else the keys allowed here."""
     key = str(loc[-1])
     model = _model_at(loc[:-1], root)
     allowed = sorted(model.model_fields) if model is not None else []
     msg = f"unknown key {key!r}"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"{msg}; did you mean {close[0]!r}?"
     elsewhere = _all_key_paths(root).get(key)
     if elsewhere:
         return f"{msg} here; it belongs under {' or '.join(elsewhere)}"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"{msg}; did you mean {close[0]!r}?"
     return f"{msg}; allowed keys here: {', '.join(allowed)}" if allowed else msg
 
 

@@ -17,12 +17,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Literal
+from types import MappingProxyType
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from router.errors import PolicyError, PolicyIssue, RolloutError
-from router.policy import StrictModel, TaskName
+from router.policy import TASK_NAME, StrictModel
 from router.policy_loader import read_document
 from router.policy_validation_issues import KeyPath, validation_issues
 
@@ -31,6 +32,15 @@ Verdict = Literal["wait", "advance", "breach"]
 Action = Literal["stay", "advance", "complete", "pause", "abort"]
 HISTOGRAM_BINS = 10
 """Bins of the confidence histogram nodes report (equal width over [0, 1])."""
+
+
+def _check_name(name: str) -> str:
+    if TASK_NAME.fullmatch(name) is None:
+        raise ValueError(
+            f"rollout name {name!r} may only contain ASCII letters, digits and '-_.' (1-64, "
+            "starting with a letter or digit)"
+        )
+    return name
 
 
 class Stage(StrictModel):
@@ -44,7 +54,13 @@ class Stage(StrictModel):
         default=1, ge=1, le=1_000_000, description="New-release nodes reporting, at least."
     )
     min_requests: int = Field(
-        default=100, ge=0, le=10**12, description="Requests those nodes answered, at least."
+        default=100, ge=1, le=10**12, description="Requests those nodes answered, at least."
+    )
+    min_compared: int = Field(
+        default=20,
+        ge=1,
+        le=10**12,
+        description="Escalations with a cloud answer to compare, at least (agreement gates).",
     )
 
 
@@ -78,7 +94,7 @@ class Rollout(StrictModel):
     """A rollout file (`version: 1`)."""
 
     version: Literal[1]
-    name: TaskName
+    name: Annotated[str, AfterValidator(_check_name)]
     release: int = Field(ge=1, description="The release version this rollout moves out.")
     cohort: dict[str, str] = Field(
         default_factory=dict, description="Node labels a node must all have (empty: every node)."
@@ -100,7 +116,9 @@ class Rollout(StrictModel):
 
 def parse_rollout(text: str, *, source: str = "<rollout>") -> Rollout:
     """Validate `text` as a rollout file; return the frozen `Rollout` or raise RolloutError
-    listing every issue with its line, dotted field path and what is allowed."""
+    listing every issue, in line order, with its line, dotted field path and what is
+    allowed. `${VAR}` references are not read from the environment: a `${VAR:-default}`
+    takes its default, a bare `${VAR}` is an issue."""
     issues: list[PolicyIssue] = []
     marks: dict[KeyPath, tuple[int, int]] = {}
     try:
@@ -113,6 +131,7 @@ def parse_rollout(text: str, *, source: str = "<rollout>") -> Rollout:
     except ValidationError as exc:
         issues.extend(validation_issues(exc, marks, source, Rollout))
     if issues or rollout is None:
+        issues.sort(key=lambda i: (i.line or 0, i.column or 0))
         raise RolloutError(issues)
     return rollout
 
@@ -121,7 +140,7 @@ def position(rollout: str, node_id: str) -> float:
     """The node's place in [0, 100) for `rollout`: uniform, stable for the pair, and
     independent between rollouts (so different rollouts start on different nodes)."""
     digest = hashlib.sha256(f"{rollout}\0{node_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+    return (int.from_bytes(digest[:8], "big") >> 11) / 2**53 * 100  # exact: never 100
 
 
 def in_cohort(labels: Mapping[str, str], cohort: Mapping[str, str]) -> bool:
@@ -130,10 +149,19 @@ def in_cohort(labels: Mapping[str, str], cohort: Mapping[str, str]) -> bool:
 
 
 def reached(rollout: Rollout, stage: int, node_id: str, labels: Mapping[str, str]) -> bool:
-    """Whether stage `stage` (0-based) of `rollout` reaches the node."""
+    """Whether stage `stage` (0-based) of `rollout` reaches the node. Raises ValueError
+    for a stage the rollout does not have."""
+    _check_stage(rollout, stage)
     return in_cohort(labels, rollout.cohort) and (
         position(rollout.name, node_id) < rollout.stages[stage].percent
     )
+
+
+def _check_stage(rollout: Rollout, stage: int) -> None:
+    if not 0 <= stage < len(rollout.stages):
+        raise ValueError(
+            f"rollout {rollout.name} has stages 0-{len(rollout.stages) - 1}, not {stage}"
+        )
 
 
 @dataclass(frozen=True)
@@ -150,10 +178,26 @@ class ArmStats:
     p95_latency_ms: float | None = None
     confidence: tuple[int, ...] = (0,) * HISTOGRAM_BINS
 
+    def __post_init__(self) -> None:
+        counts = (
+            self.nodes,
+            self.requests,
+            self.escalations,
+            self.compared,
+            self.agreed,
+            self.errors,
+        )
+        if min(counts) < 0:
+            raise ValueError("counts must not be negative")
+        if self.agreed > self.compared or max(self.escalations, self.errors) > self.requests:
+            raise ValueError("agreed <= compared and escalations, errors <= requests")
+        if len(self.confidence) != HISTOGRAM_BINS or min(self.confidence) < 0:
+            raise ValueError(f"the confidence histogram has {HISTOGRAM_BINS} counts >= 0")
+
     @property
-    def escalation_rate(self) -> float:
-        """Share of requests escalated to the cloud."""
-        return self.escalations / self.requests if self.requests else 0.0
+    def escalation_rate(self) -> float | None:
+        """Share of requests escalated to the cloud (None: no requests)."""
+        return self.escalations / self.requests if self.requests else None
 
     @property
     def agreement(self) -> float | None:
@@ -161,9 +205,9 @@ class ArmStats:
         return self.agreed / self.compared if self.compared else None
 
     @property
-    def error_rate(self) -> float:
-        """Share of requests that failed."""
-        return self.errors / self.requests if self.requests else 0.0
+    def error_rate(self) -> float | None:
+        """Share of requests that failed (None: no requests)."""
+        return self.errors / self.requests if self.requests else None
 
 
 def psi(new: Sequence[int], old: Sequence[int], floor: float = 1e-4) -> float:
@@ -184,28 +228,36 @@ class Judgement:
     """A stage's verdict, the gate values that led to it, and what breached or is awaited."""
 
     verdict: Verdict
-    values: dict[str, float] = field(default_factory=dict)
+    values: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     breaches: tuple[str, ...] = ()
     waiting_for: str | None = None
 
 
 def judge(stage: Stage, gates: Gates, new: ArmStats, old: ArmStats, soaked_s: float) -> Judgement:
-    """Judge a stage that has run `soaked_s` seconds. A breach is reported as soon as the
-    evidence is in (enough nodes and requests), even before the soak time ends; `advance`
-    needs the soak time too. Gates without an old-side value to compare with (no old
-    nodes, nothing compared) are skipped, except `min_agreement`."""
+    """Judge a stage that has run `soaked_s` seconds. Until `min_nodes` nodes and
+    `min_requests` requests (and, when an agreement gate is on, `min_compared` compared
+    escalations) have reported, the verdict is `wait` with no values. Then a breach is
+    reported at once, even before the soak time ends; `advance` needs the soak time too.
+    A gate comparing with the old release is skipped when the old side has no value for
+    it (no requests, nothing compared, no latency or histogram). Values are compared with
+    their limits after rounding to 6 decimals, as they are recorded."""
     if new.nodes < stage.min_nodes:
         return Judgement("wait", waiting_for=f"{new.nodes} of {stage.min_nodes} nodes reporting")
     if new.requests < stage.min_requests:
         need = f"{new.requests} of {stage.min_requests} requests"
         return Judgement("wait", waiting_for=need)
+    agreement_gated = gates.min_agreement is not None or gates.max_agreement_drop is not None
+    if agreement_gated and new.compared < stage.min_compared:
+        need = f"{new.compared} of {stage.min_compared} escalations compared with the cloud"
+        return Judgement("wait", waiting_for=need)
     values, breaches = _gate_values(gates, new, old)
+    frozen = MappingProxyType(values)
     if breaches:
-        return Judgement("breach", values, tuple(breaches))
+        return Judgement("breach", frozen, tuple(breaches))
     if soaked_s < stage.soak_s:
-        soak = f"soak {soaked_s:.0f} of {stage.soak_s} s"
-        return Judgement("wait", values, waiting_for=soak)
-    return Judgement("advance", values)
+        soak = f"soak {math.floor(soaked_s)} of {stage.soak_s} s"
+        return Judgement("wait", frozen, waiting_for=soak)
+    return Judgement("advance", frozen)
 
 
 def _gate_values(gates: Gates, new: ArmStats, old: ArmStats) -> tuple[dict[str, float], list[str]]:
@@ -215,25 +267,28 @@ def _gate_values(gates: Gates, new: ArmStats, old: ArmStats) -> tuple[dict[str, 
     def check(name: str, value: float | None, limit: float | None, above: bool = True) -> None:
         if value is None or limit is None:
             return
-        values[name] = round(value, 6)
+        value = round(value, 6)
+        values[name] = value
         if (value > limit) if above else (value < limit):
-            breaches.append(f"{name} {value:.4f} {'>' if above else '<'} {limit}")
+            breaches.append(f"{name} {value} {'>' if above else '<'} {limit}")
 
-    has_old = old.nodes > 0 and old.requests > 0
-    if has_old:
-        check(
-            "escalation_rate_increase",
-            new.escalation_rate - old.escalation_rate,
-            gates.max_escalation_rate_increase,
-        )
-        check("error_rate_increase", new.error_rate - old.error_rate, gates.max_error_rate_increase)
-        if new.agreement is not None and old.agreement is not None:
-            check("agreement_drop", old.agreement - new.agreement, gates.max_agreement_drop)
-        if new.p95_latency_ms is not None and old.p95_latency_ms:
-            ratio = new.p95_latency_ms / old.p95_latency_ms
-            check("p95_latency_ratio", ratio, gates.max_p95_latency_ratio)
-        if sum(new.confidence) and sum(old.confidence):
-            check("confidence_psi", psi(new.confidence, old.confidence), gates.max_confidence_psi)
+    def diff(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a - b
+
+    check(
+        "escalation_rate_increase",
+        diff(new.escalation_rate, old.escalation_rate),
+        gates.max_escalation_rate_increase,
+    )
+    check(
+        "error_rate_increase", diff(new.error_rate, old.error_rate), gates.max_error_rate_increase
+    )
+    check("agreement_drop", diff(old.agreement, new.agreement), gates.max_agreement_drop)
+    if new.p95_latency_ms is not None and old.p95_latency_ms:
+        ratio = new.p95_latency_ms / old.p95_latency_ms
+        check("p95_latency_ratio", ratio, gates.max_p95_latency_ratio)
+    if sum(new.confidence) and sum(old.confidence):
+        check("confidence_psi", psi(new.confidence, old.confidence), gates.max_confidence_psi)
     check("agreement", new.agreement, gates.min_agreement, above=False)
     return values, breaches
 
@@ -249,7 +304,8 @@ class Step:
 def step(rollout: Rollout, stage: int, judgement: Judgement) -> Step:
     """The next move after judging stage `stage` (0-based): a breach pauses or aborts (as
     `rollout.on_breach` says), an advance moves to the next stage or completes after the
-    last, a wait stays."""
+    last, a wait stays. Raises ValueError for a stage the rollout does not have."""
+    _check_stage(rollout, stage)
     if judgement.verdict == "breach":
         return Step(rollout.on_breach, stage)
     if judgement.verdict == "advance":

@@ -14,6 +14,7 @@ from router.rollout import (
     ArmStats,
     Gates,
     Stage,
+    Step,
     judge,
     parse_rollout,
     position,
@@ -46,12 +47,16 @@ def test_a_rollout_file_parses_into_its_stages_and_default_gates() -> None:
 @pytest.mark.parametrize(
     ("change", "where", "message"),
     [
-        (("min_nodes: 2", "min_node: 2"), "r.yaml:6:", "did you mean 'min_nodes'"),
-        (("on_breach: abort", "on_breach: stop"), "on_breach", "allowed: 'pause' or 'abort'"),
-        (("percent: 50,", "percent: 3,"), "stages", "must grow strictly"),
-        (("percent: 100,", "percent: 90,"), "stages", "must reach 100 percent"),
-        (("release: 7", "release: 0"), "release", "greater than or equal to 1"),
-        (("name: digits-r7", "name: ../x"), "name", "may only contain"),
+        (("min_nodes: 2", "min_node: 2"), "r.yaml:6:31: stages.0.min_node", "did you mean"),
+        (("on_breach: abort", "on_breach: stop"), "r.yaml:9:1: on_breach", "'pause' or 'abort'"),
+        (("percent: 50,", "percent: 3,"), "r.yaml:5:1: stages:", "must grow strictly"),
+        (("percent: 100,", "percent: 90,"), "r.yaml:5:1: stages:", "must reach 100 percent"),
+        (("release: 7", "release: 0"), "r.yaml:3:1: release", "greater than or equal to 1"),
+        (
+            ("name: digits-r7", "name: ../x"),
+            "r.yaml:2:1: name",
+            "rollout name '../x' may only contain",
+        ),
     ],
 )
 def test_rollout_errors_name_the_line_field_and_what_is_allowed(
@@ -113,7 +118,10 @@ def test_a_stage_waits_for_nodes_requests_and_soak_then_advances() -> None:
     a healthy stage after its soak is `advance` with the gate values it measured."""
     old = _arm()
     assert judge(STAGE, Gates(), _arm(nodes=1), old, 900).waiting_for == "1 of 2 nodes reporting"
-    assert judge(STAGE, Gates(), _arm(requests=10), old, 900).verdict == "wait"
+    few = _arm(requests=400, escalations=40, compared=40, agreed=38)
+    assert judge(STAGE, Gates(), few, old, 900).waiting_for == "400 of 500 requests"
+    unsure = judge(STAGE, Gates(), _arm(compared=5, agreed=5), old, 900)
+    assert unsure.waiting_for == "5 of 20 escalations compared with the cloud"
     soaking = judge(STAGE, Gates(), _arm(), old, 100)
     assert (soaking.verdict, soaking.waiting_for) == ("wait", "soak 100 of 600 s")
     done = judge(STAGE, Gates(), _arm(), old, 600)
@@ -146,7 +154,7 @@ def test_min_agreement_applies_without_an_old_side_and_other_gates_are_skipped()
     """With no node left on the old release only `min_agreement` can judge agreement."""
     no_old = ArmStats(nodes=0, requests=0)
     gates = Gates(min_agreement=0.9)
-    assert judge(STAGE, gates, _arm(agreed=80), no_old, 900).breaches == ("agreement 0.8000 < 0.9",)
+    assert judge(STAGE, gates, _arm(agreed=80), no_old, 900).breaches == ("agreement 0.8 < 0.9",)
     assert judge(STAGE, gates, _arm(), no_old, 900).verdict == "advance"
 
 
@@ -174,3 +182,57 @@ def test_psi_is_zero_for_one_shape_and_grows_with_the_shift() -> None:
     assert 0 < psi(small, base) < psi(big, base)
     with pytest.raises(ValueError, match="differ in bins"):
         psi([1, 2], [1, 2, 3])
+
+
+def test_evidence_comes_first_and_gates_set_to_null_are_off() -> None:
+    """A breaching new side with too few nodes is still `wait` (no values); a gate set to
+    null is neither checked nor recorded; a breach keeps the rollout at its stage."""
+    bad = _arm(errors=300)
+    assert judge(STAGE, Gates(), _arm(nodes=1, errors=300), _arm(), 900).values == {}
+    assert judge(STAGE, Gates(), bad, _arm(), 900).verdict == "breach"
+    off = Gates(max_error_rate_increase=None)
+    outcome = judge(STAGE, off, bad, _arm(), 900)
+    assert outcome.verdict == "advance" and "error_rate_increase" not in outcome.values
+    rollout = parse_rollout(GOOD)
+    assert step(rollout, 1, judge(STAGE, Gates(), bad, _arm(), 900)) == Step("abort", 1)
+
+
+def test_a_value_exactly_at_its_limit_passes() -> None:
+    """Values are compared as recorded (6 decimals): an escalation rate up by exactly the
+    limit (0.55 - 0.50, not exact in binary) is no breach."""
+    old = _arm(escalations=500, compared=100)
+    new = _arm(escalations=550, compared=100)
+    outcome = judge(STAGE, Gates(), new, old, 900)
+    assert outcome.values["escalation_rate_increase"] == 0.05 and outcome.verdict == "advance"
+
+
+def test_an_old_side_without_requests_skips_the_comparisons() -> None:
+    """Old nodes that answered nothing give no rates to compare: those gates are skipped."""
+    outcome = judge(STAGE, Gates(), _arm(), ArmStats(nodes=2, requests=0), 900)
+    assert outcome.verdict == "advance"
+    assert not {"escalation_rate_increase", "error_rate_increase", "agreement_drop"} & set(
+        outcome.values
+    )
+
+
+def test_impossible_stats_and_stages_are_refused() -> None:
+    """More agreements than comparisons, negative counts, a histogram of the wrong size
+    and a stage the rollout does not have raise ValueError."""
+    for bad in ({"agreed": 101}, {"errors": -1}, {"confidence": (1, 2)}):
+        with pytest.raises(ValueError):
+            _arm(**bad)
+    rollout = parse_rollout(GOOD)
+    with pytest.raises(ValueError, match="stages 0-2"):
+        reached(rollout, 3, "n", {"site": "berlin"})
+    with pytest.raises(ValueError, match="stages 0-2"):
+        step(rollout, -1, judge(STAGE, Gates(), _arm(), _arm(), 900))
+
+
+def test_environment_references_are_not_read_in_a_rollout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`${VAR}` in a rollout is an error even if the variable is set (the file alone says
+    what rolls out); `${VAR:-default}` takes its default."""
+    monkeypatch.setenv("EDGEROUTE_TEST_ROLLOUT_NAME", "from-env")
+    with pytest.raises(RolloutError, match="EDGEROUTE_TEST_ROLLOUT_NAME is referenced"):
+        parse_rollout(GOOD.replace("digits-r7", "${EDGEROUTE_TEST_ROLLOUT_NAME}"))
+    named = parse_rollout(GOOD.replace("digits-r7", "${EDGEROUTE_TEST_ROLLOUT_NAME:-r8}"))
+    assert named.name == "r8"

@@ -53,7 +53,9 @@ def create(folder: Path, node_id: str) -> list[str]:
 
 
 def _token_of(tokens_file: Path, node_id: str) -> str | None:
-    """`node_id`'s token in a `node_id token` lines file, or None if it has no line."""
+    """`node_id`'s token in a `node_id token` lines file, or None if it has no line (the
+    format `cloud_service.auth.parse_tokens` reads, read here with the standard library
+    because `make secrets` runs before any set-up)."""
     for line in tokens_file.read_text(encoding="utf-8").splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[0] == node_id:

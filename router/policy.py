@@ -9,6 +9,7 @@ Load files with `router.policy_loader.parse_policy`, which locates errors by lin
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -29,16 +30,22 @@ TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 and `._-`, 1-64 characters, starting with a letter or digit."""
 
 
-def _check_task_name(name: str) -> str:
-    if TASK_NAME.fullmatch(name) is None:
-        raise ValueError(
-            f"task name {name!r} may only contain ASCII letters, digits and '-_.' (1-64, "
-            "starting with a letter or digit)"
-        )
-    return name
+def name_check(kind: str) -> Callable[[str], str]:
+    """A validator accepting names of the `TASK_NAME` form, its error naming `kind`
+    ("task", "rollout")."""
+
+    def check(name: str) -> str:
+        if TASK_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"{kind} name {name!r} may only contain ASCII letters, digits and '-_.' "
+                "(1-64, starting with a letter or digit)"
+            )
+        return name
+
+    return check
 
 
-TaskName = Annotated[str, AfterValidator(_check_task_name)]
+TaskName = Annotated[str, AfterValidator(name_check("task"))]
 
 
 class StrictModel(BaseModel):

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, Field, ValidationError, field_validator
 
 from router.errors import PolicyError, PolicyIssue, RolloutError
-from router.policy import TASK_NAME, StrictModel
+from router.policy import StrictModel, name_check
 from router.policy_loader import read_document
 from router.policy_validation_issues import KeyPath, validation_issues
 
@@ -32,15 +32,6 @@ Verdict = Literal["wait", "advance", "breach"]
 Action = Literal["stay", "advance", "complete", "pause", "abort"]
 HISTOGRAM_BINS = 10
 """Bins of the confidence histogram nodes report (equal width over [0, 1])."""
-
-
-def _check_name(name: str) -> str:
-    if TASK_NAME.fullmatch(name) is None:
-        raise ValueError(
-            f"rollout name {name!r} may only contain ASCII letters, digits and '-_.' (1-64, "
-            "starting with a letter or digit)"
-        )
-    return name
 
 
 class Stage(StrictModel):
@@ -94,7 +85,7 @@ class Rollout(StrictModel):
     """A rollout file (`version: 1`)."""
 
     version: Literal[1]
-    name: Annotated[str, AfterValidator(_check_name)]
+    name: Annotated[str, AfterValidator(name_check("rollout"))]
     release: int = Field(ge=1, description="The release version this rollout moves out.")
     cohort: dict[str, str] = Field(
         default_factory=dict, description="Node labels a node must all have (empty: every node)."

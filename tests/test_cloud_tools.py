@@ -56,10 +56,12 @@ def test_cloud_stop_ends_the_clusters_processes_only(tmp_path: Path) -> None:
     stop command with `--temp-dir=DIR` on its own command line."""
     temp = tmp_path / "ray"
     temp.mkdir()
-    child_code = "import subprocess, time; subprocess.Popen(['sleep', '600']); time.sleep(600)"
+    idle = "import signal; signal.pause()"  # runs until a signal ends it
+    child_code = (
+        f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {idle!r}]); {idle}"
+    )
     member = subprocess.Popen([sys.executable, "-c", child_code, f"--temp-dir={temp}"])
-    sleeper = "import time; time.sleep(600)"
-    bystander = subprocess.Popen([sys.executable, "-c", sleeper, str(temp / "session" / "x")])
+    bystander = subprocess.Popen([sys.executable, "-c", idle, str(temp / "session" / "x")])
     try:
         wait_until(lambda: len(cluster_pids(temp)) == 2, 10, 0.05, "the member and its child")
         assert bystander.pid not in cluster_pids(temp)

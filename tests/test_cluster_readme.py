@@ -132,8 +132,8 @@ def test_the_readme_cluster_commands_serve_an_edge_node_with_token_auth(
         assert anonymous.returncode != 0
         assert re.search(REFUSED, anonymous.stderr), anonymous.stderr[-2000:]
 
-        sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]
-        bystander = subprocess.Popen([*sleeper, str(ray_tmp / "session_x" / "bystander")])
+        idle = [sys.executable, "-c", "import signal; signal.pause()"]  # runs until killed
+        bystander = subprocess.Popen([*idle, str(ray_tmp / "session_x" / "bystander")])
         stopped = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", swap(stop, {TEMP_DIR: str(ray_tmp)})],
             cwd=work, env=env, capture_output=True, text=True, timeout=120,

@@ -19,7 +19,7 @@ from cloud_service.result_store import (
 )
 from cloud_service.store_client import CoalescingStore
 from router.wire import RerankItem, RerankResult
-from tests.test_cloud_service import FakeClock, FakeModel, MapStore, item
+from tests.test_cloud_core import FakeClock, FakeModel, MapStore, item
 from tests.waiting import until
 
 
